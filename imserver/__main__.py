@@ -1,0 +1,5 @@
+import sys
+
+from imserver.cli import main
+
+sys.exit(main())

@@ -1,0 +1,152 @@
+"""The composition root: one place reads the config and builds the world.
+
+Everything is constructed here and handed its dependencies; no module keeps
+globals. Tests build the same world with a temporary data dir and port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from imserver.bus.base import TOPIC_CONV_CHANGED, TOPIC_DELIVER, TOPIC_PRESENCE, Bus
+from imserver.bus.local import LocalBus
+from imserver.config import Config
+from imserver.gateway.dispatch import Dispatcher
+from imserver.gateway.server import Gateway
+from imserver.http.api import build_http_app
+from imserver.hub import Hub
+from imserver.metrics import Metrics
+from imserver.services.chat import ChatService
+from imserver.services.files import FileService
+from imserver.services.groups import GroupService
+from imserver.services.membership import MembershipCache
+from imserver.services.presence import LocalPresence, PresenceService
+from imserver.store.sqlite import SqliteStore
+from imserver.tokens import TokenSigner, load_or_create_secret
+
+log = logging.getLogger("imserver")
+
+
+@dataclass
+class World:
+    config: Config
+    store: SqliteStore
+    bus: Bus
+    hub: Hub
+    metrics: Metrics
+    signer: TokenSigner
+    members: MembershipCache
+    chat: ChatService
+    groups: GroupService
+    presence: PresenceService
+    files: FileService
+    gateway: Gateway
+    http_app: web.Application
+    http_runner: web.AppRunner | None = None
+    http_port: int = 0
+    started: bool = field(default=False)
+
+    @property
+    def ws_port(self) -> int:
+        return self.gateway.port
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.config.server.host}:{self.ws_port}/"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.config.server.host}:{self.http_port}"
+
+
+def build_world(config: Config) -> World:
+    """Construct every component; nothing is opened or bound yet."""
+    metrics = Metrics()
+    store = SqliteStore(
+        config.sqlite_file,
+        synchronous=config.store.sqlite_synchronous,
+        group_commit_max=config.store.group_commit_max,
+    )
+    bus: Bus = LocalBus()
+    hub = Hub(metrics)
+    signer = TokenSigner(load_or_create_secret(config.auth.secret, config.data_path))
+    members = MembershipCache(store)
+    chat = ChatService(store, bus, members, config, metrics)
+    groups = GroupService(store, bus, members, chat, config)
+    presence = PresenceService(hub, bus, LocalPresence(hub), config.limits.presence_subscriptions)
+    files = FileService(store, config.data_path / "files", config.limits)
+    dispatcher = Dispatcher(chat, groups, presence)
+    gateway = Gateway(config, hub, presence, dispatcher, signer, store, metrics)
+    http_app = build_http_app(signer, files, store, metrics, config.auth.admin_api_key)
+    bus.subscribe(TOPIC_DELIVER, hub.on_deliver)
+    bus.subscribe(TOPIC_PRESENCE, hub.on_presence)
+    bus.subscribe(TOPIC_CONV_CHANGED, members.on_conv_changed)
+    return World(
+        config=config,
+        store=store,
+        bus=bus,
+        hub=hub,
+        metrics=metrics,
+        signer=signer,
+        members=members,
+        chat=chat,
+        groups=groups,
+        presence=presence,
+        files=files,
+        gateway=gateway,
+        http_app=http_app,
+    )
+
+
+async def start_world(world: World) -> None:
+    cfg = world.config.server
+    await world.store.open()
+    await world.bus.start()
+    await world.gateway.start()
+    runner = web.AppRunner(world.http_app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.http_port)
+    await site.start()
+    world.http_runner = runner
+    world.http_port = runner.addresses[0][1]
+    world.started = True
+
+
+async def stop_world(world: World) -> None:
+    """Graceful stop: close client sockets with 1012, drain, close the store last."""
+    if not world.started:
+        return
+    world.started = False
+    await world.gateway.stop()
+    if world.http_runner is not None:
+        await world.http_runner.cleanup()
+    await world.bus.stop()
+    await world.store.close()
+
+
+async def serve_until_signalled(config: Config) -> None:
+    world = build_world(config)
+    await start_world(world)
+    log.info(
+        "imserver listening: websocket %s  http %s  (store: %s, bus: %s)",
+        world.ws_url,
+        world.http_url,
+        config.sqlite_file,
+        config.bus.backend,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: closing connections with 1012 (server restarting)")
+    try:
+        await asyncio.wait_for(stop_world(world), config.server.shutdown_grace_s + 10)
+    except TimeoutError:
+        log.error("shutdown did not finish in time")
+    log.info("stopped")

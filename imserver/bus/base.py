@@ -1,0 +1,30 @@
+"""The bus interface.
+
+Payloads are plain maps of JSON-compatible values, so a networked bus (Redis
+pub/sub) can carry them unchanged. Handlers are synchronous: the hub writes
+bytes to sockets without awaiting, which keeps fan-out cheap and ordered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+Handler = Callable[[dict[str, Any]], None]
+
+#: A message event for ``recipients`` (user ids): ``{"recipients": [...], "frame": {...}}``.
+TOPIC_DELIVER = "deliver"
+#: A user went online or offline: ``{"user": ..., "online": bool}``.
+TOPIC_PRESENCE = "presence"
+#: A conversation's membership or roles changed: ``{"conv": ...}`` (drop caches).
+TOPIC_CONV_CHANGED = "conv"
+
+
+class Bus(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, topic: str, payload: dict[str, Any]) -> None: ...
+
+    def subscribe(self, topic: str, handler: Handler) -> None: ...

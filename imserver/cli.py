@@ -1,0 +1,132 @@
+"""Command line: ``python -m imserver serve | token | user``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from imserver.config import Config, load_config
+from imserver.errors import ConfigError
+
+DEFAULT_CONFIG = Path("config/default.toml")
+
+
+def _load(path: str | None) -> Config:
+    chosen = path or os.environ.get("IMSERVER_CONFIG")
+    if chosen is None and DEFAULT_CONFIG.exists():
+        chosen = str(DEFAULT_CONFIG)
+    return load_config(chosen)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+def _run(coro: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            logging.getLogger("imserver").info("uvloop not installed; using asyncio's loop")
+        else:
+            uvloop.run(coro)
+            return
+    asyncio.run(coro)
+
+
+async def _ensure_user(config: Config, user: str, name: str) -> None:
+    from imserver.store.sqlite import SqliteStore
+
+    store = SqliteStore(config.sqlite_file, synchronous=config.store.sqlite_synchronous)
+    await store.open()
+    try:
+        await store.upsert_users([(user, name)], int(time.time() * 1000))
+    finally:
+        await store.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    _setup_logging(config.server.log_level)
+    from imserver.app import serve_until_signalled
+
+    _run(serve_until_signalled(config), config.server.use_uvloop)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from imserver.protocol.fields import is_user_id
+    from imserver.tokens import TokenSigner, load_or_create_secret
+
+    config = _load(args.config)
+    for what, value in (("--user", args.user), ("--device", args.device)):
+        if not is_user_id(value):
+            print(f"error: {what} must be 1-64 of A-Z a-z 0-9 _ . @ -", file=sys.stderr)
+            return 2
+    if not args.no_create:
+        asyncio.run(_ensure_user(config, args.user, args.name or args.user))
+    signer = TokenSigner(load_or_create_secret(config.auth.secret, config.data_path))
+    print(signer.mint(args.user, args.device, args.ttl or config.auth.token_ttl_s))
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from imserver.protocol.fields import is_user_id
+
+    config = _load(args.config)
+    bad = [u for u in args.users if not is_user_id(u)]
+    if bad:
+        print(f"error: invalid user id(s): {', '.join(bad)}", file=sys.stderr)
+        return 2
+    for u in args.users:
+        asyncio.run(_ensure_user(config, u, u))
+    print(f"{len(args.users)} user(s) ready")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m imserver", description=__doc__)
+    p.add_argument("--config", help="TOML config file (default: config/default.toml)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the WebSocket gateway and HTTP API")
+    s.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_serve)
+
+    t = sub.add_parser("token", help="mint a user token for development (creates the user)")
+    t.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    t.add_argument("--user", required=True)
+    t.add_argument("--device", required=True)
+    t.add_argument("--name", help="display name for a new user")
+    t.add_argument("--ttl", type=int, help="lifetime in seconds (default: auth.token_ttl_s)")
+    t.add_argument("--no-create", action="store_true", help="do not create the user")
+    t.set_defaults(func=cmd_token)
+
+    u = sub.add_parser("user", help="manage users")
+    usub = u.add_subparsers(dest="user_command", required=True)
+    ua = usub.add_parser("add", help="create users")
+    ua.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    ua.add_argument("users", nargs="+")
+    ua.set_defaults(func=cmd_user_add)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return code

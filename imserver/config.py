@@ -1,0 +1,271 @@
+"""Configuration: a TOML file, overridden key by key by environment variables.
+
+Every key lives in a section (``[server] ws_port``); the environment variable
+``IMSERVER_SERVER_WS_PORT`` overrides it. Values are checked once, at start-up,
+so a typo fails loudly with the key's name instead of surfacing later as odd
+behaviour. The dataclasses below are the single list of keys and defaults;
+``config/default.toml`` documents the same keys for operators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from imserver.errors import ConfigError
+
+ENV_PREFIX = "IMSERVER_"
+
+
+@dataclass(slots=True, frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    ws_port: int = 8700
+    http_port: int = 8701
+    data_dir: str = "./data"
+    log_level: str = "INFO"
+    use_uvloop: bool = True
+    shutdown_grace_s: float = 5.0
+
+
+@dataclass(slots=True, frozen=True)
+class StoreConfig:
+    backend: str = "sqlite"
+    sqlite_path: str = ""  # empty: <data_dir>/imserver.db
+    sqlite_synchronous: str = "FULL"
+    group_commit_max: int = 512
+
+
+@dataclass(slots=True, frozen=True)
+class BusConfig:
+    backend: str = "local"
+
+
+@dataclass(slots=True, frozen=True)
+class AuthConfig:
+    secret: str = ""  # empty: generated once into <data_dir>/secret.key
+    token_ttl_s: int = 3600
+    auth_timeout_s: float = 5.0
+    admin_api_key: str = ""  # empty: admin HTTP API disabled
+
+
+@dataclass(slots=True, frozen=True)
+class LimitsConfig:
+    max_frame_bytes: int = 65536
+    max_text_chars: int = 5000
+    max_group_members: int = 1000
+    max_group_name_chars: int = 64
+    max_file_bytes: int = 20 * 1024 * 1024
+    allowed_file_types: tuple[str, ...] = (
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "application/pdf",
+        "text/plain",
+        "application/zip",
+        "application/octet-stream",
+        "application/msword",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "application/vnd.ms-excel",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "application/ofd",
+    )
+    sync_page_messages: int = 200
+    sync_page_conversations: int = 50
+    history_page_max: int = 100
+    presence_subscriptions: int = 500
+
+
+@dataclass(slots=True, frozen=True)
+class GatewayConfig:
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    idle_timeout_s: float = 120.0
+    send_buffer_limit_bytes: int = 1024 * 1024
+    compression: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class ChatConfig:
+    recall_window_s: float = 120.0
+
+
+@dataclass(slots=True, frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    bus: BusConfig = field(default_factory=BusConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir)
+
+    @property
+    def sqlite_file(self) -> Path:
+        if self.store.sqlite_path:
+            return Path(self.store.sqlite_path)
+        return self.data_path / "imserver.db"
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Build a checked :class:`Config` from a TOML file, the environment and overrides.
+
+    Precedence, lowest first: built-in defaults, the file, ``IMSERVER_*``
+    variables, then ``overrides`` (used by tests and the CLI).
+    """
+    raw: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(str(path), "file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(str(path), f"not valid TOML: {e}") from None
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for name, value in raw.items():
+        if name not in sections:
+            raise ConfigError(name, f"unknown section (known: {', '.join(sections)})")
+        if not isinstance(value, dict):
+            raise ConfigError(name, "must be a table")
+    built: dict[str, Any] = {}
+    environ = os.environ if env is None else env
+    for name, sect_field in sections.items():
+        cls = sect_field.default_factory
+        values = dict(raw.get(name, {}))
+        values.update(_env_values(name, cls, environ))
+        if overrides and name in overrides:
+            values.update(overrides[name])
+        built[name] = _build_section(name, cls, values)
+    config = Config(**built)
+    _validate(config)
+    return config
+
+
+def _env_values(section: str, cls: Any, environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        var = f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
+        if var in environ:
+            out[f.name] = _EnvString(environ[var])
+    return out
+
+
+class _EnvString(str):
+    """A value that came from the environment and still needs parsing."""
+
+
+def _build_section(section: str, cls: Any, values: dict[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{section}.{key}", "unknown key")
+        kwargs[key] = _coerce(f"{section}.{key}", hints[key], value)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    from_env = isinstance(value, _EnvString)
+    if hint is bool:
+        if from_env:
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(key, f"expected a boolean, got {value!r}")
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected a boolean, got {value!r}")
+        return value
+    if hint is int:
+        if from_env:
+            try:
+                return int(value)
+            except ValueError:
+                raise ConfigError(key, f"expected an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if from_env:
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(key, f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return str(value)
+    if hint == tuple[str, ...]:
+        if from_env:
+            return tuple(s.strip() for s in value.split(",") if s.strip())
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"expected a list of strings, got {value!r}")
+        return tuple(value)
+    raise ConfigError(key, f"unsupported type {hint!r}")  # pragma: no cover
+
+
+def _validate(c: Config) -> None:
+    def positive(key: str, value: float) -> None:
+        if value <= 0:
+            raise ConfigError(key, f"must be greater than 0, got {value}")
+
+    for key, port in (
+        ("server.ws_port", c.server.ws_port),
+        ("server.http_port", c.server.http_port),
+    ):
+        if not 0 <= port <= 65535:
+            raise ConfigError(key, f"must be a port number 0-65535 (0 = any free port), got {port}")
+    if c.server.ws_port == c.server.http_port and c.server.ws_port != 0:
+        raise ConfigError("server.http_port", "must differ from server.ws_port")
+    if c.server.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("server.log_level", "must be DEBUG, INFO, WARNING or ERROR")
+    if c.store.backend != "sqlite":
+        raise ConfigError(
+            "store.backend", f"unsupported backend {c.store.backend!r} (known: sqlite)"
+        )
+    if c.store.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ConfigError("store.sqlite_synchronous", "must be OFF, NORMAL, FULL or EXTRA")
+    positive("store.group_commit_max", c.store.group_commit_max)
+    if c.bus.backend != "local":
+        raise ConfigError("bus.backend", f"unsupported backend {c.bus.backend!r} (known: local)")
+    if c.auth.secret and len(c.auth.secret) < 32:
+        raise ConfigError(
+            "auth.secret", "must be at least 32 characters (or empty to generate one)"
+        )
+    positive("auth.token_ttl_s", c.auth.token_ttl_s)
+    positive("auth.auth_timeout_s", c.auth.auth_timeout_s)
+    if c.auth.admin_api_key and len(c.auth.admin_api_key) < 16:
+        raise ConfigError("auth.admin_api_key", "must be at least 16 characters (or empty)")
+    for f in dataclasses.fields(LimitsConfig):
+        v = getattr(c.limits, f.name)
+        if isinstance(v, int):
+            positive(f"limits.{f.name}", v)
+    if c.limits.max_frame_bytes < 1024:
+        raise ConfigError("limits.max_frame_bytes", "must be at least 1024")
+    if c.limits.max_group_members < 2:
+        raise ConfigError("limits.max_group_members", "must be at least 2")
+    for name in ("ping_interval_s", "ping_timeout_s", "idle_timeout_s"):
+        positive(f"gateway.{name}", getattr(c.gateway, name))
+    if c.gateway.send_buffer_limit_bytes < 64 * 1024:
+        raise ConfigError("gateway.send_buffer_limit_bytes", "must be at least 65536")
+    if c.chat.recall_window_s < 0:
+        raise ConfigError("chat.recall_window_s", "must not be negative")

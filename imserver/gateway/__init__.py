@@ -1,0 +1,1 @@
+"""The WebSocket gateway: handshake, authentication, sessions, backpressure."""

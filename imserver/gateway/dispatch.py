@@ -1,0 +1,66 @@
+"""Route each typed request to the service that answers it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imserver.errors import AlreadyAuthenticated
+from imserver.gateway.session import Session
+from imserver.protocol import requests as rq
+from imserver.services.caller import Caller
+from imserver.services.chat import ChatService
+from imserver.services.groups import GroupService
+from imserver.services.presence import PresenceService
+
+
+class Dispatcher:
+    def __init__(self, chat: ChatService, groups: GroupService, presence: PresenceService) -> None:
+        self._chat = chat
+        self._groups = groups
+        self._presence = presence
+
+    async def handle(self, session: Session, req: rq.Request) -> dict[str, Any]:
+        caller = Caller(session.user, session.device)
+        chat, groups = self._chat, self._groups
+        match req:
+            case rq.Send():
+                return await chat.send(caller, req)
+            case rq.Sync():
+                return await chat.sync(caller, req)
+            case rq.Read():
+                return await chat.read(caller, req)
+            case rq.History():
+                return await chat.history(caller, req)
+            case rq.ReadStatus():
+                return await chat.read_status(caller, req)
+            case rq.Unread():
+                return await chat.unread(caller)
+            case rq.Recall():
+                return await chat.recall(caller, req)
+            case rq.GroupCreate():
+                return await groups.create(caller, req)
+            case rq.GroupRename():
+                return await groups.rename(caller, req)
+            case rq.GroupAdd():
+                return await groups.add(caller, req)
+            case rq.GroupRemove():
+                return await groups.remove(caller, req)
+            case rq.GroupLeave():
+                return await groups.leave(caller, req)
+            case rq.GroupRole():
+                return await groups.set_role(caller, req)
+            case rq.GroupMembers():
+                return await groups.members(caller, req)
+            case rq.GroupList():
+                return await groups.list(caller)
+            case rq.PresenceQuery():
+                return await self._presence.query(req.users)
+            case rq.PresenceSubscribe():
+                return await self._presence.subscribe(session, req.users)
+            case rq.PresenceUnsubscribe():
+                return await self._presence.unsubscribe(session, req.users)
+            case rq.Auth():
+                raise AlreadyAuthenticated("this connection is already authenticated")
+            case rq.Ping():  # answered by the gateway with a pong frame
+                return {}
+        raise AssertionError(f"unhandled request {req!r}")  # pragma: no cover

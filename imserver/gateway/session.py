@@ -1,0 +1,105 @@
+"""One authenticated WebSocket connection as the hub and services see it.
+
+Writes never wait. ``write`` hands bytes straight to the websockets protocol
+and transport; if the transport's unsent buffer has passed the bound, the
+socket is closed with 4008 instead, so one slow reader can neither stall
+fan-out to the others nor grow the server's memory without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State
+
+from imserver.metrics import Metrics
+from imserver.protocol.codec import Codec
+from imserver.protocol.frames import (
+    CLOSE_AUTH_FAILED,
+    CLOSE_AUTH_REQUIRED,
+    CLOSE_AUTH_TIMEOUT,
+    CLOSE_IDLE_TIMEOUT,
+    CLOSE_REPLACED,
+    CLOSE_RESTARTING,
+    CLOSE_SLOW_CONSUMER,
+)
+
+log = logging.getLogger(__name__)
+
+CLOSE_NAMES = {
+    CLOSE_AUTH_TIMEOUT: "auth_timeout",
+    CLOSE_AUTH_FAILED: "auth_failed",
+    CLOSE_AUTH_REQUIRED: "auth_required",
+    CLOSE_SLOW_CONSUMER: "slow_consumer",
+    CLOSE_REPLACED: "replaced",
+    CLOSE_IDLE_TIMEOUT: "idle_timeout",
+    CLOSE_RESTARTING: "restarting",
+}
+
+
+class Session:
+    __slots__ = (
+        "_buffer_limit",
+        "_close_task",
+        "_metrics",
+        "_transport",
+        "closed",
+        "codec",
+        "device",
+        "last_activity",
+        "user",
+        "watching",
+        "ws",
+    )
+
+    def __init__(
+        self, ws: ServerConnection, codec: Codec, buffer_limit: int, metrics: Metrics
+    ) -> None:
+        self.ws = ws
+        self.codec = codec
+        self.user = ""
+        self.device = ""
+        self.last_activity = time.monotonic()
+        self.watching: set[str] = set()
+        self.closed = False
+        self._transport = ws.transport
+        self._buffer_limit = buffer_limit
+        self._metrics = metrics
+        self._close_task: asyncio.Task[None] | None = None
+
+    def send_frame(self, frame: dict[str, Any]) -> bool:
+        return self.write(self.codec.encode(frame))
+
+    def write(self, data: bytes) -> bool:
+        if self.closed:
+            return False
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN:
+            return False
+        if self._transport.get_write_buffer_size() > self._buffer_limit:
+            log.warning(
+                "closing slow consumer %s/%s: %d bytes unsent",
+                self.user,
+                self.device,
+                self._transport.get_write_buffer_size(),
+            )
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer: reconnect and sync")
+            return False
+        if self.codec.text:
+            ws.protocol.send_text(data)
+        else:
+            ws.protocol.send_binary(data)
+        ws.send_data()
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        """Start closing with ``code``; no more writes reach this socket."""
+        if self.closed:
+            return
+        self.closed = True
+        self._metrics.closes.labels(CLOSE_NAMES.get(code, str(code))).inc()
+        self._close_task = asyncio.get_running_loop().create_task(self.ws.close(code, reason))

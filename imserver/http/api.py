@@ -1,0 +1,148 @@
+"""HTTP routes. Errors are ``{"error": {"code", "message"}}`` with the error's status."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from imserver.errors import Forbidden, ImError, InvalidField, NotAuthenticated, TokenInvalid
+from imserver.metrics import Metrics
+from imserver.protocol.fields import FILE_ID_RE, is_user_id
+from imserver.services.files import FileService
+from imserver.store.base import Store
+from imserver.tokens import TokenClaims, TokenSigner
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SIGNER = web.AppKey("signer", TokenSigner)
+FILES = web.AppKey("files", FileService)
+STORE = web.AppKey("store", object)
+METRICS = web.AppKey("metrics", Metrics)
+ADMIN_KEY = web.AppKey("admin_key", str)
+
+
+def error_response(err: ImError) -> web.Response:
+    body = {"error": {"code": err.code, "message": err.message}}
+    if err.field:
+        body["error"]["field"] = err.field
+    return web.json_response(body, status=err.http_status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ImError as e:
+        return error_response(e)
+    except web.HTTPException as e:
+        if e.status >= 400:
+            code = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large"}.get(
+                e.status, "bad_request"
+            )
+            return web.json_response(
+                {"error": {"code": code, "message": e.reason}}, status=e.status
+            )
+        raise
+
+
+def _bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        raise NotAuthenticated("send 'Authorization: Bearer <token>'")
+    return header[len("Bearer ") :].strip()
+
+
+async def _user(request: web.Request) -> TokenClaims:
+    claims = request.app[SIGNER].verify(_bearer(request))
+    store: Store = request.app[STORE]  # type: ignore[assignment]
+    if not await store.existing_users([claims.user]):
+        raise TokenInvalid("token rejected: unknown user")
+    return claims
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), content_type="text/plain")
+
+
+async def upload_file(request: web.Request) -> web.Response:
+    claims = await _user(request)
+    name = request.query.get("name", "")
+    if not 1 <= len(name) <= 255 or "/" in name or "\\" in name:
+        raise InvalidField("query 'name' must be a file name of 1-255 characters", field="name")
+    files = request.app[FILES]
+    mime = files.check_type(request.headers.get("Content-Type", "application/octet-stream"))
+
+    async def chunks() -> Any:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            yield chunk
+
+    meta = await files.upload(claims.user, mime, chunks())
+    return web.json_response(
+        {"id": meta.id, "name": name, "size": meta.size, "mime": meta.mime}, status=201
+    )
+
+
+async def download_file(request: web.Request) -> web.StreamResponse:
+    claims = await _user(request)
+    file_id = request.match_info["file_id"]
+    if FILE_ID_RE.fullmatch(file_id) is None:
+        raise InvalidField("file id must be a lowercase sha256 hex digest", field="id")
+    meta, path = await request.app[FILES].open_for(claims.user, file_id)
+    return web.FileResponse(path, headers={"Content-Type": meta.mime})
+
+
+async def admin_upsert_users(request: web.Request) -> web.Response:
+    """Create or rename users. Replaced by the org directory sync (a later issue)."""
+    key = request.app[ADMIN_KEY]
+    if not key:
+        raise NotAuthenticated("the admin API is disabled (set auth.admin_api_key)")
+    if not hmac.compare_digest(_bearer(request).encode(), key.encode()):
+        raise Forbidden("wrong admin key")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidField("body must be JSON", field="body") from None
+    users = body.get("users") if isinstance(body, dict) else None
+    if not isinstance(users, list) or not users or len(users) > 10_000:
+        raise InvalidField("'users' must be a list of 1-10000 {id, name}", field="users")
+    rows: list[tuple[str, str]] = []
+    for i, u in enumerate(users):
+        uid = u.get("id") if isinstance(u, dict) else None
+        name = u.get("name", "") if isinstance(u, dict) else None
+        if not is_user_id(uid) or not isinstance(name, str) or len(name) > 128:
+            raise InvalidField(f"users[{i}] must be {{id, name}}", field=f"users[{i}]")
+        assert isinstance(uid, str)
+        rows.append((uid, name))
+    store: Store = request.app[STORE]  # type: ignore[assignment]
+    count = await store.upsert_users(rows, int(time.time() * 1000))
+    return web.json_response({"upserted": count})
+
+
+def build_http_app(
+    signer: TokenSigner, files: FileService, store: Store, metrics_: Metrics, admin_key: str
+) -> web.Application:
+    # client_max_size bounds non-streamed bodies (JSON); uploads stream and
+    # are bounded by FileService.
+    app = web.Application(middlewares=[errors_middleware], client_max_size=8 * 1024 * 1024)
+    app[SIGNER] = signer
+    app[FILES] = files
+    app[STORE] = store
+    app[METRICS] = metrics_
+    app[ADMIN_KEY] = admin_key
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/api/v1/files", upload_file)
+    app.router.add_get("/api/v1/files/{file_id}", download_file)
+    app.router.add_post("/admin/v1/users", admin_upsert_users)
+    return app

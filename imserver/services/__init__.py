@@ -1,0 +1,1 @@
+"""Services: plain async classes over the store and the bus."""

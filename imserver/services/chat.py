@@ -1,0 +1,245 @@
+"""Chat: send, recall, sync, history, read cursors and receipts.
+
+The message path lives in :meth:`ChatService.send`: authorise, check content,
+persist (which assigns ``seq``), then publish one event for every member's
+devices. The store call is the commit point: anything before it changes
+nothing, so every error leaves no trace.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from imserver.bus.base import TOPIC_DELIVER, Bus
+from imserver.config import Config
+from imserver.errors import (
+    Forbidden,
+    InvalidField,
+    NoSuchFile,
+    NoSuchMessage,
+    NoSuchUser,
+    NotMember,
+    RecallWindowPassed,
+)
+from imserver.metrics import Metrics
+from imserver.protocol import requests as rq
+from imserver.protocol.frames import event_frame
+from imserver.services.caller import Caller
+from imserver.services.membership import MembershipCache, dm_id, dm_parties
+from imserver.store.base import Store
+from imserver.store.records import ROLE_ADMIN, ROLE_OWNER, Message, NewMessage
+
+RECALLABLE_KINDS = ("text", "file")
+
+
+def now_ms(clock: Callable[[], float]) -> int:
+    return int(clock() * 1000)
+
+
+class ChatService:
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        members: MembershipCache,
+        config: Config,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._members = members
+        self._limits = config.limits
+        self._recall_window_ms = int(config.chat.recall_window_s * 1000)
+        self._metrics = metrics
+        self._clock = clock
+
+    async def publish_message(self, message: Message, recipients: tuple[str, ...]) -> None:
+        self._metrics.messages.labels(message.kind).inc()
+        await self._bus.publish(
+            TOPIC_DELIVER,
+            {"recipients": list(recipients), "frame": event_frame("message", message.to_wire())},
+        )
+
+    # -- sending -------------------------------------------------------------
+    async def send(self, caller: Caller, req: rq.Send) -> dict[str, Any]:
+        conv = await self._resolve_target(caller, req)
+        entry = await self._members.require_member(conv, caller.user)
+        if req.mentions:
+            strangers = [u for u in req.mentions if u not in entry.roles]
+            if strangers:
+                raise InvalidField(
+                    f"mentioned users are not members: {', '.join(strangers[:10])}",
+                    field="body.mentions",
+                )
+        managers = (ROLE_OWNER, ROLE_ADMIN)
+        if req.mention_all and (
+            entry.conv.kind != "group" or entry.roles[caller.user] not in managers
+        ):
+            raise Forbidden("only group owners and admins may @all")
+        if req.kind == "file":
+            file_id = req.body["file"]["id"]
+            meta = await self._store.get_file(file_id)
+            if meta is None or not await self._store.file_visible_to(file_id, caller.user):
+                raise NoSuchFile(f"no file {file_id}; upload it first")
+            req.body["file"]["size"] = meta.size  # the stored size is the truth
+        result = await self._store.append_message(
+            NewMessage(
+                conv=conv,
+                sender=caller.user,
+                device=caller.device,
+                kind=req.kind,
+                body=req.body,
+                ts=now_ms(self._clock),
+                client_msg_id=req.client_msg_id,
+            )
+        )
+        msg = result.message
+        if not result.duplicate:
+            await self.publish_message(msg, entry.users)
+        return {
+            "conv": msg.conv,
+            "seq": msg.seq,
+            "ts": msg.ts,
+            "client_msg_id": msg.client_msg_id,
+            "duplicate": result.duplicate,
+        }
+
+    async def _resolve_target(self, caller: Caller, req: rq.Send) -> str:
+        """The conversation id; a first 1:1 message creates its conversation."""
+        if req.to is not None:
+            peer = req.to
+            conv = dm_id(caller.user, peer)
+        else:
+            assert req.conv is not None
+            conv = req.conv
+            if not conv.startswith("dm:"):
+                return conv
+            a, b = dm_parties(conv)
+            if caller.user not in (a, b):
+                # Do not reveal whether someone else's 1:1 conversation exists.
+                raise NotMember(f"you are not a member of {conv}")
+            peer = b if caller.user == a else a
+        if peer == caller.user:
+            raise InvalidField("you cannot send a 1:1 message to yourself", field="to")
+        if await self._members.get(conv) is None:
+            if peer not in await self._store.existing_users([peer]):
+                raise NoSuchUser(f"no user {peer!r}")
+            a, b = dm_parties(conv)
+            await self._store.ensure_dm(conv, a, b, now_ms(self._clock))
+            self._members.invalidate(conv)
+        return conv
+
+    async def recall(self, caller: Caller, req: rq.Recall) -> dict[str, Any]:
+        entry = await self._members.require_member(req.conv, caller.user)
+        target = await self._store.get_message(req.conv, req.seq)
+        if target is None:
+            raise NoSuchMessage(f"no message {req.seq} in {req.conv}")
+        if target.sender != caller.user:
+            raise Forbidden("only the sender may recall a message")
+        if target.kind not in RECALLABLE_KINDS or target.recalled:
+            raise Forbidden("this message cannot be recalled")
+        now = now_ms(self._clock)
+        if now - target.ts > self._recall_window_ms:
+            raise RecallWindowPassed(
+                f"messages can be recalled within {self._recall_window_ms // 1000} s of sending"
+            )
+        notice = NewMessage(
+            conv=req.conv,
+            sender=caller.user,
+            device=caller.device,
+            kind="recall",
+            body={"target_seq": req.seq},
+            ts=now,
+        )
+        msg = await self._store.recall_message(req.conv, req.seq, notice)
+        await self.publish_message(msg, entry.users)
+        return {"conv": msg.conv, "seq": msg.seq, "target_seq": req.seq}
+
+    # -- reading -------------------------------------------------------------
+    async def sync(self, caller: Caller, req: rq.Sync) -> dict[str, Any]:
+        states = await self._store.conversations_of(caller.user)
+        out: list[dict[str, Any]] = []
+        more = False
+        for st in states:
+            have = req.since.get(st.conv, 0)
+            if st.last_seq <= have:
+                continue
+            if len(out) >= self._limits.sync_page_conversations:
+                more = True
+                break
+            messages = await self._store.messages_after(st.conv, have, req.limit)
+            conv_more = bool(messages) and messages[-1].seq < st.last_seq
+            more = more or conv_more
+            out.append(
+                {
+                    "conv": st.conv,
+                    "kind": st.kind,
+                    "name": st.name,
+                    "peer": _peer(st.conv, caller.user) if st.kind == "dm" else None,
+                    "last_seq": st.last_seq,
+                    "read_seq": st.read_seq,
+                    "unread": max(0, st.last_seq - st.read_seq),
+                    "messages": [m.to_wire() for m in messages],
+                    "more": conv_more,
+                }
+            )
+        return {"conversations": out, "more": more}
+
+    async def history(self, caller: Caller, req: rq.History) -> dict[str, Any]:
+        await self._members.require_member(req.conv, caller.user)
+        messages = await self._store.messages_before(req.conv, req.before_seq, req.limit)
+        more = bool(messages) and messages[0].seq > 1
+        return {"messages": [m.to_wire() for m in messages], "more": more}
+
+    async def read(self, caller: Caller, req: rq.Read) -> dict[str, Any]:
+        entry = await self._members.require_member(req.conv, caller.user)
+        cursor = await self._store.set_read_cursor(req.conv, caller.user, req.seq)
+        conv = await self._store.get_conversation(req.conv)
+        last_seq = conv.last_seq if conv is not None else cursor
+        recipients = [caller.user]
+        if entry.conv.kind == "dm":
+            recipients.append(_peer(req.conv, caller.user))
+        await self._bus.publish(
+            TOPIC_DELIVER,
+            {
+                "recipients": recipients,
+                "frame": event_frame(
+                    "read", {"conv": req.conv, "user": caller.user, "seq": cursor}
+                ),
+            },
+        )
+        return {"conv": req.conv, "read_seq": cursor, "unread": max(0, last_seq - cursor)}
+
+    async def read_status(self, caller: Caller, req: rq.ReadStatus) -> dict[str, Any]:
+        await self._members.require_member(req.conv, caller.user)
+        target = await self._store.get_message(req.conv, req.seq)
+        if target is None:
+            raise NoSuchMessage(f"no message {req.seq} in {req.conv}")
+        read: list[str] = []
+        unread: list[str] = []
+        for m in await self._store.members(req.conv):
+            if m.user == target.sender:
+                continue
+            (read if m.read_seq >= req.seq else unread).append(m.user)
+        return {"conv": req.conv, "seq": req.seq, "read": read, "unread": unread}
+
+    async def unread(self, caller: Caller) -> dict[str, Any]:
+        convs = [
+            {
+                "conv": st.conv,
+                "unread": st.last_seq - st.read_seq,
+                "last_seq": st.last_seq,
+                "read_seq": st.read_seq,
+            }
+            for st in await self._store.conversations_of(caller.user)
+            if st.last_seq > st.read_seq
+        ]
+        return {"total": sum(c["unread"] for c in convs), "conversations": convs}
+
+
+def _peer(conv: str, user: str) -> str:
+    a, b = dm_parties(conv)
+    return b if user == a else a

@@ -1,0 +1,1 @@
+"""Storage behind one interface (``Store``); one implementation per engine."""

@@ -1,0 +1,93 @@
+"""The storage interface services depend on.
+
+Services speak in domain terms (``append_message``, ``messages_after``,
+``set_read_cursor``); SQL lives only in the implementations. Every method that
+changes more than one row does so atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from imserver.store.records import (
+    AppendResult,
+    Conversation,
+    ConvState,
+    FileMeta,
+    Member,
+    MembershipChange,
+    Message,
+    NewMessage,
+)
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect and apply pending schema migrations."""
+
+    async def close(self) -> None: ...
+
+    # -- users ---------------------------------------------------------------
+    async def upsert_users(self, users: Iterable[tuple[str, str]], now: int) -> int:
+        """Create or rename users given as ``(id, display name)``; returns how many."""
+
+    async def existing_users(self, ids: Iterable[str]) -> set[str]: ...
+
+    # -- conversations -------------------------------------------------------
+    async def get_conversation(self, conv: str) -> Conversation | None: ...
+
+    async def ensure_dm(self, conv: str, a: str, b: str, now: int) -> Conversation:
+        """The 1:1 conversation ``conv`` between ``a`` and ``b``, created if absent."""
+
+    async def create_group(
+        self, conv: str, name: str, owner: str, members: Iterable[str], notice: NewMessage
+    ) -> Message:
+        """Create the group, its members and its first (system) message at once."""
+
+    async def change_group(
+        self, conv: str, change: MembershipChange, notice: NewMessage, max_members: int
+    ) -> Message:
+        """Apply ``change`` and append ``notice`` in one transaction.
+
+        Raises ``TooManyMembers`` (nothing applied) if the group would exceed
+        ``max_members``.
+        """
+
+    async def members(self, conv: str) -> list[Member]: ...
+
+    async def member_role(self, conv: str, user: str) -> str | None: ...
+
+    async def conversations_of(self, user: str) -> list[ConvState]: ...
+
+    # -- messages ------------------------------------------------------------
+    async def append_message(self, new: NewMessage) -> AppendResult:
+        """Give ``new`` the conversation's next seq and store it durably.
+
+        The sender must be a member (``NotMember`` otherwise, nothing stored).
+        A repeated ``(sender, client_msg_id)`` returns the original message
+        with ``duplicate=True`` and stores nothing. The sender's read cursor
+        moves to the new seq.
+        """
+
+    async def messages_after(self, conv: str, after_seq: int, limit: int) -> list[Message]: ...
+
+    async def messages_before(self, conv: str, before_seq: int | None, limit: int) -> list[Message]:
+        """Up to ``limit`` messages with seq < ``before_seq`` (newest if None), ascending."""
+
+    async def get_message(self, conv: str, seq: int) -> Message | None: ...
+
+    async def recall_message(self, conv: str, seq: int, notice: NewMessage) -> Message:
+        """Erase the target's body, mark it recalled and append ``notice`` at once."""
+
+    # -- read cursors --------------------------------------------------------
+    async def set_read_cursor(self, conv: str, user: str, seq: int) -> int:
+        """Move the cursor forward to ``min(seq, last_seq)``; return the cursor."""
+
+    # -- files ---------------------------------------------------------------
+    async def record_file(self, meta: FileMeta, uploader: str) -> None: ...
+
+    async def get_file(self, file_id: str) -> FileMeta | None: ...
+
+    async def file_visible_to(self, file_id: str, user: str) -> bool:
+        """True if ``user`` uploaded the file or it was sent where they are a member."""

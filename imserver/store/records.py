@@ -1,0 +1,104 @@
+"""Values that cross the store boundary. Immutable; no SQL, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ROLE_OWNER = "owner"
+ROLE_ADMIN = "admin"
+ROLE_MEMBER = "member"
+
+
+@dataclass(slots=True, frozen=True)
+class Message:
+    conv: str
+    seq: int
+    sender: str
+    device: str
+    kind: str
+    body: dict[str, Any]
+    ts: int
+    client_msg_id: str | None
+    recalled: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        """The message object of docs/protocol.md section 5."""
+        return {
+            "conv": self.conv,
+            "seq": self.seq,
+            "sender": self.sender,
+            "device": self.device,
+            "kind": self.kind,
+            "body": self.body,
+            "ts": self.ts,
+            "client_msg_id": self.client_msg_id,
+            "recalled": self.recalled,
+        }
+
+
+@dataclass(slots=True, frozen=True)
+class NewMessage:
+    """A message before the store has given it a ``seq``."""
+
+    conv: str
+    sender: str
+    device: str
+    kind: str
+    body: dict[str, Any]
+    ts: int
+    client_msg_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class AppendResult:
+    message: Message
+    duplicate: bool
+
+
+@dataclass(slots=True, frozen=True)
+class Conversation:
+    id: str
+    kind: str  # "dm" | "group"
+    name: str
+    owner: str | None
+    last_seq: int
+    created_at: int
+
+
+@dataclass(slots=True, frozen=True)
+class Member:
+    user: str
+    role: str
+    read_seq: int
+
+
+@dataclass(slots=True, frozen=True)
+class ConvState:
+    """One conversation as one member sees it."""
+
+    conv: str
+    kind: str
+    name: str
+    last_seq: int
+    read_seq: int
+    role: str
+    member_count: int
+
+
+@dataclass(slots=True, frozen=True)
+class FileMeta:
+    id: str
+    size: int
+    mime: str
+    created_at: int
+
+
+@dataclass(slots=True, frozen=True)
+class MembershipChange:
+    """Membership edits applied atomically together with their system notice."""
+
+    add: tuple[tuple[str, str], ...] = ()  # (user, role)
+    remove: tuple[str, ...] = ()
+    set_roles: tuple[tuple[str, str], ...] = ()  # (user, role)
+    rename: str | None = None

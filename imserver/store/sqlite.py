@@ -1,0 +1,434 @@
+"""The embedded store: one SQLite file in WAL mode.
+
+Writes go through one writer thread that group-commits; reads through a
+reader thread on its own connection. Every public method is one job, so each
+is atomic: the job runs inside the writer's transaction (in a savepoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from imserver.errors import NoSuchConversation, NoSuchMessage, NotMember, TooManyMembers
+from imserver.store.records import (
+    ROLE_MEMBER,
+    ROLE_OWNER,
+    AppendResult,
+    Conversation,
+    ConvState,
+    FileMeta,
+    Member,
+    MembershipChange,
+    Message,
+    NewMessage,
+)
+from imserver.store.sqlite_schema import migrate
+from imserver.store.sqlite_worker import SqliteThread
+
+log = logging.getLogger(__name__)
+
+_CONV_SELECT = "SELECT id, kind, name, owner, last_seq, created_at FROM conversations WHERE id = ?"
+_ADD_MEMBER = "INSERT OR IGNORE INTO members (conv, user, role, read_seq) VALUES (?, ?, ?, 0)"
+_MSG_COLUMNS = "conv, seq, sender, device, kind, body, ts, client_msg_id, recalled"
+
+
+def _message(row: tuple[Any, ...]) -> Message:
+    conv, seq, sender, device, kind, body, ts, cmid, recalled = row
+    return Message(conv, seq, sender, device, kind, orjson.loads(body), ts, cmid, bool(recalled))
+
+
+def _conversation(row: tuple[Any, ...]) -> Conversation:
+    return Conversation(*row)
+
+
+def _insert_message(conn: sqlite3.Connection, new: NewMessage) -> Message:
+    """Assign the next seq and insert; the caller's transaction makes it atomic."""
+    row = conn.execute(
+        "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq",
+        (new.conv,),
+    ).fetchone()
+    if row is None:
+        raise NoSuchConversation(f"no conversation {new.conv!r}")
+    seq = int(row[0])
+    conn.execute(
+        f"INSERT INTO messages ({_MSG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+        (
+            new.conv,
+            seq,
+            new.sender,
+            new.device,
+            new.kind,
+            orjson.dumps(new.body),
+            new.ts,
+            new.client_msg_id,
+        ),
+    )
+    # The sender has read what they sent (system notices and recalls included).
+    conn.execute(
+        "UPDATE members SET read_seq = max(read_seq, ?) WHERE conv = ? AND user = ?",
+        (seq, new.conv, new.sender),
+    )
+    if new.kind == "file":
+        conn.execute(
+            "INSERT OR IGNORE INTO file_refs (file, conv) VALUES (?, ?)",
+            (new.body["file"]["id"], new.conv),
+        )
+    return Message(
+        new.conv, seq, new.sender, new.device, new.kind, new.body, new.ts, new.client_msg_id
+    )
+
+
+class SqliteStore:
+    """``Store`` on a local SQLite file."""
+
+    def __init__(
+        self, path: Path, *, synchronous: str = "FULL", group_commit_max: int = 512
+    ) -> None:
+        self._path = path
+        self._synchronous = synchronous.upper()
+        self._writer = SqliteThread(
+            "sqlite-writer", self._connect_writer, batch=group_commit_max, write=True
+        )
+        self._reader = SqliteThread("sqlite-reader", self._connect_reader, batch=64, write=False)
+        self._open = False
+
+    # -- lifecycle -----------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        applied = migrate(conn)
+        if applied:
+            log.info("sqlite store %s: applied schema migrations %s", self._path, applied)
+        return conn
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+
+    async def open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer.start()  # migrates before any reader looks at the schema
+        self._reader.start()
+        self._open = True
+
+    async def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self._reader.stop()
+        self._writer.stop()
+
+    @property
+    def commit_stats(self) -> tuple[int, int]:
+        """(transactions committed, jobs in them) — group-commit effectiveness."""
+        return self._writer.batches, self._writer.jobs
+
+    async def _write(self, fn: Any) -> Any:
+        return await self._writer.run(fn)
+
+    async def _read(self, fn: Any) -> Any:
+        return await self._reader.run(fn)
+
+    # -- users ---------------------------------------------------------------
+    async def upsert_users(self, users: Iterable[tuple[str, str]], now: int) -> int:
+        rows = [(uid, name, now) for uid, name in users]
+
+        def job(conn: sqlite3.Connection) -> int:
+            conn.executemany(
+                "INSERT INTO users (id, name, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+                rows,
+            )
+            return len(rows)
+
+        result: int = await self._write(job)
+        return result
+
+    async def existing_users(self, ids: Iterable[str]) -> set[str]:
+        wanted = list(dict.fromkeys(ids))
+
+        def job(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    r[0] for r in conn.execute(f"SELECT id FROM users WHERE id IN ({marks})", chunk)
+                )
+            return found
+
+        result: set[str] = await self._read(job)
+        return result
+
+    # -- conversations -------------------------------------------------------
+    async def get_conversation(self, conv: str) -> Conversation | None:
+        def job(conn: sqlite3.Connection) -> Conversation | None:
+            row = conn.execute(
+                _CONV_SELECT,
+                (conv,),
+            ).fetchone()
+            return None if row is None else _conversation(row)
+
+        result: Conversation | None = await self._read(job)
+        return result
+
+    async def ensure_dm(self, conv: str, a: str, b: str, now: int) -> Conversation:
+        def job(conn: sqlite3.Connection) -> Conversation:
+            conn.execute(
+                "INSERT OR IGNORE INTO conversations (id, kind, name, owner, last_seq, created_at)"
+                " VALUES (?, 'dm', '', NULL, 0, ?)",
+                (conv, now),
+            )
+            conn.executemany(
+                _ADD_MEMBER,
+                [(conv, a, ROLE_MEMBER), (conv, b, ROLE_MEMBER)],
+            )
+            row = conn.execute(
+                _CONV_SELECT,
+                (conv,),
+            ).fetchone()
+            return _conversation(row)
+
+        result: Conversation = await self._write(job)
+        return result
+
+    async def create_group(
+        self, conv: str, name: str, owner: str, members: Iterable[str], notice: NewMessage
+    ) -> Message:
+        others = [m for m in dict.fromkeys(members) if m != owner]
+
+        def job(conn: sqlite3.Connection) -> Message:
+            conn.execute(
+                "INSERT INTO conversations (id, kind, name, owner, last_seq, created_at)"
+                " VALUES (?, 'group', ?, ?, 0, ?)",
+                (conv, name, owner, notice.ts),
+            )
+            conn.execute(
+                "INSERT INTO members (conv, user, role, read_seq) VALUES (?, ?, ?, 0)",
+                (conv, owner, ROLE_OWNER),
+            )
+            conn.executemany(
+                "INSERT INTO members (conv, user, role, read_seq) VALUES (?, ?, ?, 0)",
+                [(conv, m, ROLE_MEMBER) for m in others],
+            )
+            return _insert_message(conn, notice)
+
+        result: Message = await self._write(job)
+        return result
+
+    async def change_group(
+        self, conv: str, change: MembershipChange, notice: NewMessage, max_members: int
+    ) -> Message:
+        def job(conn: sqlite3.Connection) -> Message:
+            if change.rename is not None:
+                conn.execute(
+                    "UPDATE conversations SET name = ? WHERE id = ?", (change.rename, conv)
+                )
+            if change.remove:
+                conn.executemany(
+                    "DELETE FROM members WHERE conv = ? AND user = ?",
+                    [(conv, u) for u in change.remove],
+                )
+            if change.add:
+                conn.executemany(
+                    _ADD_MEMBER,
+                    [(conv, u, role) for u, role in change.add],
+                )
+                (count,) = conn.execute(
+                    "SELECT count(*) FROM members WHERE conv = ?", (conv,)
+                ).fetchone()
+                if count > max_members:
+                    raise TooManyMembers(
+                        f"the group would have {count} members; the limit is {max_members}"
+                    )
+            if change.set_roles:
+                conn.executemany(
+                    "UPDATE members SET role = ? WHERE conv = ? AND user = ?",
+                    [(role, conv, u) for u, role in change.set_roles],
+                )
+            return _insert_message(conn, notice)
+
+        result: Message = await self._write(job)
+        return result
+
+    async def members(self, conv: str) -> list[Member]:
+        def job(conn: sqlite3.Connection) -> list[Member]:
+            return [
+                Member(*row)
+                for row in conn.execute(
+                    "SELECT user, role, read_seq FROM members WHERE conv = ? ORDER BY user", (conv,)
+                )
+            ]
+
+        result: list[Member] = await self._read(job)
+        return result
+
+    async def member_role(self, conv: str, user: str) -> str | None:
+        def job(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT role FROM members WHERE conv = ? AND user = ?", (conv, user)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        result: str | None = await self._read(job)
+        return result
+
+    async def conversations_of(self, user: str) -> list[ConvState]:
+        def job(conn: sqlite3.Connection) -> list[ConvState]:
+            rows = conn.execute(
+                "SELECT c.id, c.kind, c.name, c.last_seq, m.read_seq, m.role,"
+                " (SELECT count(*) FROM members mm WHERE mm.conv = c.id)"
+                " FROM members m JOIN conversations c ON c.id = m.conv"
+                " WHERE m.user = ? ORDER BY c.id",
+                (user,),
+            )
+            return [ConvState(*row) for row in rows]
+
+        result: list[ConvState] = await self._read(job)
+        return result
+
+    # -- messages ------------------------------------------------------------
+    async def append_message(self, new: NewMessage) -> AppendResult:
+        def job(conn: sqlite3.Connection) -> AppendResult:
+            if new.client_msg_id is not None:
+                row = conn.execute(
+                    f"SELECT {_MSG_COLUMNS} FROM messages WHERE sender = ? AND client_msg_id = ?",
+                    (new.sender, new.client_msg_id),
+                ).fetchone()
+                if row is not None:
+                    return AppendResult(_message(row), duplicate=True)
+            if (
+                conn.execute(
+                    "SELECT 1 FROM members WHERE conv = ? AND user = ?", (new.conv, new.sender)
+                ).fetchone()
+                is None
+            ):
+                raise NotMember(f"you are not a member of {new.conv}")
+            return AppendResult(_insert_message(conn, new), duplicate=False)
+
+        result: AppendResult = await self._write(job)
+        return result
+
+    async def messages_after(self, conv: str, after_seq: int, limit: int) -> list[Message]:
+        def job(conn: sqlite3.Connection) -> list[Message]:
+            rows = conn.execute(
+                f"SELECT {_MSG_COLUMNS} FROM messages WHERE conv = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (conv, after_seq, limit),
+            )
+            return [_message(r) for r in rows]
+
+        result: list[Message] = await self._read(job)
+        return result
+
+    async def messages_before(self, conv: str, before_seq: int | None, limit: int) -> list[Message]:
+        bound = before_seq if before_seq is not None else 2**62
+
+        def job(conn: sqlite3.Connection) -> list[Message]:
+            rows = conn.execute(
+                f"SELECT {_MSG_COLUMNS} FROM messages WHERE conv = ? AND seq < ?"
+                " ORDER BY seq DESC LIMIT ?",
+                (conv, bound, limit),
+            ).fetchall()
+            return [_message(r) for r in reversed(rows)]
+
+        result: list[Message] = await self._read(job)
+        return result
+
+    async def get_message(self, conv: str, seq: int) -> Message | None:
+        def job(conn: sqlite3.Connection) -> Message | None:
+            row = conn.execute(
+                f"SELECT {_MSG_COLUMNS} FROM messages WHERE conv = ? AND seq = ?", (conv, seq)
+            ).fetchone()
+            return None if row is None else _message(row)
+
+        result: Message | None = await self._read(job)
+        return result
+
+    async def recall_message(self, conv: str, seq: int, notice: NewMessage) -> Message:
+        def job(conn: sqlite3.Connection) -> Message:
+            cur = conn.execute(
+                "UPDATE messages SET body = ?, recalled = 1 WHERE conv = ? AND seq = ?",
+                (b"{}", conv, seq),
+            )
+            if cur.rowcount != 1:
+                raise NoSuchMessage(f"no message {seq} in {conv}")
+            conn.execute(
+                "DELETE FROM file_refs WHERE conv = ? AND file NOT IN ("
+                "SELECT json_extract(body, '$.file.id') FROM messages"
+                " WHERE conv = ? AND kind = 'file' AND recalled = 0)",
+                (conv, conv),
+            )
+            return _insert_message(conn, notice)
+
+        result: Message = await self._write(job)
+        return result
+
+    # -- read cursors --------------------------------------------------------
+    async def set_read_cursor(self, conv: str, user: str, seq: int) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "UPDATE members SET read_seq = max(read_seq,"
+                " min(?, (SELECT last_seq FROM conversations WHERE id = ?)))"
+                " WHERE conv = ? AND user = ? RETURNING read_seq",
+                (seq, conv, conv, user),
+            ).fetchone()
+            if row is None:
+                raise NotMember(f"you are not a member of {conv}")
+            return int(row[0])
+
+        result: int = await self._write(job)
+        return result
+
+    # -- files ---------------------------------------------------------------
+    async def record_file(self, meta: FileMeta, uploader: str) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO files (id, size, mime, created_at) VALUES (?, ?, ?, ?)",
+                (meta.id, meta.size, meta.mime, meta.created_at),
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO file_uploaders (file, user) VALUES (?, ?)",
+                (meta.id, uploader),
+            )
+
+        await self._write(job)
+
+    async def get_file(self, file_id: str) -> FileMeta | None:
+        def job(conn: sqlite3.Connection) -> FileMeta | None:
+            row = conn.execute(
+                "SELECT id, size, mime, created_at FROM files WHERE id = ?", (file_id,)
+            ).fetchone()
+            return None if row is None else FileMeta(*row)
+
+        result: FileMeta | None = await self._read(job)
+        return result
+
+    async def file_visible_to(self, file_id: str, user: str) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM file_uploaders WHERE file = ? AND user = ?"
+                " UNION ALL SELECT 1 FROM file_refs r JOIN members m ON m.conv = r.conv"
+                " WHERE r.file = ? AND m.user = ? LIMIT 1",
+                (file_id, user, file_id, user),
+            ).fetchone()
+            return row is not None
+
+        result: bool = await self._read(job)
+        return result

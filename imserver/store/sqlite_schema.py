@@ -1,0 +1,98 @@
+"""Versioned schema migrations for the SQLite store, applied at start.
+
+Append new migrations to ``MIGRATIONS``; never edit a released one. Each runs
+in its own transaction together with its row in ``schema_migrations``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "users, conversations, members, messages, files",
+        """
+        CREATE TABLE users (
+            id          TEXT PRIMARY KEY,
+            name        TEXT NOT NULL DEFAULT '',
+            created_at  INTEGER NOT NULL
+        );
+        CREATE TABLE conversations (
+            id          TEXT PRIMARY KEY,
+            kind        TEXT NOT NULL CHECK (kind IN ('dm', 'group')),
+            name        TEXT NOT NULL DEFAULT '',
+            owner       TEXT,
+            last_seq    INTEGER NOT NULL DEFAULT 0,
+            created_at  INTEGER NOT NULL
+        );
+        CREATE TABLE members (
+            conv        TEXT NOT NULL,
+            user        TEXT NOT NULL,
+            role        TEXT NOT NULL,
+            read_seq    INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (conv, user)
+        ) WITHOUT ROWID;
+        CREATE INDEX members_by_user ON members (user, conv);
+        CREATE TABLE messages (
+            conv          TEXT NOT NULL,
+            seq           INTEGER NOT NULL,
+            sender        TEXT NOT NULL,
+            device        TEXT NOT NULL,
+            kind          TEXT NOT NULL,
+            body          BLOB NOT NULL,
+            ts            INTEGER NOT NULL,
+            client_msg_id TEXT,
+            recalled      INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (conv, seq)
+        ) WITHOUT ROWID;
+        CREATE UNIQUE INDEX messages_idempotency
+            ON messages (sender, client_msg_id) WHERE client_msg_id IS NOT NULL;
+        CREATE TABLE files (
+            id          TEXT PRIMARY KEY,
+            size        INTEGER NOT NULL,
+            mime        TEXT NOT NULL,
+            created_at  INTEGER NOT NULL
+        );
+        CREATE TABLE file_uploaders (
+            file        TEXT NOT NULL,
+            user        TEXT NOT NULL,
+            PRIMARY KEY (file, user)
+        ) WITHOUT ROWID;
+        CREATE TABLE file_refs (
+            file        TEXT NOT NULL,
+            conv        TEXT NOT NULL,
+            PRIMARY KEY (file, conv)
+        ) WITHOUT ROWID;
+        """,
+    ),
+]
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply every migration not yet applied; return the versions applied now."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+    )
+    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    applied: list[int] = []
+    for version, description, sql in MIGRATIONS:
+        if version in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sql.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                (version, description, int(time.time())),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(version)
+    return applied
