@@ -134,7 +134,7 @@ class Gateway:
         try:
             raw = await asyncio.wait_for(ws.recv(), self._config.auth.auth_timeout_s)
         except TimeoutError:
-            session.close(CLOSE_AUTH_TIMEOUT, "authentication timeout")
+            await session.close_and_wait(CLOSE_AUTH_TIMEOUT, "authentication timeout")
             return None
         except ConnectionClosed:
             return None
@@ -147,7 +147,7 @@ class Gateway:
                 raise NotAuthenticated("send an auth request first")
         except ImError as e:
             session.send_frame(error_frame(rid, e))
-            session.close(CLOSE_AUTH_REQUIRED, "authenticate first")
+            await session.close_and_wait(CLOSE_AUTH_REQUIRED, "authenticate first")
             return None
         try:
             claims = self._signer.verify(req.token)
@@ -155,7 +155,7 @@ class Gateway:
                 raise TokenInvalid("token rejected: unknown user")
         except ImError as e:
             session.send_frame(error_frame(rid, e))
-            session.close(CLOSE_AUTH_FAILED, e.code)
+            await session.close_and_wait(CLOSE_AUTH_FAILED, e.code)
             return None
         session.send_frame(
             result_frame(

@@ -97,9 +97,18 @@ class Session:
         return True
 
     def close(self, code: int, reason: str) -> None:
-        """Start closing with ``code``; no more writes reach this socket."""
+        """Start closing with ``code``; no more writes reach this socket.
+
+        Does not wait: the hub calls it in the middle of a fan-out.
+        """
         if self.closed:
             return
         self.closed = True
         self._metrics.closes.labels(CLOSE_NAMES.get(code, str(code))).inc()
         self._close_task = asyncio.get_running_loop().create_task(self.ws.close(code, reason))
+
+    async def close_and_wait(self, code: int, reason: str) -> None:
+        """Close and wait for the closing handshake (or its timeout)."""
+        self.close(code, reason)
+        if self._close_task is not None:
+            await asyncio.shield(self._close_task)

@@ -79,7 +79,6 @@ class MsgpackCodec:
                 data,
                 raw=False,
                 strict_map_key=True,
-                max_buffer_size=max_bytes,
                 timestamp=0,
             )
         except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as e:
