@@ -588,10 +588,9 @@ class Client:
                 self._install(new)
                 break
             if self.auto_sync and not self._finished:
-                try:
-                    await self.sync()
-                except Exception as exc:  # background task: log, never crash
-                    log.info("imserver_sdk: sync after reconnect failed: %r", exc)
+                # In the background, so this loop is free to reconnect again
+                # should the new connection die while the sync is running.
+                self._schedule_sync()
 
     async def _ping_loop(self) -> None:
         """Send an application ``ping`` every ``ping_interval`` seconds.
@@ -615,21 +614,25 @@ class Client:
                 pass
 
     def _schedule_sync(self) -> None:
-        """Run a background sync to fill a gap; coalesce bursts into one run."""
+        """Run a sync in the background (gap seen, or just reconnected).
+
+        Bursts coalesce: while one runs, further triggers just ask it to go
+        round once more, so a flood of out-of-order events costs one extra
+        sync, not one each.
+        """
         if self._bg_sync is not None and not self._bg_sync.done():
             self._bg_sync_again = True
             return
         self._bg_sync = asyncio.create_task(self._background_sync(), name="imserver-sdk-sync")
 
     async def _background_sync(self) -> None:
-        while True:
+        while not self._finished:
             self._bg_sync_again = False
             try:
                 await self.sync()
             except Exception as exc:  # background task: log, never crash
-                log.info("imserver_sdk: gap sync failed: %r", exc)
-                return
-            if not self._bg_sync_again or self._finished:
+                log.info("imserver_sdk: background sync failed: %r", exc)
+            if not self._bg_sync_again:
                 return
 
     # --------------------------------------------------------------- requests

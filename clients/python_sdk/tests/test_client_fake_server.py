@@ -196,7 +196,13 @@ def test_auth_failure_raises_and_records_close_code() -> None:
     async def script(c: FakeConn) -> None:
         req = await c.recv()
         await c.send(
-            {"type": "error", "id": req["id"], "code": "token_expired", "message": "", "field": None}
+            {
+                "type": "error",
+                "id": req["id"],
+                "code": "token_expired",
+                "message": "",
+                "field": None,
+            }
         )
         await c.ws.close(4002, "auth failed")
 
@@ -279,7 +285,11 @@ def test_sync_pages_until_more_is_false_and_counts_new() -> None:
             req,
             {
                 "conversations": [
-                    {"conv": "dm:a:b", "messages": [msg("dm:a:b", 1), msg("dm:a:b", 2)], "more": True}
+                    {
+                        "conv": "dm:a:b",
+                        "messages": [msg("dm:a:b", 1), msg("dm:a:b", 2)],
+                        "more": True,
+                    }
                 ],
                 "more": False,
             },
@@ -406,7 +416,8 @@ def test_reconnects_and_resyncs_after_recoverable_close(code: int) -> None:
         req = await c.expect("sync")
         if c.index == 0:
             await c.result(
-                req, {"conversations": [{"conv": "g:1", "messages": [msg("g:1", 1)]}], "more": False}
+                req,
+                {"conversations": [{"conv": "g:1", "messages": [msg("g:1", 1)]}], "more": False},
             )
             await c.ws.close(code, "bye")
             return
