@@ -10,6 +10,7 @@ behaviour. The dataclasses below are the single list of keys and defaults;
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -143,6 +144,7 @@ def load_config(
             raise ConfigError(name, "must be a table")
     built: dict[str, Any] = {}
     environ = os.environ if env is None else env
+    _check_env_names(environ)
     for name, sect_field in sections.items():
         cls = sect_field.default_factory
         values = dict(raw.get(name, {}))
@@ -153,6 +155,21 @@ def load_config(
     config = Config(**built)
     _validate(config)
     return config
+
+
+#: Variables with the prefix that are not config keys.
+ENV_NOT_KEYS = frozenset({"IMSERVER_CONFIG"})
+
+
+def _check_env_names(environ: Mapping[str, str]) -> None:
+    """A misspelt ``IMSERVER_*`` variable fails loudly instead of being ignored."""
+    known = set(ENV_NOT_KEYS)
+    for sect in dataclasses.fields(Config):
+        for f in dataclasses.fields(get_type_hints(Config)[sect.name]):
+            known.add(f"{ENV_PREFIX}{sect.name.upper()}_{f.name.upper()}")
+    for var in environ:
+        if var.startswith(ENV_PREFIX) and var not in known:
+            raise ConfigError(var, "unknown environment variable (not a config key)")
 
 
 def _env_values(section: str, cls: Any, environ: Mapping[str, str]) -> dict[str, Any]:
@@ -204,12 +221,16 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if hint is float:
         if from_env:
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise ConfigError(key, f"expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        elif isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, f"expected a number, got {value!r}")
-        return float(value)
+        else:
+            number = float(value)
+        if not math.isfinite(number):
+            raise ConfigError(key, f"expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")
@@ -244,6 +265,8 @@ def _validate(c: Config) -> None:
         )
     if c.store.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError("store.sqlite_synchronous", "must be OFF, NORMAL, FULL or EXTRA")
+    if c.server.shutdown_grace_s < 0:
+        raise ConfigError("server.shutdown_grace_s", "must not be negative")
     positive("store.group_commit_max", c.store.group_commit_max)
     if c.bus.backend != "local":
         raise ConfigError("bus.backend", f"unsupported backend {c.bus.backend!r} (known: local)")

@@ -88,7 +88,10 @@ class Hub:
 
     # -- fan-out -------------------------------------------------------------
     def deliver(self, recipients: Iterable[str], frame: dict[str, Any]) -> int:
-        """Write ``frame`` to every local socket of every recipient; returns writes."""
+        """Write ``frame`` to every local socket of every recipient; returns writes.
+
+        ``recipients`` must not repeat a user (callers pass member lists).
+        """
         encoded: dict[str, bytes] = {}
         writes = 0
         by_user = self._by_user

@@ -7,6 +7,7 @@ can mint them with an off-the-shelf library. Claims: ``sub`` (user id),
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -95,7 +96,9 @@ def load_or_create_secret(configured: str, data_dir: Path) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(secret + "\n")
-    tmp.chmod(0o600)
+    # Created 0600 from the start: the secret is never readable by others.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
     tmp.replace(path)
     return secret

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Harness, start_harness, stop_harness, make_test_config
+from tests.support import Harness, make_test_config, start_harness, stop_harness
 
 StartServer = Callable[..., Awaitable[Harness]]
 

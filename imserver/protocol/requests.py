@@ -217,7 +217,9 @@ def _send(f: Fields, limits: LimitsConfig) -> Send:
             )
         if not text.strip():
             raise InvalidField("'body.text' must not be blank", field="body.text")
-        mentions = body.user_list("mentions", required=False, max_items=MAX_MENTIONS)
+        mentions = body.user_list(
+            "mentions", required=False, max_items=MAX_MENTIONS, allow_empty=True
+        )
         mention_all = body.boolean("mention_all")
         out_body: dict[str, Any] = {"text": text}
         if mentions:

@@ -28,8 +28,11 @@ async def test_slow_consumer_is_closed_and_others_get_everything(start_server: A
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", server.world.ws_port))
     slow_ws = await connect(
-        server.url, sock=sock, subprotocols=["imserver.v1.json"],  # type: ignore[list-item]
-        max_queue=1, compression=None,
+        server.url,
+        sock=sock,
+        subprotocols=["imserver.v1.json"],  # type: ignore[list-item]
+        max_queue=1,
+        compression=None,
     )
     slow = RawClient(slow_ws, "json")
     ok = await slow.request("auth", token=server.token("slow"))

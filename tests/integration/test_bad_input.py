@@ -8,6 +8,7 @@ no message stored, no conversation created, nothing delivered to anyone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import sqlite3
 import string
@@ -95,6 +96,15 @@ async def assert_victim_sees_nothing(ctx: Ctx, before: dict[str, Any]) -> None:
     assert frame["type"] == "result", frame
     assert frame["data"]["conversations"] == [], frame
     assert [e for e in events if e.get("event") == "message"] == []
+    ctx.bob.backlog.clear()
+
+
+async def drain_wire(raw: RawClient) -> None:
+    """Read and drop everything already sent to ``raw``."""
+    raw.backlog.clear()
+    with contextlib.suppress(TimeoutError):
+        while True:
+            await raw.recv(timeout=0.2)
 
 
 async def assert_still_open(raw: RawClient) -> None:
@@ -133,6 +143,8 @@ async def make_ctx(h: Harness, codec: str) -> Ctx:
     # Drain the seed events so later checks see only what bad input causes.
     await assert_still_open(alice)
     await assert_still_open(bob)
+    alice.backlog.clear()
+    bob.backlog.clear()
     return ctx
 
 
@@ -711,6 +723,8 @@ SYSTEM_EVENTS = {
     "group_renamed",
     "role_changed",
 }
+# Placeholder for a client_msg_id that is made unique when the frame is sent.
+FRESH = "<fresh>"
 # Requests whose successful result stores exactly one message.
 CREATING = {
     "send",
@@ -743,6 +757,7 @@ json_values = st.recursive(
 def fuzz_frames(convs: list[str], file_ref: dict[str, Any]) -> st.SearchStrategy[tuple[str, Any]]:
     """("obj", value) is encoded with the connection's codec; ("raw", data) is sent as is."""
     conv_names = st.sampled_from([*convs, "g:doesnotexist42", "dm:alice:zed", "dm:bob:carol", "x"])
+    convs_now = st.builds(lambda i: convs[i % len(convs)], st.integers(0, 10**6))
     conv_values = st.one_of(conv_names, json_values)
     users = st.one_of(st.sampled_from(USER_POOL), json_values)
     user_lists = st.one_of(st.lists(st.sampled_from(USER_POOL[:5]), max_size=4), json_values)
@@ -750,6 +765,7 @@ def fuzz_frames(convs: list[str], file_ref: dict[str, Any]) -> st.SearchStrategy
     texts = st.one_of(
         st.text(alphabet=string.ascii_letters + " @字", min_size=0, max_size=30), json_values
     )
+    plain_texts = st.text(alphabet=string.ascii_letters + " @字", min_size=1, max_size=30)
     text_body = st.fixed_dictionaries(
         {"text": texts},
         optional={"mentions": user_lists, "mention_all": st.one_of(st.booleans(), json_values)},
@@ -813,8 +829,84 @@ def fuzz_frames(convs: list[str], file_ref: dict[str, Any]) -> st.SearchStrategy
             frame.setdefault(k, v)
         return frame
 
+    members_pool = ["alice", "bob", "carol", "dave"]
+
+    @st.composite
+    def valid_requests(draw: st.DrawFn) -> dict[str, Any]:
+        """Well-formed requests (which may still be refused: roles, membership...)."""
+        conv = draw(convs_now)  # `convs` grows as alice creates groups
+        seq = draw(st.integers(min_value=0, max_value=8))
+        some_users = draw(st.lists(st.sampled_from(members_pool), min_size=1, max_size=3))
+        name = draw(st.text(alphabet=string.ascii_letters + " 字", min_size=1, max_size=20))
+        # Half of them are sends: the interesting path for "nothing stored on error".
+        t = draw(st.sampled_from(["send"] * len(REQUEST_TYPES) + list(REQUEST_TYPES)))
+        frame: dict[str, Any] = {"type": t, "id": draw(st.integers(0, 10**6) | st.text(max_size=8))}
+        if t == "send":
+            if draw(st.booleans()):
+                frame["conv"] = conv
+            else:
+                frame["to"] = draw(st.sampled_from(["bob", "carol", "dave", "zed"]))
+            # A small alphabet: repeats happen and must come back as duplicates.
+            frame["client_msg_id"] = draw(
+                st.one_of(
+                    st.just(FRESH),
+                    st.just(FRESH),
+                    st.just(FRESH),
+                    st.text(alphabet="abcdef", min_size=1, max_size=3),
+                )
+            )
+            if draw(st.integers(0, 4)) == 0:
+                frame["kind"], frame["body"] = "file", {"file": file_ref}
+            else:
+                body: dict[str, Any] = {"text": draw(st.one_of(plain_texts, plain_texts, texts))}
+                if draw(st.integers(0, 3)) == 0:
+                    body["mentions"] = some_users
+                if draw(st.integers(0, 4)) == 0:
+                    body["mention_all"] = True
+                frame["kind"], frame["body"] = "text", body
+        elif t == "sync":
+            frame["since"] = {conv: seq}
+            if draw(st.booleans()):
+                frame["limit"] = draw(st.integers(min_value=1, max_value=200))
+        elif t == "history":
+            frame["conv"] = conv
+            if draw(st.booleans()):
+                frame["before_seq"] = seq + 1
+        elif t in ("read", "read_status", "recall"):
+            frame["conv"], frame["seq"] = conv, seq
+        elif t == "group.create":
+            frame["name"], frame["members"] = name, some_users
+        elif t == "group.rename":
+            frame["conv"], frame["name"] = conv, name
+        elif t in ("group.add", "group.remove"):
+            frame["conv"], frame["members"] = conv, some_users
+        elif t in ("group.leave", "group.members"):
+            frame["conv"] = conv
+        elif t == "group.role":
+            frame["conv"], frame["user"] = conv, some_users[0]
+            frame["role"] = draw(st.sampled_from(["admin", "member"]))
+        elif t.startswith("presence."):
+            frame["users"] = some_users
+        elif t == "auth":
+            frame["token"] = draw(st.text(max_size=20))
+        return frame
+
+    @st.composite
+    def mutated_requests(draw: st.DrawFn) -> dict[str, Any]:
+        """A well-formed request with one field dropped or replaced by junk."""
+        frame = draw(valid_requests())
+        key = draw(st.sampled_from(sorted(frame)))
+        if draw(st.booleans()):
+            del frame[key]
+        else:
+            frame[key] = draw(json_values)
+        return frame
+
     return st.one_of(
-        st.tuples(st.just("obj"), request_dicts()),
+        st.tuples(st.just("obj"), valid_requests()),
+        st.tuples(st.just("obj"), valid_requests()),
+        st.tuples(st.just("obj"), valid_requests()),
+        st.tuples(st.just("obj"), mutated_requests()),
         st.tuples(st.just("obj"), request_dicts()),
         st.tuples(st.just("obj"), request_dicts()),
         st.tuples(st.just("obj"), json_values),
@@ -891,12 +983,15 @@ async def fuzz_live_connection(h: Harness, codec: str) -> None:
     initial = count_messages(h)
     alice = ctx.alice
     max_frame = h.world.config.limits.max_frame_bytes
-    frames = fuzz_frames(list(ctx.convs), file_ref)
+    known_convs = list(ctx.convs)
+    frames = fuzz_frames(known_convs, file_ref)
     stats = {"examples": 0, "created": 0, "results": 0}
     loop = asyncio.get_running_loop()
 
     async def step(tag: str, frame: Any) -> None:
         stats["examples"] += 1
+        if isinstance(frame, dict) and frame.get("client_msg_id") == FRESH:
+            frame["client_msg_id"] = uuid.uuid4().hex  # hypothesis replays; keep sends new
         wire: bytes | str = frame if tag == "raw" else encode_any(codec, frame)
         size = len(wire) if isinstance(wire, bytes) else len(wire.encode())
         assert size < max_frame  # keep below every size limit
@@ -947,6 +1042,8 @@ async def fuzz_live_connection(h: Harness, codec: str) -> None:
             stats["created"] += 1 if data["added"] else 0
         elif t in CREATING:
             stats["created"] += 1
+        if t == "group.create":
+            known_convs.append(data["conv"])
 
     @settings(
         max_examples=150,
@@ -987,6 +1084,8 @@ async def fuzz_live_connection(h: Harness, codec: str) -> None:
             check_body(m.kind, m.body, m.recalled, h.world.config.limits.max_text_chars)
         total += len(msgs)
     assert total == initial + stats["created"]
+    # Bob has not been reading; empty his socket so it can close promptly.
+    await drain_wire(ctx.bob)
     # Nothing reached conversations alice was never in.
     for conv in (ctx.private, ctx.dm_bc):
         msgs = await store.messages_after(conv, 0, 100_000)

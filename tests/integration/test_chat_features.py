@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from imserver_sdk import ServerError
+
 from tests.support import Harness
 
 
@@ -71,9 +72,7 @@ async def test_read_cursor_receipts_and_unread_counts(server: Harness) -> None:
         await alice.send_text(f"n{i}", conv=conv)  # seqs 2..6
     unread = await bob.unread()
     assert unread["total"] == 6
-    assert unread["conversations"] == [
-        {"conv": conv, "unread": 6, "last_seq": 6, "read_seq": 0}
-    ]
+    assert unread["conversations"] == [{"conv": conv, "unread": 6, "last_seq": 6, "read_seq": 0}]
     assert (await alice.unread())["total"] == 0  # your own messages are read
 
     answer = await bob.read(conv, 4)

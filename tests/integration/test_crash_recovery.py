@@ -8,17 +8,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
+from imserver_sdk import Client, ClientClosed, ServerError
 
 from imserver.config import load_config
 from imserver.store.sqlite import SqliteStore
 from imserver.tokens import TokenSigner, load_or_create_secret
-from imserver_sdk import Client, ClientClosed, ServerError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +40,7 @@ class ServerProcess:
     def start(self) -> None:
         self.ws_port, self.http_port = free_port(), free_port()
         self.config_path.write_text(
-            f'[server]\nws_port = {self.ws_port}\nhttp_port = {self.http_port}\n'
+            f"[server]\nws_port = {self.ws_port}\nhttp_port = {self.http_port}\n"
             f'data_dir = "{self.data_dir}"\nuse_uvloop = true\nlog_level = "WARNING"\n'
             '[store]\nsqlite_synchronous = "FULL"\n'
         )
@@ -103,6 +101,8 @@ async def test_kill_9_during_send_storm_loses_nothing_acked(tmp_path: Path) -> N
             await c.connect()
         conv = (await clients[0].create_group("抗压", [*senders[1:], "boss"]))["conv"]
 
+        enough = asyncio.Event()
+
         async def storm(i: int) -> None:
             c = clients[i]
             k = 0
@@ -114,11 +114,12 @@ async def test_kill_9_during_send_storm_loses_nothing_acked(tmp_path: Path) -> N
                 except (ClientClosed, ServerError, TimeoutError, ConnectionError):
                     return
                 acked[cmid] = (ack.conv, ack.seq)
+                if len(acked) >= 300:
+                    enough.set()
                 k += 1
 
         tasks = [asyncio.create_task(storm(i)) for i in range(len(clients))]
-        while len(acked) < 300:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(enough.wait(), 60)
         server.kill9()
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
         for c in clients:

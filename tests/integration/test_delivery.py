@@ -27,7 +27,9 @@ async def test_one_to_one_reaches_every_device_of_both_users_once(server: Harnes
     a2 = await server.raw("alice", "phone", codec="msgpack")
     b1 = await server.raw("bob", "pc", codec="msgpack")
     b2 = await server.raw("bob", "phone")
-    answer = await a1.request("send", to="bob", client_msg_id="m1", kind="text", body={"text": "你好"})
+    answer = await a1.request(
+        "send", to="bob", client_msg_id="m1", kind="text", body={"text": "你好"}
+    )
     assert answer["type"] == "result"
     assert answer["data"]["conv"] == "dm:alice:bob" and answer["data"]["seq"] == 1
     for raw in (a1, a2, b1, b2):
@@ -116,8 +118,14 @@ async def test_resend_after_dropped_ack_returns_original_and_stores_nothing(
     bob = await server.raw("bob")
     first = await server.raw("alice", "pc")
     await first.send(
-        {"type": "send", "id": 1, "to": "bob", "client_msg_id": "once",
-         "kind": "text", "body": {"text": "only once"}}
+        {
+            "type": "send",
+            "id": 1,
+            "to": "bob",
+            "client_msg_id": "once",
+            "kind": "text",
+            "body": {"text": "only once"},
+        }
     )
     # Wait until it is stored, then drop the connection without reading the ack.
     store = server.world.store

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from imserver_sdk import ServerError
+
 from tests.support import Harness
 
 
@@ -32,8 +32,12 @@ async def test_group_lifecycle_and_system_messages(server: Harness) -> None:
 
     events = [m["body"]["event"] for m in (await alice.history(conv))["messages"]]
     assert events == [
-        "group_created", "group_renamed", "member_added", "role_changed",
-        "member_removed", "member_left",
+        "group_created",
+        "group_renamed",
+        "member_added",
+        "role_changed",
+        "member_removed",
+        "member_left",
     ]
     members = (await alice.group_members(conv))["members"]
     assert members == [{"user": "alice", "role": "owner"}, {"user": "bob", "role": "admin"}]

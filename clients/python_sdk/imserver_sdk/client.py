@@ -585,12 +585,14 @@ class Client:
                     await self._shutdown(new)
                     return
                 self.reconnects += 1
+                if self.auto_sync:
+                    # Scheduled before _install wakes waiting senders, so the
+                    # sync request normally goes out first; in the background
+                    # so this loop is free to reconnect again should the new
+                    # connection die while the sync is running.
+                    self._schedule_sync()
                 self._install(new)
                 break
-            if self.auto_sync and not self._finished:
-                # In the background, so this loop is free to reconnect again
-                # should the new connection die while the sync is running.
-                self._schedule_sync()
 
     async def _ping_loop(self) -> None:
         """Send an application ``ping`` every ``ping_interval`` seconds.
