@@ -29,9 +29,10 @@ from imserver.protocol.frames import event_frame
 from imserver.services.caller import Caller
 from imserver.services.membership import MembershipCache, dm_id, dm_parties
 from imserver.store.base import Store
-from imserver.store.records import ROLE_ADMIN, ROLE_OWNER, Message, NewMessage
+from imserver.store.records import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER, Message, NewMessage
 
 RECALLABLE_KINDS = ("text", "file")
+MANAGERS = (ROLE_OWNER, ROLE_ADMIN)
 
 
 def now_ms(clock: Callable[[], float]) -> int:
@@ -65,19 +66,20 @@ class ChatService:
 
     # -- sending -------------------------------------------------------------
     async def send(self, caller: Caller, req: rq.Send) -> dict[str, Any]:
-        conv = await self._resolve_target(caller, req)
-        entry = await self._members.require_member(conv, caller.user)
+        conv, new_dm = await self._resolve_target(caller, req)
+        if new_dm is not None:
+            kind, roles = "dm", dict.fromkeys(new_dm, ROLE_MEMBER)
+        else:
+            entry = await self._members.require_member(conv, caller.user)
+            kind, roles = entry.conv.kind, entry.roles
         if req.mentions:
-            strangers = [u for u in req.mentions if u not in entry.roles]
+            strangers = [u for u in req.mentions if u not in roles]
             if strangers:
                 raise InvalidField(
                     f"mentioned users are not members: {', '.join(strangers[:10])}",
                     field="body.mentions",
                 )
-        managers = (ROLE_OWNER, ROLE_ADMIN)
-        if req.mention_all and (
-            entry.conv.kind != "group" or entry.roles[caller.user] not in managers
-        ):
+        if req.mention_all and (kind != "group" or roles[caller.user] not in MANAGERS):
             raise Forbidden("only group owners and admins may @all")
         if req.kind == "file":
             file_id = req.body["file"]["id"]
@@ -94,11 +96,14 @@ class ChatService:
                 body=req.body,
                 ts=now_ms(self._clock),
                 client_msg_id=req.client_msg_id,
-            )
+            ),
+            create_dm=new_dm,
         )
         msg = result.message
+        if new_dm is not None:
+            self._members.invalidate(conv)
         if not result.duplicate:
-            await self.publish_message(msg, entry.users)
+            await self.publish_message(msg, tuple(roles))
         return {
             "conv": msg.conv,
             "seq": msg.seq,
@@ -107,8 +112,14 @@ class ChatService:
             "duplicate": result.duplicate,
         }
 
-    async def _resolve_target(self, caller: Caller, req: rq.Send) -> str:
-        """The conversation id; a first 1:1 message creates its conversation."""
+    async def _resolve_target(
+        self, caller: Caller, req: rq.Send
+    ) -> tuple[str, tuple[str, str] | None]:
+        """The conversation id, and its two parties if it is a 1:1 not yet created.
+
+        Nothing is written here: a first 1:1 message creates its conversation
+        inside the store's append transaction, so a refused send leaves no trace.
+        """
         if req.to is not None:
             peer = req.to
             conv = dm_id(caller.user, peer)
@@ -116,7 +127,7 @@ class ChatService:
             assert req.conv is not None
             conv = req.conv
             if not conv.startswith("dm:"):
-                return conv
+                return conv, None
             a, b = dm_parties(conv)
             if caller.user not in (a, b):
                 # Do not reveal whether someone else's 1:1 conversation exists.
@@ -124,13 +135,11 @@ class ChatService:
             peer = b if caller.user == a else a
         if peer == caller.user:
             raise InvalidField("you cannot send a 1:1 message to yourself", field="to")
-        if await self._members.get(conv) is None:
-            if peer not in await self._store.existing_users([peer]):
-                raise NoSuchUser(f"no user {peer!r}")
-            a, b = dm_parties(conv)
-            await self._store.ensure_dm(conv, a, b, now_ms(self._clock))
-            self._members.invalidate(conv)
-        return conv
+        if await self._members.get(conv) is not None:
+            return conv, None
+        if peer not in await self._store.existing_users([peer]):
+            raise NoSuchUser(f"no user {peer!r}")
+        return conv, dm_parties(conv)
 
     async def recall(self, caller: Caller, req: rq.Recall) -> dict[str, Any]:
         entry = await self._members.require_member(req.conv, caller.user)

@@ -61,8 +61,14 @@ class Store(Protocol):
     async def conversations_of(self, user: str) -> list[ConvState]: ...
 
     # -- messages ------------------------------------------------------------
-    async def append_message(self, new: NewMessage) -> AppendResult:
+    async def append_message(
+        self, new: NewMessage, create_dm: tuple[str, str] | None = None
+    ) -> AppendResult:
         """Give ``new`` the conversation's next seq and store it durably.
+
+        With ``create_dm``, the 1:1 conversation between those two users is
+        created first if absent — in the same transaction, and only when the
+        message is not a duplicate, so a refused or repeated send creates nothing.
 
         The sender must be a member (``NotMember`` otherwise, nothing stored).
         A repeated ``(sender, client_msg_id)`` returns the original message

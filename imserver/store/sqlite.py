@@ -84,6 +84,15 @@ def _insert_message(conn: sqlite3.Connection, new: NewMessage) -> Message:
     )
 
 
+def _create_dm(conn: sqlite3.Connection, conv: str, parties: tuple[str, str], now: int) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO conversations (id, kind, name, owner, last_seq, created_at)"
+        " VALUES (?, 'dm', '', NULL, 0, ?)",
+        (conv, now),
+    )
+    conn.executemany(_ADD_MEMBER, [(conv, u, ROLE_MEMBER) for u in parties])
+
+
 class SqliteStore:
     """``Store`` on a local SQLite file."""
 
@@ -190,20 +199,8 @@ class SqliteStore:
 
     async def ensure_dm(self, conv: str, a: str, b: str, now: int) -> Conversation:
         def job(conn: sqlite3.Connection) -> Conversation:
-            conn.execute(
-                "INSERT OR IGNORE INTO conversations (id, kind, name, owner, last_seq, created_at)"
-                " VALUES (?, 'dm', '', NULL, 0, ?)",
-                (conv, now),
-            )
-            conn.executemany(
-                _ADD_MEMBER,
-                [(conv, a, ROLE_MEMBER), (conv, b, ROLE_MEMBER)],
-            )
-            row = conn.execute(
-                _CONV_SELECT,
-                (conv,),
-            ).fetchone()
-            return _conversation(row)
+            _create_dm(conn, conv, (a, b), now)
+            return _conversation(conn.execute(_CONV_SELECT, (conv,)).fetchone())
 
         result: Conversation = await self._write(job)
         return result
@@ -304,7 +301,9 @@ class SqliteStore:
         return result
 
     # -- messages ------------------------------------------------------------
-    async def append_message(self, new: NewMessage) -> AppendResult:
+    async def append_message(
+        self, new: NewMessage, create_dm: tuple[str, str] | None = None
+    ) -> AppendResult:
         def job(conn: sqlite3.Connection) -> AppendResult:
             if new.client_msg_id is not None:
                 row = conn.execute(
@@ -313,6 +312,8 @@ class SqliteStore:
                 ).fetchone()
                 if row is not None:
                     return AppendResult(_message(row), duplicate=True)
+            if create_dm is not None:
+                _create_dm(conn, new.conv, create_dm, new.ts)
             if (
                 conn.execute(
                     "SELECT 1 FROM members WHERE conv = ? AND user = ?", (new.conv, new.sender)

@@ -229,12 +229,19 @@ async def test_auth_without_token_closes(server: Harness) -> None:
 
 async def test_same_device_twice_replaces_older_with_4010(server: Harness) -> None:
     await server.users("alice", "bob")
+    bob = await server.raw("bob")
+    watch = await bob.request("presence.subscribe", users=["alice"])
+    assert watch["data"] == {"online": {"alice": False}}
     old = await server.raw("alice", device="phone")
     new = await server.raw("alice", device="phone")
     assert await old.expect_close() == 4010
     assert (await new.request("ping"))["type"] == "pong"
+    await asyncio.sleep(0.2)  # let the server finish with the old socket
+    # alice never looked offline to her watchers: one "online" event, no "offline".
+    assert (await bob.request("ping"))["type"] == "pong"
+    presence = [f["data"] for f in bob.backlog if f.get("event") == "presence"]
+    assert presence == [{"user": "alice", "online": True}]
     # The newer connection is the one that gets messages.
-    bob = await server.raw("bob")
     sent = await bob.request(
         "send", to="alice", client_msg_id="m1", kind="text", body={"text": "hello"}
     )

@@ -206,9 +206,8 @@ async def test_non_object_frame_is_bad_frame(ctx: Ctx, value: Any) -> None:
     await check_unchanged(ctx, before)
 
 
-async def test_msgpack_map_with_non_string_key_is_bad_frame(ctx: Ctx) -> None:
-    if ctx.codec != "msgpack":
-        pytest.skip("JSON object keys are always strings")
+async def test_msgpack_map_with_non_string_key_is_bad_frame(server: Harness) -> None:
+    ctx = await make_ctx(server, "msgpack")  # JSON object keys are always strings
     before = await snapshot(ctx)
     answer = await raw_answer(ctx.alice, msgpack.packb({b"type": "ping", b"id": 1}))
     assert answer["type"] == "error" and answer["code"] == "bad_frame", answer
@@ -590,7 +589,6 @@ async def expect_error(ctx: Ctx, type_: str, code: str, **fields: Any) -> dict[s
     before = await snapshot(ctx)
     answer = await ctx.alice.request(type_, **fields)
     assert answer["type"] == "error" and answer["code"] == code, answer
-    assert answer["id"] == ctx.alice._next_id
     await check_unchanged(ctx, before)
     return answer
 
@@ -641,6 +639,91 @@ async def test_mention_all_in_dm_is_forbidden(ctx: Ctx) -> None:
         "forbidden",
         **send_frame(conv=ctx.dm, body={"text": "@all hi", "mention_all": True}),
     )
+
+
+GHOST_FILE = {
+    "id": hashlib.sha256(b"never uploaded").hexdigest(),
+    "name": "ghost.pdf",
+    "size": 14,
+    "mime": "application/pdf",
+}
+
+
+@pytest.mark.parametrize(
+    ("target", "body", "kind", "code"),
+    [
+        ({"to": "dave"}, {"text": "@carol", "mentions": ["carol"]}, "text", "invalid_field"),
+        ({"to": "dave"}, {"text": "@all", "mention_all": True}, "text", "forbidden"),
+        ({"to": "dave"}, {"file": GHOST_FILE}, "file", "no_such_file"),
+        ({"conv": "dm:alice:dave"}, {"text": "@all", "mention_all": True}, "text", "forbidden"),
+    ],
+    ids=["mention-stranger", "mention-all", "ghost-file", "mention-all-by-conv"],
+)
+async def test_refused_first_dm_message_creates_no_conversation(
+    ctx: Ctx, target: dict[str, str], body: dict[str, Any], kind: str, code: str
+) -> None:
+    """The first message of a 1:1 creates it; a refused first message must not."""
+    before = await snapshot(ctx)
+    answer = await ctx.alice.request("send", **send_frame(kind=kind, body=body, **target))
+    assert answer["type"] == "error" and answer["code"] == code, answer
+    created = await ctx.h.world.store.get_conversation("dm:alice:dave")
+    assert created is None, f"refused send ({code}) left conversation behind: {created}"
+    # Not observable by the client either: the conversation still does not exist.
+    answer = await ctx.alice.request("history", conv="dm:alice:dave")
+    assert answer["type"] == "error" and answer["code"] == "no_such_conversation", answer
+    await check_unchanged(ctx, before)
+
+
+async def test_duplicate_resend_to_other_peer_stores_nothing(ctx: Ctx) -> None:
+    """A resend with a used client_msg_id returns the original and stores nothing,
+    even when it names a different (new) 1:1 peer."""
+    first = await ctx.alice.request("send", **send_frame(conv=ctx.dm, client_msg_id="once"))
+    assert first["type"] == "result", first
+    before = await snapshot(ctx)
+    again = await ctx.alice.request("send", **send_frame(to="dave", client_msg_id="once"))
+    assert again["type"] == "result", again
+    assert again["data"] == {**first["data"], "duplicate": True}
+    created = await ctx.h.world.store.get_conversation("dm:alice:dave")
+    assert created is None, f"duplicate resend created a conversation: {created}"
+    assert await snapshot(ctx) == before
+
+
+async def test_send_to_dm_with_unknown_user_by_conv_id(ctx: Ctx) -> None:
+    await expect_error(ctx, "send", "no_such_user", **send_frame(conv="dm:alice:zed"))
+    assert await ctx.h.world.store.get_conversation("dm:alice:zed") is None
+
+
+async def test_group_create_with_unknown_member_creates_nothing(ctx: Ctx) -> None:
+    await expect_error(ctx, "group.create", "no_such_user", name="new", members=["bob", "zed"])
+    groups = await ctx.alice.request("group.list")
+    assert [g["conv"] for g in groups["data"]["groups"]] == [ctx.group]
+
+
+@pytest.mark.parametrize("what", ["deep-nesting", "bad-utf8", "malformed"])
+async def test_hostile_encodings_are_bad_frame(ctx: Ctx, what: str) -> None:
+    if ctx.codec == "msgpack":
+        data: bytes | str = {
+            "deep-nesting": b"\x91" * 50_000 + b"\xc0",
+            "bad-utf8": b"\x82\xa4type\xa4ping\xa2id\xa2\xed\xa0",
+            "malformed": b"\xdf\xff\xff\xff\xff",  # a map header claiming 4G entries
+        }[what]
+    else:
+        data = {
+            "deep-nesting": "[" * 30_000 + "]" * 30_000,
+            "bad-utf8": b'{"type": "ping", "id": "\xed\xa0\x80"}',
+            "malformed": '{"type": "ping", "id": "\\ud800"}',  # a lone surrogate escape
+        }[what]
+    before = await snapshot(ctx)
+    answer = await raw_answer(ctx.alice, data)
+    assert answer["type"] == "error" and answer["code"] == "bad_frame", answer
+    assert answer["id"] is None
+    await check_unchanged(ctx, before)
+
+
+async def test_id_of_64_characters_is_echoed(ctx: Ctx) -> None:
+    rid = "i" * 64
+    await ctx.alice.send({"type": "ping", "id": rid})
+    assert await ctx.alice.recv_until(lambda f: f.get("id") == rid) == {"type": "pong", "id": rid}
 
 
 async def test_file_message_for_never_uploaded_file(ctx: Ctx) -> None:
@@ -1090,6 +1173,14 @@ async def fuzz_live_connection(h: Harness, codec: str) -> None:
     for conv in (ctx.private, ctx.dm_bc):
         msgs = await store.messages_after(conv, 0, 100_000)
         assert all(m.sender != "alice" for m in msgs), msgs
+    # A 1:1 conversation is created by its first message (section 4.2): refused
+    # or duplicate sends must not leave empty ones behind.
+    empty_dms = []
+    for conv in all_convs:
+        c = await store.get_conversation(conv)
+        if c is not None and c.kind == "dm" and c.last_seq == 0:
+            empty_dms.append(conv)
+    assert empty_dms == [], f"conversations created without a message: {empty_dms}"
 
 
 @pytest.mark.parametrize("codec", CODECS)

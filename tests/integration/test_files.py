@@ -68,7 +68,9 @@ def assert_error(status: int, body: dict[str, Any], want_status: int, code: str)
 # --------------------------------------------------------------------------- upload
 
 
-async def test_upload_returns_sha256_id_and_size(server: Harness, http: aiohttp.ClientSession) -> None:
+async def test_upload_returns_sha256_id_and_size(
+    server: Harness, http: aiohttp.ClientSession
+) -> None:
     await server.users("alice")
     data = os.urandom(3000) + "报告".encode()
     status, body = await upload(http, server, data, headers=auth(server, "alice"))
@@ -84,7 +86,9 @@ async def test_upload_returns_sha256_id_and_size(server: Harness, http: aiohttp.
     assert files[0].read_bytes() == data
 
 
-async def test_same_content_twice_gives_same_id(server: Harness, http: aiohttp.ClientSession) -> None:
+async def test_same_content_twice_gives_same_id(
+    server: Harness, http: aiohttp.ClientSession
+) -> None:
     await server.users("alice", "bob")
     data = b"the same bytes" * 100
     s1, b1 = await upload(http, server, data, name="a.pdf", headers=auth(server, "alice"))
@@ -133,7 +137,9 @@ async def test_upload_without_token_is_401(server: Harness, http: aiohttp.Client
     assert stored_files(server) == []
 
 
-@pytest.mark.parametrize("header", ["Bearer not-a-token", "Basic YWxpY2U6cHc=", "Bearer "])
+@pytest.mark.parametrize(
+    "header", ["Bearer not-a-token", "Bearer a.b.c", "Basic YWxpY2U6cHc=", "bearer x"]
+)
 async def test_upload_with_bad_token_is_401(
     server: Harness, http: aiohttp.ClientSession, header: str
 ) -> None:
@@ -144,7 +150,9 @@ async def test_upload_with_bad_token_is_401(
     assert stored_files(server) == []
 
 
-async def test_upload_with_expired_token_is_401(server: Harness, http: aiohttp.ClientSession) -> None:
+async def test_upload_with_expired_token_is_401(
+    server: Harness, http: aiohttp.ClientSession
+) -> None:
     await server.users("alice")
     token = server.world.signer.mint("alice", "web", -100)
     status, body = await upload(http, server, b"data", headers={"Authorization": f"Bearer {token}"})
@@ -193,7 +201,9 @@ async def test_disallowed_type_is_415(
     server: Harness, http: aiohttp.ClientSession, mime: str
 ) -> None:
     await server.users("alice")
-    status, body = await upload(http, server, b"MZ\x90\x00", mime=mime, headers=auth(server, "alice"))
+    status, body = await upload(
+        http, server, b"MZ\x90\x00", mime=mime, headers=auth(server, "alice")
+    )
     assert_error(status, body, 415, "file_type_not_allowed")
     assert stored_files(server) == []
 
@@ -217,8 +227,9 @@ async def test_uploader_downloads_identical_bytes(
 ) -> None:
     await server.users("alice")
     data = bytes(range(256)) * 40
-    status, up = await upload(http, server, data, name="x.png", mime="image/png",
-                              headers=auth(server, "alice"))
+    status, up = await upload(
+        http, server, data, name="x.png", mime="image/png", headers=auth(server, "alice")
+    )
     assert status == 201, up
     status, got, headers = await download(http, server, up["id"], "alice")
     assert status == 200
@@ -281,8 +292,14 @@ async def test_file_sent_in_dm_is_visible_to_peer(
 ) -> None:
     alice = await server.client("alice")
     await server.users("bob", "carol")
-    status, up = await upload(http, server, b"just for bob", name="n.txt", mime="text/plain",
-                              headers=auth(server, "alice"))
+    status, up = await upload(
+        http,
+        server,
+        b"just for bob",
+        name="n.txt",
+        mime="text/plain",
+        headers=auth(server, "alice"),
+    )
     assert status == 201
     await alice.send_file(up, to="bob")
     assert (await download(http, server, up["id"], "bob"))[:2] == (200, b"just for bob")
@@ -315,3 +332,16 @@ async def test_metrics(server: Harness, http: aiohttp.ClientSession) -> None:
         text = await resp.text()
     assert "imserver_connections" in text
     assert "imserver_connections 1.0" in text
+
+
+async def test_removed_member_loses_access(server: Harness, http: aiohttp.ClientSession) -> None:
+    alice = await server.client("alice")
+    await server.users("bob")
+    group = await alice.create_group("office", ["bob"])
+    status, up = await upload(http, server, b"minutes", headers=auth(server, "alice"))
+    assert status == 201
+    await alice.send_file(up, conv=group["conv"])
+    assert (await download(http, server, up["id"], "bob"))[0] == 200
+    await alice.remove_members(group["conv"], ["bob"])
+    assert (await download(http, server, up["id"], "bob"))[0] == 404
+    assert (await download(http, server, up["id"], "alice"))[0] == 200

@@ -591,3 +591,18 @@ async def test_record_same_file_twice(store: ContractStore) -> None:
     assert await store.file_visible_to(FILE_ID, "alice") is True
     assert await store.file_visible_to(FILE_ID, "bob") is True  # also uploaded it
     assert await store.file_visible_to(FILE_ID, "carol") is False
+
+
+async def test_append_with_create_dm_creates_the_conversation_atomically(
+    store: ContractStore,
+) -> None:
+    r = await store.append_message(text(DM, "alice", "first"), create_dm=("alice", "bob"))
+    assert (r.duplicate, r.message.seq) == (False, 1)
+    conv = await store.get_conversation(DM)
+    assert conv is not None and conv.kind == "dm" and conv.last_seq == 1
+    assert [m.user for m in await store.members(DM)] == ["alice", "bob"]
+    # A resend aimed at another peer returns the original and creates nothing.
+    other = "dm:alice:carol"
+    again = await store.append_message(text(other, "alice", "first"), create_dm=("alice", "carol"))
+    assert again.duplicate is True and again.message.conv == DM
+    assert await store.get_conversation(other) is None
