@@ -9,16 +9,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from cards.callbacks import CallbackDispatcher
+from cards.service import CardService
+from imserver.appauth import NonceCache
+from imserver.apps_file import load_apps_file
 from imserver.bus.base import TOPIC_CONV_CHANGED, TOPIC_DELIVER, TOPIC_PRESENCE, Bus
 from imserver.bus.local import LocalBus
 from imserver.config import Config
 from imserver.gateway.dispatch import Dispatcher
 from imserver.gateway.server import Gateway
 from imserver.http.api import build_http_app
+from imserver.http.cards_api import CARD_STORE, CARDS, CARDS_CONFIG, NONCES, WAKE, add_card_routes
 from imserver.hub import Hub
 from imserver.metrics import Metrics
 from imserver.services.chat import ChatService
@@ -45,6 +51,8 @@ class World:
     groups: GroupService
     presence: PresenceService
     files: FileService
+    cards: CardService
+    callbacks: CallbackDispatcher
     gateway: Gateway
     http_app: web.Application
     http_runner: web.AppRunner | None = None
@@ -80,9 +88,19 @@ def build_world(config: Config) -> World:
     groups = GroupService(store, bus, members, chat, config)
     presence = PresenceService(hub, bus, LocalPresence(hub), config.limits.presence_subscriptions)
     files = FileService(store, config.data_path / "files", config.limits)
-    dispatcher = Dispatcher(chat, groups, presence)
+    cards = CardService(store, bus, members, chat, config, metrics)
+    chat.enricher = cards.enrich
+    callbacks = CallbackDispatcher(store, cards, config.cards, metrics)
+    cards.wake_callbacks = callbacks.wake
+    dispatcher = Dispatcher(chat, groups, presence, cards)
     gateway = Gateway(config, hub, presence, dispatcher, signer, store, metrics)
     http_app = build_http_app(signer, files, store, metrics, config.auth.admin_api_key)
+    http_app[CARDS] = cards
+    http_app[CARD_STORE] = store
+    http_app[NONCES] = NonceCache(config.cards.signature_window_s)
+    http_app[CARDS_CONFIG] = config.cards
+    http_app[WAKE] = callbacks.wake
+    add_card_routes(http_app)
     bus.subscribe(TOPIC_DELIVER, hub.on_deliver)
     bus.subscribe(TOPIC_PRESENCE, hub.on_presence)
     bus.subscribe(TOPIC_CONV_CHANGED, members.on_conv_changed)
@@ -98,6 +116,8 @@ def build_world(config: Config) -> World:
         groups=groups,
         presence=presence,
         files=files,
+        cards=cards,
+        callbacks=callbacks,
         gateway=gateway,
         http_app=http_app,
     )
@@ -106,7 +126,11 @@ def build_world(config: Config) -> World:
 async def start_world(world: World) -> None:
     cfg = world.config.server
     await world.store.open()
+    if world.config.cards.apps_file:
+        for app in load_apps_file(world.config.cards.apps_file):
+            await world.store.upsert_app(app, int(time.time() * 1000))
     await world.bus.start()
+    await world.callbacks.start()
     await world.gateway.start()
     runner = web.AppRunner(world.http_app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -125,6 +149,7 @@ async def stop_world(world: World) -> None:
     await world.gateway.stop()
     if world.http_runner is not None:
         await world.http_runner.cleanup()
+    await world.callbacks.stop()
     await world.bus.stop()
     await world.store.close()
 

@@ -97,6 +97,22 @@ class ChatConfig:
 
 
 @dataclass(slots=True, frozen=True)
+class CardsConfig:
+    apps_file: str = ""  # TOML with [[app]] entries; empty: apps only via the admin API
+    signature_window_s: float = 300.0
+    callback_timeout_s: float = 3.0
+    callback_max_attempts: int = 8
+    callback_backoff_initial_s: float = 1.0
+    callback_backoff_max_s: float = 300.0
+    callback_concurrency: int = 32
+    max_title_chars: int = 128
+    max_fields: int = 30
+    max_body_chars: int = 8000
+    max_card_bytes: int = 32768
+    max_recipients: int = 10000
+
+
+@dataclass(slots=True, frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -105,6 +121,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    cards: CardsConfig = field(default_factory=CardsConfig)
 
     @property
     def data_path(self) -> Path:
@@ -290,5 +307,11 @@ def _validate(c: Config) -> None:
         positive(f"gateway.{name}", getattr(c.gateway, name))
     if c.gateway.send_buffer_limit_bytes < 64 * 1024:
         raise ConfigError("gateway.send_buffer_limit_bytes", "must be at least 65536")
+    for f in dataclasses.fields(CardsConfig):
+        v = getattr(c.cards, f.name)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            positive(f"cards.{f.name}", v)
+    if c.cards.callback_backoff_max_s < c.cards.callback_backoff_initial_s:
+        raise ConfigError("cards.callback_backoff_max_s", "must be >= callback_backoff_initial_s")
     if c.chat.recall_window_s < 0:
         raise ConfigError("chat.recall_window_s", "must not be negative")

@@ -7,6 +7,8 @@ branch on it. ``message`` is for humans and may change between releases.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ImError(Exception):
     """Base of every error a client may be told about."""
@@ -14,10 +16,14 @@ class ImError(Exception):
     code: str = "internal"
     http_status: int = 500
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        #: Extra machine-readable facts, e.g. ``{"decided_by": "li"}``.
+        self.details = details
 
 
 class BadFrame(ImError):
@@ -94,6 +100,58 @@ class FileTooLarge(ImError):
 
 class FileTypeNotAllowed(ImError):
     code, http_status = "file_type_not_allowed", 415
+
+
+class UnknownApp(ImError):
+    code, http_status = "unknown_app", 401
+
+
+class BadSignature(ImError):
+    code, http_status = "bad_signature", 401
+
+
+class SignatureExpired(ImError):
+    code, http_status = "signature_expired", 401
+
+
+class NonceReplayed(ImError):
+    code, http_status = "nonce_replayed", 401
+
+
+class OutOfScope(ImError):
+    code, http_status = "out_of_scope", 403
+
+
+class NoSuchCard(ImError):
+    code, http_status = "no_such_card", 404
+
+
+class NotActor(ImError):
+    code, http_status = "not_actor", 403
+
+
+class CardDecided(ImError):
+    code, http_status = "card_decided", 409
+
+
+class NotYourTurn(ImError):
+    code, http_status = "not_your_turn", 409
+
+
+class AlreadyActed(ImError):
+    code, http_status = "already_acted", 409
+
+
+class ActionIdConflict(ImError):
+    code, http_status = "action_id_conflict", 409
+
+
+class VersionConflict(ImError):
+    code, http_status = "version_conflict", 409
+
+
+class NoSuchCallback(ImError):
+    code, http_status = "no_such_callback", 404
 
 
 class Internal(ImError):

@@ -35,6 +35,15 @@ class Metrics:
             "imserver_connection_closes", "Connections closed by the server", ["reason"], registry=r
         )
 
+        self.callbacks = Counter(
+            "imserver_callbacks", "Callback delivery outcomes", ["outcome"], registry=r
+        )
+        self.callbacks_failed = Counter(
+            "imserver_callbacks_failed",
+            "Callbacks that exhausted their retry budget",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         out: bytes = generate_latest(self.registry)
         return out

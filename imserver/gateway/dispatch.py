@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cards.service import CardService
 from imserver.errors import AlreadyAuthenticated
 from imserver.gateway.session import Session
 from imserver.protocol import requests as rq
@@ -12,12 +13,17 @@ from imserver.services.chat import ChatService
 from imserver.services.groups import GroupService
 from imserver.services.presence import PresenceService
 
+CARDS_PAGE = 100  # card views per sync answer
+
 
 class Dispatcher:
-    def __init__(self, chat: ChatService, groups: GroupService, presence: PresenceService) -> None:
+    def __init__(
+        self, chat: ChatService, groups: GroupService, presence: PresenceService, cards: CardService
+    ) -> None:
         self._chat = chat
         self._groups = groups
         self._presence = presence
+        self._cards = cards
 
     async def handle(self, session: Session, req: rq.Request) -> dict[str, Any]:
         caller = Caller(session.user, session.device)
@@ -26,7 +32,17 @@ class Dispatcher:
             case rq.Send():
                 return await chat.send(caller, req)
             case rq.Sync():
-                return await chat.sync(caller, req)
+                result = await chat.sync(caller, req)
+                result.update(await self._cards.changed_since(caller, req.cards_since, CARDS_PAGE))
+                return result
+            case rq.CardAct():
+                return await self._cards.act(
+                    caller, req.card_id, req.action, req.action_id, req.inputs
+                )
+            case rq.CardGet():
+                return await self._cards.get(caller, req.card_id)
+            case rq.Todo():
+                return await self._cards.todo(caller, req.limit)
             case rq.Read():
                 return await chat.read(caller, req)
             case rq.History():

@@ -29,10 +29,12 @@ ADMIN_KEY = web.AppKey("admin_key", str)
 
 
 def error_response(err: ImError) -> web.Response:
-    body = {"error": {"code": err.code, "message": err.message}}
+    error: dict[str, Any] = {"code": err.code, "message": err.message}
     if err.field:
-        body["error"]["field"] = err.field
-    return web.json_response(body, status=err.http_status)
+        error["field"] = err.field
+    if err.details:
+        error["details"] = err.details
+    return web.json_response({"error": error}, status=err.http_status)
 
 
 @web.middleware
@@ -59,12 +61,17 @@ def _bearer(request: web.Request) -> str:
     return header[len("Bearer ") :].strip()
 
 
-async def _user(request: web.Request) -> TokenClaims:
-    claims = request.app[SIGNER].verify(_bearer(request))
+async def user_claims(request: web.Request, signer: TokenSigner) -> TokenClaims:
+    """The bearer token's claims, for a user that still exists."""
+    claims = signer.verify(_bearer(request))
     store: Store = request.app[STORE]  # type: ignore[assignment]
     if not await store.existing_users([claims.user]):
         raise TokenInvalid("token rejected: unknown user")
     return claims
+
+
+async def _user(request: web.Request) -> TokenClaims:
+    return await user_claims(request, request.app[SIGNER])
 
 
 async def healthz(request: web.Request) -> web.Response:

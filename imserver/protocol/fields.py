@@ -13,7 +13,13 @@ from typing import Any
 from imserver.errors import InvalidField
 
 USER_ID_RE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
-CONV_ID_RE = re.compile(r"(dm:[A-Za-z0-9_.@-]{1,64}:[A-Za-z0-9_.@-]{1,64}|g:[A-Za-z0-9_-]{8,32})")
+CONV_ID_RE = re.compile(
+    r"(dm:[A-Za-z0-9_.@-]{1,64}:[A-Za-z0-9_.@-]{1,64}"
+    r"|g:[A-Za-z0-9_-]{8,32}"
+    r"|n:[a-z0-9_-]{1,32}:[A-Za-z0-9_.@-]{1,64})"
+)
+APP_ID_RE = re.compile(r"[a-z0-9_-]{1,32}")
+CARD_ID_RE = re.compile(r"c_[A-Za-z0-9_-]{8,32}")
 FILE_ID_RE = re.compile(r"[0-9a-f]{64}")
 
 MAX_LIST = 1000
@@ -34,6 +40,11 @@ class Fields:
 
     def _path(self, name: str) -> str:
         return f"{self._prefix}{name}"
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The underlying object, for callers that validate it themselves."""
+        return self._obj
 
     def has(self, name: str) -> bool:
         return self._obj.get(name) is not None

@@ -13,7 +13,7 @@ from typing import Any
 
 from imserver.config import LimitsConfig
 from imserver.errors import InvalidField, TextTooLong, UnknownType
-from imserver.protocol.fields import FILE_ID_RE, Fields
+from imserver.protocol.fields import CARD_ID_RE, FILE_ID_RE, Fields
 
 RequestId = int | str | None
 
@@ -44,6 +44,25 @@ class Send:
 @dataclass(slots=True, frozen=True)
 class Sync:
     since: dict[str, int]
+    limit: int
+    cards_since: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class CardAct:
+    card_id: str
+    action: str
+    action_id: str
+    inputs: dict[str, Any]
+
+
+@dataclass(slots=True, frozen=True)
+class CardGet:
+    card_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class Todo:
     limit: int
 
 
@@ -159,6 +178,9 @@ Request = (
     | PresenceQuery
     | PresenceSubscribe
     | PresenceUnsubscribe
+    | CardAct
+    | CardGet
+    | Todo
 )
 
 
@@ -244,7 +266,10 @@ def _send(f: Fields, limits: LimitsConfig) -> Send:
 
 def _sync(f: Fields, limits: LimitsConfig) -> Sync:
     limit = f.integer("limit", required=False, minimum=1, maximum=limits.sync_page_messages)
-    return Sync(since=f.seq_map("since"), limit=limit or limits.sync_page_messages)
+    cards_since = f.integer("cards_since", required=False) or 0
+    return Sync(
+        since=f.seq_map("since"), limit=limit or limits.sync_page_messages, cards_since=cards_since
+    )
 
 
 def _history(f: Fields, limits: LimitsConfig) -> History:
@@ -328,6 +353,31 @@ def _presence_unsubscribe(f: Fields, limits: LimitsConfig) -> PresenceUnsubscrib
     return PresenceUnsubscribe(users=f.user_list("users", max_items=limits.presence_subscriptions))
 
 
+def _card_id(f: Fields) -> str:
+    card_id = f.req_string("card_id", max_len=64)
+    if CARD_ID_RE.fullmatch(card_id) is None:
+        raise InvalidField("'card_id' is not a card id", field="card_id")
+    return card_id
+
+
+def _card_act(f: Fields, _: LimitsConfig) -> CardAct:
+    inputs = f.sub("inputs", required=False)
+    return CardAct(
+        card_id=_card_id(f),
+        action=f.req_string("action", max_len=32),
+        action_id=f.req_string("action_id", max_len=64),
+        inputs=dict(inputs.raw) if inputs is not None else {},
+    )
+
+
+def _card_get(f: Fields, _: LimitsConfig) -> CardGet:
+    return CardGet(card_id=_card_id(f))
+
+
+def _todo(f: Fields, _: LimitsConfig) -> Todo:
+    return Todo(limit=f.integer("limit", required=False, minimum=1, maximum=200) or 100)
+
+
 _PARSERS: dict[str, Callable[[Fields, LimitsConfig], Request]] = {
     "auth": _auth,
     "ping": _ping,
@@ -349,6 +399,9 @@ _PARSERS: dict[str, Callable[[Fields, LimitsConfig], Request]] = {
     "presence.query": _presence_query,
     "presence.subscribe": _presence_subscribe,
     "presence.unsubscribe": _presence_unsubscribe,
+    "card.act": _card_act,
+    "card.get": _card_get,
+    "todo": _todo,
 }
 
 REQUEST_TYPES = tuple(_PARSERS)

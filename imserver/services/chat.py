@@ -9,7 +9,7 @@ nothing, so every error leaves no trace.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from imserver.bus.base import TOPIC_DELIVER, Bus
@@ -56,13 +56,28 @@ class ChatService:
         self._recall_window_ms = int(config.chat.recall_window_s * 1000)
         self._metrics = metrics
         self._clock = clock
+        #: Completes message objects read from the store (cards attach their
+        #: latest view); set by the composition root.
+        self.enricher: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
 
     async def publish_message(self, message: Message, recipients: tuple[str, ...]) -> None:
-        self._metrics.messages.labels(message.kind).inc()
+        await self.publish_wire(message.to_wire(), recipients, kind=message.kind)
+
+    async def publish_wire(
+        self, wire: dict[str, Any], recipients: tuple[str, ...], *, kind: str
+    ) -> None:
+        """Publish a stored message (as its wire object) to ``recipients``' devices."""
+        self._metrics.messages.labels(kind).inc()
         await self._bus.publish(
             TOPIC_DELIVER,
-            {"recipients": list(recipients), "frame": event_frame("message", message.to_wire())},
+            {"recipients": list(recipients), "frame": event_frame("message", wire)},
         )
+
+    async def _wire(self, messages: list[Message]) -> list[dict[str, Any]]:
+        out = [m.to_wire() for m in messages]
+        if self.enricher is not None:
+            await self.enricher(out)
+        return out
 
     # -- sending -------------------------------------------------------------
     async def send(self, caller: Caller, req: rq.Send) -> dict[str, Any]:
@@ -72,6 +87,8 @@ class ChatService:
         else:
             entry = await self._members.require_member(conv, caller.user)
             kind, roles = entry.conv.kind, entry.roles
+            if kind == "notice":
+                raise Forbidden("notice conversations are read-only")
         if req.mentions:
             strangers = [u for u in req.mentions if u not in roles]
             if strangers:
@@ -191,7 +208,7 @@ class ChatService:
                     "last_seq": st.last_seq,
                     "read_seq": st.read_seq,
                     "unread": max(0, st.last_seq - st.read_seq),
-                    "messages": [m.to_wire() for m in messages],
+                    "messages": await self._wire(messages),
                     "more": conv_more,
                 }
             )
@@ -201,7 +218,7 @@ class ChatService:
         await self._members.require_member(req.conv, caller.user)
         messages = await self._store.messages_before(req.conv, req.before_seq, req.limit)
         more = bool(messages) and messages[0].seq > 1
-        return {"messages": [m.to_wire() for m in messages], "more": more}
+        return {"messages": await self._wire(messages), "more": more}
 
     async def read(self, caller: Caller, req: rq.Read) -> dict[str, Any]:
         entry = await self._members.require_member(req.conv, caller.user)

@@ -12,13 +12,18 @@ from typing import Protocol
 
 from imserver.store.records import (
     AppendResult,
+    AppRecord,
+    CardChange,
+    CardRecord,
     Conversation,
     ConvState,
     FileMeta,
     Member,
     MembershipChange,
     Message,
+    NewCard,
     NewMessage,
+    OutboxItem,
 )
 
 
@@ -97,3 +102,51 @@ class Store(Protocol):
 
     async def file_visible_to(self, file_id: str, user: str) -> bool:
         """True if ``user`` uploaded the file or it was sent where they are a member."""
+
+
+class CardStore(Protocol):
+    """Apps, cards, todo rows and the callback outbox (see ``SqliteCardsMixin``)."""
+
+    async def upsert_app(self, app: AppRecord, now: int) -> None: ...
+
+    async def get_app(self, app_id: str) -> AppRecord | None: ...
+
+    async def create_card(
+        self, card: NewCard, messages: list[NewMessage], notice_convs: list[tuple[str, str, str]]
+    ) -> tuple[CardRecord, list[Message], bool]: ...
+
+    async def get_card(self, card_id: str) -> CardRecord | None: ...
+
+    async def get_card_by_track(self, app_id: str, out_track_id: str) -> CardRecord | None: ...
+
+    async def cards_by_ids(self, ids: Iterable[str]) -> dict[str, CardRecord]: ...
+
+    async def save_card(self, change: CardChange) -> CardRecord | None: ...
+
+    async def card_holders(self, card_id: str) -> list[str]: ...
+
+    async def cards_changed_for(
+        self, user: str, after_gseq: int, limit: int
+    ) -> list[CardRecord]: ...
+
+    async def todo_cards(self, user: str, limit: int) -> tuple[list[CardRecord], int]: ...
+
+    async def deliver_notice(
+        self, messages: list[NewMessage], notice_convs: list[tuple[str, str, str]], now: int
+    ) -> list[Message]: ...
+
+    async def claim_callbacks(self, now: int, lease_ms: int, limit: int) -> list[OutboxItem]: ...
+
+    async def next_callback_due(self) -> int | None: ...
+
+    async def finish_callback(
+        self, item_id: int, *, state: str, attempts: int, next_at: int, error: str
+    ) -> None: ...
+
+    async def get_callback(self, card_id: str, action_id: str) -> OutboxItem | None: ...
+
+    async def list_callbacks(self, state: str, limit: int) -> list[OutboxItem]: ...
+
+    async def pending_callbacks(self, card_id: str) -> int: ...
+
+    async def retry_callback(self, item_id: int, now: int) -> None: ...

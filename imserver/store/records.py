@@ -102,3 +102,74 @@ class MembershipChange:
     remove: tuple[str, ...] = ()
     set_roles: tuple[tuple[str, str], ...] = ()  # (user, role)
     rename: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class AppRecord:
+    """A business system allowed to push cards and notices."""
+
+    app_id: str
+    name: str
+    secret: str
+    callback_url: str
+    scope: tuple[str, ...]  # "*", "user:<id>", "group:<conv>"
+
+
+@dataclass(slots=True, frozen=True)
+class CardRecord:
+    id: str
+    app_id: str
+    out_track_id: str
+    version: int
+    gseq: int  # global change order: sync hands out cards changed after a cursor
+    doc: dict[str, Any]
+    approval: dict[str, Any]  # serialised cards.policy.ApprovalState
+    callback: str  # "ok" | "pending" | "failed"
+    created_at: int
+    updated_at: int
+
+
+@dataclass(slots=True, frozen=True)
+class NewCard:
+    id: str
+    app_id: str
+    doc: dict[str, Any]
+    approval: dict[str, Any]
+    pending: tuple[str, ...]  # users for whom the card is a todo
+    holders: tuple[str, ...]
+    now: int
+
+
+@dataclass(slots=True, frozen=True)
+class CardChange:
+    """A new version of a card, saved only if the card is still at ``expected_version``."""
+
+    card_id: str
+    expected_version: int
+    doc: dict[str, Any]
+    approval: dict[str, Any]
+    callback: str
+    pending: tuple[str, ...]
+    now: int
+    outbox: OutboxEntry | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class OutboxEntry:
+    app_id: str
+    card_id: str
+    action_id: str
+    payload: dict[str, Any]
+
+
+@dataclass(slots=True, frozen=True)
+class OutboxItem:
+    id: int
+    app_id: str
+    card_id: str
+    action_id: str
+    payload: dict[str, Any]
+    state: str  # "pending" | "delivered" | "failed"
+    attempts: int
+    next_at: int
+    last_error: str

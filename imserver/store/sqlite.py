@@ -28,6 +28,7 @@ from imserver.store.records import (
     Message,
     NewMessage,
 )
+from imserver.store.sqlite_cards import SqliteCardsMixin
 from imserver.store.sqlite_schema import migrate
 from imserver.store.sqlite_worker import SqliteThread
 
@@ -93,7 +94,7 @@ def _create_dm(conn: sqlite3.Connection, conv: str, parties: tuple[str, str], no
     conn.executemany(_ADD_MEMBER, [(conv, u, ROLE_MEMBER) for u in parties])
 
 
-class SqliteStore:
+class SqliteStore(SqliteCardsMixin):
     """``Store`` on a local SQLite file."""
 
     def __init__(
@@ -106,6 +107,7 @@ class SqliteStore:
         )
         self._reader = SqliteThread("sqlite-reader", self._connect_reader, batch=64, write=False)
         self._open = False
+        self._insert = _insert_message
 
     # -- lifecycle -----------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:

@@ -67,6 +67,79 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        2,
+        "notice conversations, apps, cards, card holders and todo, callback outbox",
+        """
+        CREATE TABLE conversations_v2 (
+            id          TEXT PRIMARY KEY,
+            kind        TEXT NOT NULL CHECK (kind IN ('dm', 'group', 'notice')),
+            name        TEXT NOT NULL DEFAULT '',
+            owner       TEXT,
+            last_seq    INTEGER NOT NULL DEFAULT 0,
+            created_at  INTEGER NOT NULL
+        );
+        INSERT INTO conversations_v2 SELECT id, kind, name, owner, last_seq, created_at
+            FROM conversations;
+        DROP TABLE conversations;
+        ALTER TABLE conversations_v2 RENAME TO conversations;
+        CREATE TABLE apps (
+            id            TEXT PRIMARY KEY,
+            name          TEXT NOT NULL DEFAULT '',
+            secret        TEXT NOT NULL,
+            callback_url  TEXT NOT NULL,
+            scope         BLOB NOT NULL,
+            updated_at    INTEGER NOT NULL
+        );
+        CREATE TABLE counters (
+            name   TEXT PRIMARY KEY,
+            value  INTEGER NOT NULL
+        );
+        INSERT INTO counters VALUES ('card_gseq', 0);
+        CREATE TABLE cards (
+            id            TEXT PRIMARY KEY,
+            app_id        TEXT NOT NULL,
+            out_track_id  TEXT NOT NULL,
+            version       INTEGER NOT NULL,
+            gseq          INTEGER NOT NULL,
+            doc           BLOB NOT NULL,
+            approval      BLOB NOT NULL,
+            callback      TEXT NOT NULL DEFAULT 'ok',
+            created_at    INTEGER NOT NULL,
+            updated_at    INTEGER NOT NULL,
+            UNIQUE (app_id, out_track_id)
+        );
+        CREATE INDEX cards_by_gseq ON cards (gseq);
+        CREATE TABLE card_holders (
+            user     TEXT NOT NULL,
+            card_id  TEXT NOT NULL,
+            PRIMARY KEY (user, card_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX card_holders_by_card ON card_holders (card_id);
+        CREATE TABLE card_pending (
+            user     TEXT NOT NULL,
+            card_id  TEXT NOT NULL,
+            due_at   INTEGER,
+            PRIMARY KEY (user, card_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX card_pending_by_card ON card_pending (card_id);
+        CREATE TABLE outbox (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            app_id        TEXT NOT NULL,
+            card_id       TEXT NOT NULL,
+            action_id     TEXT NOT NULL,
+            payload       BLOB NOT NULL,
+            state         TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+            attempts      INTEGER NOT NULL DEFAULT 0,
+            next_at       INTEGER NOT NULL,
+            lease_until   INTEGER NOT NULL DEFAULT 0,
+            last_error    TEXT NOT NULL DEFAULT '',
+            created_at    INTEGER NOT NULL,
+            UNIQUE (card_id, action_id)
+        );
+        CREATE INDEX outbox_due ON outbox (state, next_at);
+        """,
+    ),
 ]
 
 

@@ -51,3 +51,20 @@ __all__ = [
     "codec_for_subprotocol",
     "get_codec",
 ]
+
+# Business-system side (docs/cards.md): signed app API client and callbacks.
+from .business import BusinessClient, BusinessError
+from .callbacks import CallbackAction, callback_handler, parse_callback
+from .signing import NonceCache, SignatureError, sign_request, verify_signature
+
+__all__ += [
+    "BusinessClient",
+    "BusinessError",
+    "CallbackAction",
+    "NonceCache",
+    "SignatureError",
+    "callback_handler",
+    "parse_callback",
+    "sign_request",
+    "verify_signature",
+]

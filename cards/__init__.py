@@ -1,0 +1,1 @@
+"""Message cards: the card model, the approval state machine, callbacks."""

@@ -1,0 +1,195 @@
+"""Delivering accepted actions to business systems: the callback outbox.
+
+Every accepted action was written to the ``outbox`` table in the same
+transaction as the card's new state. This dispatcher claims due entries
+(with a lease, so two workers never send the same one at once), POSTs them
+signed to the app's ``callback_url``, and records the outcome: 2xx →
+delivered (and the answer's ``card_update`` applied); anything else → retried
+with exponential backoff and jitter until the attempt budget runs out, then
+marked failed on the card and counted. Because the outbox is in the database,
+a restart loses nothing: pending entries are simply claimed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from cards.service import CardService, FullStore
+from imserver.appauth import sign_headers
+from imserver.config import CardsConfig
+from imserver.errors import ImError
+from imserver.metrics import Metrics
+from imserver.store.records import OutboxItem
+
+log = logging.getLogger(__name__)
+
+BATCH = 64
+
+
+def backoff_ms(attempts: int, initial_s: float, max_s: float, rng: random.Random) -> int:
+    """Exponential backoff with full jitter in [base/2, base] (base doubles each attempt)."""
+    base = min(max_s, initial_s * 2 ** max(0, attempts - 1))
+    return int(1000 * rng.uniform(base / 2, base))
+
+
+class CallbackDispatcher:
+    def __init__(
+        self,
+        store: FullStore,
+        cards: CardService,
+        config: CardsConfig,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._cards = cards
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = random.Random()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(config.callback_concurrency)
+        self._lease_ms = int((config.callback_timeout_s + 10) * 1000)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._config.callback_timeout_s),
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+        )
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="callbacks")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for t in list(self._inflight):
+            t.cancel()
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.run_once()
+            except Exception:  # a store hiccup must not end deliveries for good
+                log.exception("callback dispatch round failed")
+            due = await self._store.next_callback_due()
+            now = int(self._clock() * 1000)
+            delay = 1.0 if due is None else max(0.0, min(1.0, (due - now) / 1000))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def run_once(self) -> int:
+        """Claim due callbacks and start sending them; returns how many."""
+        now = int(self._clock() * 1000)
+        items = await self._store.claim_callbacks(now, self._lease_ms, BATCH)
+        for item in items:
+            task = asyncio.get_running_loop().create_task(self._deliver(item))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        return len(items)
+
+    async def _deliver(self, item: OutboxItem) -> None:
+        async with self._slots:
+            outcome, answer = await self._post(item)
+        attempts = item.attempts + 1
+        now = int(self._clock() * 1000)
+        if outcome == "":
+            await self._store.finish_callback(
+                item.id, state="delivered", attempts=attempts, next_at=now, error=""
+            )
+            self._metrics.callbacks.labels("delivered").inc()
+            await self._after_delivery(item, answer)
+            return
+        if attempts >= self._config.callback_max_attempts:
+            log.warning(
+                "callback %s/%s to app %s failed for good after %d attempts: %s",
+                item.card_id,
+                item.action_id,
+                item.app_id,
+                attempts,
+                outcome,
+            )
+            await self._store.finish_callback(
+                item.id, state="failed", attempts=attempts, next_at=now, error=outcome
+            )
+            self._metrics.callbacks_failed.inc()
+            self._metrics.callbacks.labels("failed").inc()
+            await self._cards.set_callback_state(item.card_id, "failed")
+            return
+        delay = backoff_ms(
+            attempts,
+            self._config.callback_backoff_initial_s,
+            self._config.callback_backoff_max_s,
+            self._rng,
+        )
+        self._metrics.callbacks.labels("retry").inc()
+        await self._store.finish_callback(
+            item.id, state="pending", attempts=attempts, next_at=now + delay, error=outcome
+        )
+        self.wake()
+
+    async def _post(self, item: OutboxItem) -> tuple[str, dict[str, Any] | None]:
+        """('', answer) on 2xx, else (reason, None)."""
+        app = await self._store.get_app(item.app_id)
+        if app is None:
+            return f"app {item.app_id} no longer exists", None
+        body = orjson.dumps(item.payload)
+        headers = sign_headers(app.app_id, app.secret, body, now=self._clock())
+        headers["Content-Type"] = "application/json"
+        headers["X-Imserver-Action-Id"] = item.action_id
+        assert self._session is not None
+        try:
+            async with self._session.post(app.callback_url, data=body, headers=headers) as resp:
+                raw = await resp.read()
+                if not 200 <= resp.status < 300:
+                    return f"HTTP {resp.status}", None
+        except TimeoutError:
+            return f"timeout after {self._config.callback_timeout_s} s", None
+        except aiohttp.ClientError as e:
+            return f"{type(e).__name__}: {e}"[:300], None
+        try:
+            answer = orjson.loads(raw) if raw.strip() else None
+        except orjson.JSONDecodeError:
+            answer = None  # a 2xx with a non-JSON body still acknowledges delivery
+        return "", answer if isinstance(answer, dict) else None
+
+    async def _after_delivery(self, item: OutboxItem, answer: dict[str, Any] | None) -> None:
+        card = await self._store.get_card(item.card_id)
+        if card is None:
+            return
+        update = answer.get("card_update") if answer else None
+        state = "pending" if await self._store.pending_callbacks(card.id) else "ok"
+        if update is None:
+            await self._cards.set_callback_state(card.id, state)
+            return
+        try:
+            await self._cards.apply_update(card, update, check_version=False, callback=state)
+        except ImError as e:
+            log.warning(
+                "app %s answered callback %s with an invalid card_update: %s",
+                item.app_id,
+                item.action_id,
+                e.message,
+            )
+            self._metrics.callbacks.labels("bad_update").inc()
+            await self._cards.set_callback_state(card.id, state)

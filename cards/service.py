@@ -1,0 +1,425 @@
+"""Cards: push, update, act, todo, notices — the card action path.
+
+``act`` reads as the path in ARCHITECTURE.md: validate (holder? actor? known
+action and inputs?) → the pure state machine (``cards.policy.decide``) →
+persist the new version, todo rows and the callback atomically
+(``save_card``; an optimistic version check makes concurrent acts safe) →
+wake the callback dispatcher → fan the new version out to every holder.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from cards.model import (
+    approval_from_json,
+    approval_to_json,
+    check_inputs,
+    parse_card,
+    parse_update,
+    render_view,
+)
+from cards.policy import FINAL_STATES, Act, ApprovalState, Refused, actionable_by, close, decide
+from imserver.bus.base import TOPIC_DELIVER, Bus
+from imserver.config import Config
+from imserver.errors import (
+    ActionIdConflict,
+    AlreadyActed,
+    CardDecided,
+    InvalidField,
+    NoSuchCard,
+    NoSuchConversation,
+    NoSuchUser,
+    NotActor,
+    NotYourTurn,
+    OutOfScope,
+    TooManyMembers,
+    VersionConflict,
+)
+from imserver.metrics import Metrics
+from imserver.protocol.fields import Fields
+from imserver.protocol.frames import event_frame
+from imserver.services.caller import Caller
+from imserver.services.chat import ChatService, now_ms
+from imserver.services.membership import MembershipCache
+from imserver.store.base import CardStore, Store
+from imserver.store.records import (
+    AppRecord,
+    CardChange,
+    CardRecord,
+    NewCard,
+    NewMessage,
+    OutboxEntry,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_SAVE_TRIES = 8
+REFUSALS = {
+    "not_actor": NotActor,
+    "card_decided": CardDecided,
+    "not_your_turn": NotYourTurn,
+    "already_acted": AlreadyActed,
+    "action_id_conflict": ActionIdConflict,
+}
+
+
+class FullStore(Store, CardStore, Protocol):
+    pass
+
+
+def notice_conv(app_id: str, user: str) -> str:
+    return f"n:{app_id}:{user}"
+
+
+class CardService:
+    def __init__(
+        self,
+        store: FullStore,
+        bus: Bus,
+        members: MembershipCache,
+        chat: ChatService,
+        config: Config,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._members = members
+        self._chat = chat
+        self._limits = config.cards
+        self._metrics = metrics
+        self._clock = clock
+        #: Called after an action joins the outbox; the dispatcher sets it.
+        self.wake_callbacks: Callable[[], None] = lambda: None
+
+    # -- views ---------------------------------------------------------------
+    def view(self, card: CardRecord, reveal: bool = False) -> dict[str, Any]:
+        return render_view(
+            card_id=card.id,
+            app_id=card.app_id,
+            version=card.version,
+            doc=card.doc,
+            approval=approval_from_json(card.doc, card.approval),
+            callback=card.callback,
+            reveal=reveal,
+        )
+
+    async def enrich(self, messages: list[dict[str, Any]]) -> None:
+        """Attach each card message's latest view (sync and history show the current card)."""
+        ids = [m["body"]["card_id"] for m in messages if m["kind"] == "card" and m["body"]]
+        if not ids:
+            return
+        cards = await self._store.cards_by_ids(ids)
+        for m in messages:
+            if m["kind"] == "card" and m["body"]:
+                card = cards.get(m["body"]["card_id"])
+                if card is not None:
+                    m["body"] = {"card_id": card.id, "card": self.view(card)}
+
+    async def _fan_out(self, card: CardRecord, holders: list[str] | None = None) -> None:
+        users = holders if holders is not None else await self._store.card_holders(card.id)
+        await self._bus.publish(
+            TOPIC_DELIVER, {"recipients": users, "frame": event_frame("card", self.view(card))}
+        )
+
+    async def _todo_changed(self, card_id: str, before: set[str], after: set[str]) -> None:
+        for users, pending in ((sorted(after - before), True), (sorted(before - after), False)):
+            if users:
+                await self._bus.publish(
+                    TOPIC_DELIVER,
+                    {
+                        "recipients": users,
+                        "frame": event_frame("todo", {"card_id": card_id, "pending": pending}),
+                    },
+                )
+
+    # -- recipients ----------------------------------------------------------
+    async def _recipients(
+        self, app: AppRecord, to: Any
+    ) -> tuple[list[str], list[tuple[str, tuple[str, ...]]]]:
+        """Users addressed directly, and (group, members); checks existence and scope."""
+        f = Fields(to if isinstance(to, dict) else {}, prefix="to.")
+        if not isinstance(to, dict):
+            raise InvalidField("'to' must be an object with users and/or groups", field="to")
+        users = list(f.user_list("users", required=False, max_items=self._limits.max_recipients))
+        group_ids = to.get("groups") or []
+        if not isinstance(group_ids, list) or not all(isinstance(g, str) for g in group_ids):
+            raise InvalidField("'to.groups' must be a list of group ids", field="to.groups")
+        if not users and not group_ids:
+            raise InvalidField("give at least one of to.users or to.groups", field="to")
+        everyone = "*" in app.scope
+        outside = [u for u in users if not everyone and f"user:{u}" not in app.scope]
+        outside += [g for g in group_ids if not everyone and f"group:{g}" not in app.scope]
+        if outside:
+            raise OutOfScope(
+                f"outside app {app.app_id}'s scope: {', '.join(outside[:10])}",
+                details={"outside": outside[:100]},
+            )
+        missing = set(users) - await self._store.existing_users(users)
+        if missing:
+            raise NoSuchUser(f"no such user: {', '.join(sorted(missing)[:10])}")
+        groups = []
+        for g in dict.fromkeys(group_ids):
+            entry = await self._members.get(g)
+            if entry is None or entry.conv.kind != "group":
+                raise NoSuchConversation(f"no group {g}")
+            groups.append((g, entry.users))
+        return users, groups
+
+    # -- apps: push, update, read, notices -----------------------------------
+    async def push(self, app: AppRecord, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise InvalidField("body must be a JSON object", field="body")
+        doc = parse_card(body.get("card"), self._limits)
+        users, groups = await self._recipients(app, body.get("to"))
+        holders = list(dict.fromkeys([*users, *(u for _, ms in groups for u in ms)]))
+        if len(holders) > self._limits.max_recipients:
+            raise TooManyMembers(f"a card may reach at most {self._limits.max_recipients} users")
+        approval = ApprovalState(policy=None)
+        if doc["policy"] is not None:
+            strangers = [a for a in doc["policy"]["actors"] if a not in holders]
+            if strangers:
+                raise InvalidField(
+                    f"actors must be recipients: {', '.join(strangers[:10])}",
+                    field="card.policy.actors",
+                )
+            approval = approval_from_json(
+                doc, {"state": "open", "decided_by": None, "decisions": []}
+            )
+        now = now_ms(self._clock)
+        card_id = "c_" + secrets.token_urlsafe(12)
+        messages = [
+            self._card_message(app, notice_conv(app.app_id, u), card_id, now) for u in users
+        ]
+        messages += [self._card_message(app, g, card_id, now) for g, _ in groups]
+        convs = [(notice_conv(app.app_id, u), u, app.name or app.app_id) for u in users]
+        card, stored, duplicate = await self._store.create_card(
+            NewCard(
+                id=card_id,
+                app_id=app.app_id,
+                doc=doc,
+                approval=approval_to_json(approval),
+                pending=actionable_by(approval),
+                holders=tuple(holders),
+                now=now,
+            ),
+            messages,
+            convs,
+        )
+        if not duplicate:
+            view = self.view(card)
+            for msg in stored:
+                recipients = (
+                    (msg.conv.split(":", 2)[2],)
+                    if msg.conv.startswith("n:")
+                    else next(ms for g, ms in groups if g == msg.conv)
+                )
+                wire = msg.to_wire()
+                wire["body"] = {"card_id": card.id, "card": view}
+                await self._chat.publish_wire(wire, recipients, kind="card")
+            await self._todo_changed(card.id, set(), set(actionable_by(approval)))
+        return {
+            "card_id": card.id,
+            "out_track_id": card.out_track_id,
+            "version": card.version,
+            "state": approval_from_json(card.doc, card.approval).state,
+            "holders": len(holders)
+            if not duplicate
+            else len(await self._store.card_holders(card.id)),
+            "duplicate": duplicate,
+        }
+
+    def _card_message(self, app: AppRecord, conv: str, card_id: str, now: int) -> NewMessage:
+        return NewMessage(
+            conv=conv,
+            sender=f"app:{app.app_id}",
+            device="app",
+            kind="card",
+            body={"card_id": card_id},
+            ts=now,
+        )
+
+    async def _by_track(self, app: AppRecord, out_track_id: str) -> CardRecord:
+        card = await self._store.get_card_by_track(app.app_id, out_track_id)
+        if card is None:
+            raise NoSuchCard(f"app {app.app_id} has no card {out_track_id!r}")
+        return card
+
+    async def get_for_app(self, app: AppRecord, out_track_id: str) -> dict[str, Any]:
+        card = await self._by_track(app, out_track_id)
+        view = self.view(card, reveal=True)
+        view["decisions"] = card.approval["decisions"]  # with inputs and action ids
+        return view
+
+    async def update(self, app: AppRecord, out_track_id: str, body: Any) -> dict[str, Any]:
+        card = await self._by_track(app, out_track_id)
+        return await self.apply_update(card, body, check_version=True)
+
+    async def apply_update(
+        self, card: CardRecord, body: Any, *, check_version: bool, callback: str | None = None
+    ) -> dict[str, Any]:
+        """Apply an app's update (from PATCH or a callback answer) and fan it out."""
+        for _ in range(MAX_SAVE_TRIES):
+            upd = parse_update(body, card.doc, self._limits)
+            if check_version and upd.if_version is not None and upd.if_version != card.version:
+                raise VersionConflict(
+                    f"card is at version {card.version}, not {upd.if_version}",
+                    details={"version": card.version},
+                )
+            doc = {**card.doc, **upd.changes}
+            approval = approval_from_json(doc, card.approval)
+            if upd.state is not None and approval.state not in FINAL_STATES:
+                approval = close(approval, upd.state)
+            before = set(actionable_by(approval_from_json(card.doc, card.approval)))
+            saved = await self._store.save_card(
+                CardChange(
+                    card_id=card.id,
+                    expected_version=card.version,
+                    doc=doc,
+                    approval=approval_to_json(approval),
+                    callback=callback or card.callback,
+                    pending=actionable_by(approval),
+                    now=now_ms(self._clock),
+                )
+            )
+            if saved is not None:
+                await self._fan_out(saved)
+                await self._todo_changed(saved.id, before, set(actionable_by(approval)))
+                return {"card_id": saved.id, "version": saved.version, "state": approval.state}
+            fresh = await self._store.get_card(card.id)
+            assert fresh is not None
+            card = fresh
+        raise VersionConflict("the card kept changing; try again")
+
+    async def set_callback_state(self, card_id: str, state: str) -> None:
+        card = await self._store.get_card(card_id)
+        if card is not None and card.callback != state:
+            await self.apply_update(card, {}, check_version=False, callback=state)
+
+    async def notice(self, app: AppRecord, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise InvalidField("body must be a JSON object", field="body")
+        f = Fields(body)
+        title = f.req_string("title", max_len=self._limits.max_title_chars)
+        text = f.req_string("text", max_len=self._limits.max_body_chars)
+        urgent = f.boolean("urgent")
+        users, groups = await self._recipients(app, body.get("to"))
+        now = now_ms(self._clock)
+        content = {"title": title, "text": text, "urgent": urgent, "app_id": app.app_id}
+        messages = [
+            NewMessage(
+                notice_conv(app.app_id, u), f"app:{app.app_id}", "app", "notice", content, now
+            )
+            for u in users
+        ] + [NewMessage(g, f"app:{app.app_id}", "app", "notice", content, now) for g, _ in groups]
+        convs = [(notice_conv(app.app_id, u), u, app.name or app.app_id) for u in users]
+        stored = await self._store.deliver_notice(messages, convs, now)
+        reached: set[str] = set()
+        for msg in stored:
+            recipients = (
+                (msg.conv.split(":", 2)[2],)
+                if msg.conv.startswith("n:")
+                else next(ms for g, ms in groups if g == msg.conv)
+            )
+            reached.update(recipients)
+            await self._chat.publish_message(msg, tuple(recipients))
+        return {"recipients": len(reached)}
+
+    # -- people: act, read, todo ---------------------------------------------
+    async def _holder_card(self, caller: Caller, card_id: str) -> CardRecord:
+        card = await self._store.get_card(card_id)
+        if card is None or caller.user not in await self._store.card_holders(card_id):
+            raise NoSuchCard(f"no card {card_id}")
+        return card
+
+    async def get(self, caller: Caller, card_id: str) -> dict[str, Any]:
+        return self.view(await self._holder_card(caller, card_id))
+
+    async def act(
+        self, caller: Caller, card_id: str, action: str, action_id: str, inputs: Any
+    ) -> dict[str, Any]:
+        card = await self._holder_card(caller, card_id)
+        for _ in range(MAX_SAVE_TRIES):
+            spec = next((a for a in card.doc["actions"] if a["id"] == action), None)
+            if spec is None:
+                raise InvalidField(f"this card has no action {action!r}", field="action")
+            values = check_inputs(card.doc, action, inputs)
+            approval = approval_from_json(card.doc, card.approval)
+            now = now_ms(self._clock)
+            outcome = decide(
+                approval, Act(action_id, caller.user, action, spec["decision"], now, values)
+            )
+            if isinstance(outcome, Refused):
+                details = {"decided_by": outcome.decided_by} if outcome.decided_by else None
+                raise REFUSALS[outcome.code](outcome.message, details=details)
+            if outcome.repeat:
+                return self._act_result(card, outcome.state, repeat=True)
+            new = outcome.state
+            payload = {
+                "type": "card.action",
+                "app_id": card.app_id,
+                "action_id": action_id,
+                "card_id": card.id,
+                "out_track_id": card.out_track_id,
+                "version": card.version + 1,
+                "actor": caller.user,
+                "action": action,
+                "decision": spec["decision"],
+                "inputs": values,
+                "state": new.state,
+                "at": now,
+            }
+            saved = await self._store.save_card(
+                CardChange(
+                    card_id=card.id,
+                    expected_version=card.version,
+                    doc=card.doc,
+                    approval=approval_to_json(new),
+                    callback="pending",
+                    pending=actionable_by(new),
+                    now=now,
+                    outbox=OutboxEntry(card.app_id, card.id, action_id, payload),
+                )
+            )
+            if saved is None:  # someone else acted first: decide again on the new version
+                fresh = await self._store.get_card(card.id)
+                assert fresh is not None
+                card = fresh
+                continue
+            self.wake_callbacks()
+            await self._fan_out(saved)
+            await self._todo_changed(
+                saved.id, set(actionable_by(approval)), set(actionable_by(new))
+            )
+            return self._act_result(saved, new, repeat=False)
+        raise VersionConflict("the card kept changing; try again")
+
+    def _act_result(self, card: CardRecord, s: ApprovalState, repeat: bool) -> dict[str, Any]:
+        return {
+            "card_id": card.id,
+            "version": card.version,
+            "state": s.state,
+            "decided_by": s.decided_by,
+            "repeat": repeat,
+        }
+
+    async def todo(self, caller: Caller, limit: int = 100) -> dict[str, Any]:
+        cards, total = await self._store.todo_cards(caller.user, limit)
+        now = now_ms(self._clock)
+        overdue = sum(1 for c in cards if c.doc.get("due_at") is not None and c.doc["due_at"] < now)
+        return {"total": total, "overdue": overdue, "cards": [self.view(c) for c in cards]}
+
+    async def changed_since(self, caller: Caller, cursor: int, limit: int) -> dict[str, Any]:
+        cards = await self._store.cards_changed_for(caller.user, cursor, limit + 1)
+        more = len(cards) > limit
+        cards = cards[:limit]
+        return {
+            "cards": [self.view(c) for c in cards],
+            "cards_cursor": cards[-1].gseq if cards else cursor,
+            "cards_more": more,
+        }

@@ -1,0 +1,236 @@
+"""Receiving card-action callbacks from imserver (docs/cards.md, section 6).
+
+When someone presses a button in a card, the server POSTs a signed
+``card.action`` callback to the app's ``callback_url``. Delivery is *at least
+once*: anything but a timely 2xx is retried with backoff, so the same
+``action_id`` can arrive more than once. This module verifies the signature,
+parses the payload into a :class:`CallbackAction`, and - in
+:func:`callback_handler` - turns that into an aiohttp handler that drops
+repeats, so application code sees each action once in the common case.
+
+Usage::
+
+    async def on_action(a: CallbackAction) -> dict | None:
+        if a.state == "approved":
+            return {"status": {"text": "已同意", "color": "green"}}
+        return None
+
+    app = web.Application()
+    app.router.add_post("/imserver/callback", callback_handler(secret, on_action))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from .signing import DEFAULT_WINDOW_S, NonceCache, SignatureError, verify_signature
+
+__all__ = ["CallbackAction", "callback_handler", "parse_callback"]
+
+log = logging.getLogger(__name__)
+
+#: How many handled ``action_id``s the handler remembers. The server gives up
+#: after ``cards.callback_max_attempts`` (8) within minutes, so 10k covers any
+#: realistic retry burst while keeping memory small. An operator's manual retry
+#: after that is delivered again - handlers should still be idempotent.
+REMEMBERED_ACTIONS = 10_000
+
+OnAction = Callable[["CallbackAction"], Awaitable["dict[str, Any] | None"]]
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+_json_dumps = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackAction:
+    """One accepted card action, as the server reported it.
+
+    ``version`` and ``state`` are the card's *after* this action (so
+    ``state == "approved"`` means this action completed the policy);
+    ``decision`` is ``"approve"`` or ``"reject"``; ``at`` is ms since the
+    epoch. ``raw`` keeps the whole decoded payload so keys added by newer
+    servers are not lost.
+    """
+
+    type: str
+    app_id: str
+    action_id: str
+    card_id: str
+    out_track_id: str
+    version: int
+    actor: str
+    action: str
+    decision: str | None
+    inputs: dict[str, Any] = field(hash=False)
+    state: str
+    at: int
+    raw: dict[str, Any] = field(repr=False, compare=False, hash=False)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> CallbackAction:
+        """Validate and convert a decoded payload; raise ``ValueError`` if malformed.
+
+        The types are checked rather than trusted because application code
+        will use these values as database keys and in messages; a clear error
+        at the boundary beats a confusing one deep inside the app.
+        """
+        kind = doc.get("type")
+        if kind != "card.action":
+            raise ValueError(f"unsupported callback type {kind!r}")
+
+        def text(key: str) -> str:
+            val = doc.get(key)
+            if not isinstance(val, str) or not val:
+                raise ValueError(f"callback field {key!r} must be a non-empty string")
+            return val
+
+        def integer(key: str) -> int:
+            val = doc.get(key)
+            if not isinstance(val, int) or isinstance(val, bool):
+                raise ValueError(f"callback field {key!r} must be an integer")
+            return val
+
+        decision = doc.get("decision")
+        if decision is not None and not isinstance(decision, str):
+            raise ValueError("callback field 'decision' must be a string or null")
+        inputs = doc.get("inputs")
+        if inputs is None:
+            inputs = {}
+        if not isinstance(inputs, dict):
+            raise ValueError("callback field 'inputs' must be an object")
+        return cls(
+            type=kind,
+            app_id=text("app_id"),
+            action_id=text("action_id"),
+            card_id=text("card_id"),
+            out_track_id=text("out_track_id"),
+            version=integer("version"),
+            actor=text("actor"),
+            action=text("action"),
+            decision=decision,
+            inputs=dict(inputs),
+            state=text("state"),
+            at=integer("at"),
+            raw=dict(doc),
+        )
+
+
+def parse_callback(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    window_s: float = DEFAULT_WINDOW_S,
+    seen_nonces: NonceCache | None = None,
+) -> CallbackAction:
+    """Verify a callback's signature, then parse it.
+
+    Verification comes first so that nothing from an unauthenticated body is
+    ever parsed. Raises :class:`~imserver_sdk.signing.SignatureError` for a
+    bad or stale signature (or a replayed nonce, with ``seen_nonces``) and
+    ``ValueError`` for a correctly signed but malformed payload. Framework
+    independent: use it directly when not running aiohttp.
+    """
+    verify_signature(secret, headers, body, window_s=window_s, seen_nonces=seen_nonces)
+    try:
+        doc = json.loads(body)
+    except ValueError as e:
+        raise ValueError("callback body is not JSON") from e
+    if not isinstance(doc, dict):
+        raise ValueError("callback body is not a JSON object")
+    return CallbackAction.from_dict(doc)
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, dumps=_json_dumps
+    )
+
+
+def callback_handler(
+    secret: str,
+    on_action: OnAction,
+    *,
+    window_s: float = DEFAULT_WINDOW_S,
+) -> Handler:
+    """Build an aiohttp request handler for the app's ``callback_url``.
+
+    The handler answers:
+
+    * ``401 {"error": {"code": ...}}`` when the signature does not verify
+      (``missing_header``, ``bad_signature``, ``signature_expired``,
+      ``nonce_replayed``); ``400`` for a signed but malformed payload;
+    * ``200 {}`` for an ``action_id`` it has already handled (the last
+      10 000 are remembered), *without* calling ``on_action`` again;
+    * ``200 {"card_update": update}`` when ``on_action`` returns a dict, which
+      the server applies to the card at once; ``200 {}`` when it returns None;
+    * ``500`` when ``on_action`` raises. The action is then not remembered,
+      so the server's retry calls ``on_action`` again - raising is how the app
+      says "not processed, please redeliver".
+
+    A repeat that arrives while the first delivery is still running (the
+    server times out after 3 s and retries) waits for it instead of answering
+    early, so a failure of the first run cannot be masked by a 200 for the
+    second. Keep ``on_action`` under the server's callback timeout; for slow
+    work, acknowledge and update the card later with ``BusinessClient``.
+    """
+    nonces = NonceCache(window_s)
+    done: dict[str, None] = {}  # insertion-ordered set of handled action ids
+    running: dict[str, asyncio.Future[None]] = {}
+
+    def remember(action_id: str) -> None:
+        done[action_id] = None
+        while len(done) > REMEMBERED_ACTIONS:
+            del done[next(iter(done))]
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            action = parse_callback(
+                secret, request.headers, body, window_s=window_s, seen_nonces=nonces
+            )
+        except SignatureError as e:
+            return _error(401, e.code, e.message)
+        except ValueError as e:
+            return _error(400, "invalid_callback", str(e))
+
+        aid = action.action_id
+        while True:
+            if aid in done:
+                return web.json_response({})
+            first = running.get(aid)
+            if first is None:
+                break
+            # shield: a cancelled repeat must not cancel the first delivery.
+            await asyncio.shield(first)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        running[aid] = mine
+        try:
+            update = await on_action(action)
+            if update is None:
+                response = web.json_response({})
+            elif isinstance(update, dict):
+                # Serialized inside the try: an unserializable update is the
+                # app's failure too, and must not be remembered as handled.
+                response = web.json_response({"card_update": update}, dumps=_json_dumps)
+            else:
+                raise TypeError(f"on_action returned {type(update).__name__}, not dict or None")
+        except Exception:
+            log.exception("card callback handler failed for action %s", aid)
+            return _error(500, "handler_failed", "the app failed to process the action")
+        else:
+            remember(aid)  # before waking waiters, so they see it as done
+            return response
+        finally:
+            del running[aid]
+            mine.set_result(None)
+
+    return handle

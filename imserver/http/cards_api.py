@@ -1,0 +1,209 @@
+"""HTTP routes for cards: signed app routes, user routes, admin routes."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from cards.service import CardService, FullStore
+from imserver.appauth import NonceCache, verify_app_request
+from imserver.config import CardsConfig
+from imserver.errors import Forbidden, InvalidField, NoSuchCallback, NotAuthenticated
+from imserver.http.api import ADMIN_KEY, SIGNER, user_claims
+from imserver.protocol.fields import APP_ID_RE, is_user_id
+from imserver.services.caller import Caller
+from imserver.store.records import AppRecord
+
+CARDS = web.AppKey("cards", CardService)
+CARD_STORE = web.AppKey("card_store", object)
+NONCES = web.AppKey("nonces", NonceCache)
+CARDS_CONFIG = web.AppKey("cards_config", CardsConfig)
+WAKE = web.AppKey("wake_callbacks", object)
+
+
+def _store(request: web.Request) -> FullStore:
+    store: FullStore = request.app[CARD_STORE]  # type: ignore[assignment]
+    return store
+
+
+async def _json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        raise InvalidField("body must be JSON", field="body") from None
+
+
+async def _app(request: web.Request) -> tuple[AppRecord, Any]:
+    """The signed-in app and its parsed JSON body."""
+    raw = await request.read()
+    app = await verify_app_request(
+        request.headers,
+        raw,
+        _store(request).get_app,
+        request.app[NONCES],
+        request.app[CARDS_CONFIG].signature_window_s,
+    )
+    return app, await _json(raw)
+
+
+async def push_card(request: web.Request) -> web.Response:
+    app, body = await _app(request)
+    result = await request.app[CARDS].push(app, body)
+    return web.json_response(result, status=200 if result["duplicate"] else 201)
+
+
+async def update_card(request: web.Request) -> web.Response:
+    app, body = await _app(request)
+    result = await request.app[CARDS].update(app, request.match_info["out_track_id"], body)
+    return web.json_response(result)
+
+
+async def get_card(request: web.Request) -> web.Response:
+    app, _ = await _app(request)
+    return web.json_response(
+        await request.app[CARDS].get_for_app(app, request.match_info["out_track_id"])
+    )
+
+
+async def send_notice(request: web.Request) -> web.Response:
+    app, body = await _app(request)
+    return web.json_response(await request.app[CARDS].notice(app, body), status=201)
+
+
+async def _caller(request: web.Request) -> Caller:
+    claims = await user_claims(request, request.app[SIGNER])
+    return Caller(claims.user, claims.device)
+
+
+async def act(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    body = await _json(await request.read())
+    if not isinstance(body, dict):
+        raise InvalidField("body must be a JSON object", field="body")
+    action, action_id = body.get("action"), body.get("action_id")
+    if not isinstance(action, str) or not 1 <= len(action) <= 32:
+        raise InvalidField("'action' must be the id of one of the card's actions", field="action")
+    if not isinstance(action_id, str) or not 1 <= len(action_id) <= 64:
+        raise InvalidField("'action_id' must be a string of 1-64 characters", field="action_id")
+    result = await request.app[CARDS].act(
+        caller, request.match_info["card_id"], action, action_id, body.get("inputs")
+    )
+    return web.json_response(result)
+
+
+async def todo(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise InvalidField("'limit' must be an integer", field="limit") from None
+    if not 1 <= limit <= 200:
+        raise InvalidField("'limit' must be 1-200", field="limit")
+    return web.json_response(await request.app[CARDS].todo(caller, limit))
+
+
+# -- admin --------------------------------------------------------------------
+def check_admin(request: web.Request, key: str) -> None:
+    if not key:
+        raise NotAuthenticated("the admin API is disabled (set auth.admin_api_key)")
+    header = request.headers.get("Authorization", "")
+    given = header[len("Bearer ") :].strip() if header.startswith("Bearer ") else ""
+    if not given:
+        raise NotAuthenticated("send 'Authorization: Bearer <admin key>'")
+    if not hmac.compare_digest(given.encode(), key.encode()):
+        raise Forbidden("wrong admin key")
+
+
+def parse_app(value: Any, path: str = "app") -> AppRecord:
+    """An app definition from the admin API or the apps file."""
+    if not isinstance(value, dict):
+        raise InvalidField(f"{path} must be an object", field=path)
+    app_id, secret = value.get("app_id"), value.get("secret")
+    url, scope, name = value.get("callback_url"), value.get("scope", []), value.get("name", "")
+    if not isinstance(app_id, str) or APP_ID_RE.fullmatch(app_id) is None:
+        raise InvalidField(f"{path}.app_id must be 1-32 of a-z 0-9 _ -", field=f"{path}.app_id")
+    if not isinstance(secret, str) or len(secret) < 32:
+        raise InvalidField(f"{path}.secret must be at least 32 characters", field=f"{path}.secret")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise InvalidField(
+            f"{path}.callback_url must be an http(s) URL", field=f"{path}.callback_url"
+        )
+    if not isinstance(name, str) or len(name) > 64:
+        raise InvalidField(f"{path}.name must be at most 64 characters", field=f"{path}.name")
+    if not isinstance(scope, list):
+        raise InvalidField(f"{path}.scope must be a list", field=f"{path}.scope")
+    for i, entry in enumerate(scope):
+        ok = entry == "*" or (
+            isinstance(entry, str)
+            and (
+                (entry.startswith("user:") and is_user_id(entry[5:]))
+                or entry.startswith("group:g:")
+            )
+        )
+        if not ok:
+            raise InvalidField(
+                f"{path}.scope[{i}] must be '*', 'user:<id>' or 'group:<conv>'",
+                field=f"{path}.scope[{i}]",
+            )
+    return AppRecord(app_id, name, secret, url, tuple(scope))
+
+
+async def admin_upsert_app(request: web.Request) -> web.Response:
+    check_admin(request, request.app[ADMIN_KEY])
+    app = parse_app(await _json(await request.read()))
+    await _store(request).upsert_app(app, int(time.time() * 1000))
+    return web.json_response({"app_id": app.app_id}, status=201)
+
+
+async def admin_list_callbacks(request: web.Request) -> web.Response:
+    check_admin(request, request.app[ADMIN_KEY])
+    state = request.query.get("state", "failed")
+    if state not in ("pending", "delivered", "failed"):
+        raise InvalidField("'state' must be pending, delivered or failed", field="state")
+    items = await _store(request).list_callbacks(state, 500)
+    return web.json_response(
+        {
+            "callbacks": [
+                {
+                    "card_id": i.card_id,
+                    "action_id": i.action_id,
+                    "app_id": i.app_id,
+                    "state": i.state,
+                    "attempts": i.attempts,
+                    "last_error": i.last_error,
+                }
+                for i in items
+            ]
+        }
+    )
+
+
+async def admin_retry_callback(request: web.Request) -> web.Response:
+    check_admin(request, request.app[ADMIN_KEY])
+    store = _store(request)
+    item = await store.get_callback(request.match_info["card_id"], request.match_info["action_id"])
+    if item is None:
+        raise NoSuchCallback("no such callback")
+    await store.retry_callback(item.id, int(time.time() * 1000))
+    await request.app[CARDS].set_callback_state(item.card_id, "pending")
+    request.app[WAKE]()  # type: ignore[operator]
+    return web.json_response(
+        {"card_id": item.card_id, "action_id": item.action_id, "state": "pending"}
+    )
+
+
+def add_card_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/api/v1/apps/cards", push_card)
+    r.add_patch("/api/v1/apps/cards/{out_track_id}", update_card)
+    r.add_get("/api/v1/apps/cards/{out_track_id}", get_card)
+    r.add_post("/api/v1/apps/notices", send_notice)
+    r.add_post("/api/v1/cards/{card_id}/act", act)
+    r.add_get("/api/v1/todo", todo)
+    r.add_post("/admin/v1/apps", admin_upsert_app)
+    r.add_get("/admin/v1/callbacks", admin_list_callbacks)
+    r.add_post("/admin/v1/callbacks/{card_id}/{action_id}/retry", admin_retry_callback)

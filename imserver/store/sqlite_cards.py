@@ -1,0 +1,405 @@
+"""SQLite side of the ``CardStore`` interface: apps, cards, todo, callback outbox.
+
+A mixin of :class:`imserver.store.sqlite.SqliteStore`; it shares its writer
+thread, so a card's new version, its todo rows, its fan-out messages and its
+callback are committed in one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import orjson
+
+from imserver.store.records import (
+    ROLE_MEMBER,
+    AppRecord,
+    CardChange,
+    CardRecord,
+    Message,
+    NewCard,
+    NewMessage,
+    OutboxItem,
+)
+
+_CARD_COLUMNS = (
+    "id, app_id, out_track_id, version, gseq, doc, approval, callback, created_at, updated_at"
+)
+_OUTBOX_COLUMNS = "id, app_id, card_id, action_id, payload, state, attempts, next_at, last_error"
+
+Job = Callable[[sqlite3.Connection], Any]
+
+
+def _card(row: tuple[Any, ...]) -> CardRecord:
+    cid, app, track, version, gseq, doc, approval, callback, created, updated = row
+    return CardRecord(
+        cid,
+        app,
+        track,
+        version,
+        gseq,
+        orjson.loads(doc),
+        orjson.loads(approval),
+        callback,
+        created,
+        updated,
+    )
+
+
+def _outbox(row: tuple[Any, ...]) -> OutboxItem:
+    oid, app, card, action_id, payload, state, attempts, next_at, error = row
+    return OutboxItem(
+        oid, app, card, action_id, orjson.loads(payload), state, attempts, next_at, error
+    )
+
+
+def _next_gseq(conn: sqlite3.Connection) -> int:
+    row = conn.execute(
+        "UPDATE counters SET value = value + 1 WHERE name = 'card_gseq' RETURNING value"
+    ).fetchone()
+    return int(row[0])
+
+
+def _set_pending(
+    conn: sqlite3.Connection, card_id: str, users: Iterable[str], due_at: int | None
+) -> None:
+    conn.execute("DELETE FROM card_pending WHERE card_id = ?", (card_id,))
+    conn.executemany(
+        "INSERT INTO card_pending (user, card_id, due_at) VALUES (?, ?, ?)",
+        [(u, card_id, due_at) for u in users],
+    )
+
+
+def ensure_notice_conv(conn: sqlite3.Connection, conv: str, user: str, name: str, now: int) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO conversations (id, kind, name, owner, last_seq, created_at)"
+        " VALUES (?, 'notice', ?, NULL, 0, ?)",
+        (conv, name, now),
+    )
+    conn.execute(
+        "INSERT OR IGNORE INTO members (conv, user, role, read_seq) VALUES (?, ?, ?, 0)",
+        (conv, user, ROLE_MEMBER),
+    )
+
+
+class SqliteCardsMixin:
+    """Card storage; needs ``_write``/``_read`` and ``_insert_message`` from the store."""
+
+    _write: Callable[[Job], Awaitable[Any]]
+    _read: Callable[[Job], Awaitable[Any]]
+    _insert: Callable[[sqlite3.Connection, NewMessage], Message]
+
+    # -- apps ----------------------------------------------------------------
+    async def upsert_app(self, app: AppRecord, now: int) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO apps (id, name, secret, callback_url, scope, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
+                " secret = excluded.secret, callback_url = excluded.callback_url,"
+                " scope = excluded.scope, updated_at = excluded.updated_at",
+                (
+                    app.app_id,
+                    app.name,
+                    app.secret,
+                    app.callback_url,
+                    orjson.dumps(list(app.scope)),
+                    now,
+                ),
+            )
+
+        await self._write(job)
+
+    async def get_app(self, app_id: str) -> AppRecord | None:
+        def job(conn: sqlite3.Connection) -> AppRecord | None:
+            row = conn.execute(
+                "SELECT id, name, secret, callback_url, scope FROM apps WHERE id = ?", (app_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            return AppRecord(row[0], row[1], row[2], row[3], tuple(orjson.loads(row[4])))
+
+        result: AppRecord | None = await self._read(job)
+        return result
+
+    # -- cards ---------------------------------------------------------------
+    async def create_card(
+        self, card: NewCard, messages: list[NewMessage], notice_convs: list[tuple[str, str, str]]
+    ) -> tuple[CardRecord, list[Message], bool]:
+        """Store a card, its holders, todo rows and delivery messages at once.
+
+        ``notice_convs`` are ``(conv, user, name)`` to create if absent. If the
+        app already has a card with this ``out_track_id``, nothing is written
+        and the existing card comes back with ``True`` (a duplicate).
+        """
+
+        def job(conn: sqlite3.Connection) -> tuple[CardRecord, list[Message], bool]:
+            row = conn.execute(
+                f"SELECT {_CARD_COLUMNS} FROM cards WHERE app_id = ? AND out_track_id = ?",
+                (card.app_id, card.doc["out_track_id"]),
+            ).fetchone()
+            if row is not None:
+                return _card(row), [], True
+            gseq = _next_gseq(conn)
+            conn.execute(
+                f"INSERT INTO cards ({_CARD_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?, ?, 'ok', ?, ?)",
+                (
+                    card.id,
+                    card.app_id,
+                    card.doc["out_track_id"],
+                    gseq,
+                    orjson.dumps(card.doc),
+                    orjson.dumps(card.approval),
+                    card.now,
+                    card.now,
+                ),
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO card_holders (user, card_id) VALUES (?, ?)",
+                [(u, card.id) for u in card.holders],
+            )
+            _set_pending(conn, card.id, card.pending, card.doc.get("due_at"))
+            for conv, user, name in notice_convs:
+                ensure_notice_conv(conn, conv, user, name, card.now)
+            stored = [self._insert(conn, m) for m in messages]
+            record = CardRecord(
+                card.id,
+                card.app_id,
+                card.doc["out_track_id"],
+                1,
+                gseq,
+                card.doc,
+                card.approval,
+                "ok",
+                card.now,
+                card.now,
+            )
+            return record, stored, False
+
+        result: tuple[CardRecord, list[Message], bool] = await self._write(job)
+        return result
+
+    async def get_card(self, card_id: str) -> CardRecord | None:
+        def job(conn: sqlite3.Connection) -> CardRecord | None:
+            row = conn.execute(f"SELECT {_CARD_COLUMNS} FROM cards WHERE id = ?", (card_id,))
+            found = row.fetchone()
+            return None if found is None else _card(found)
+
+        result: CardRecord | None = await self._read(job)
+        return result
+
+    async def get_card_by_track(self, app_id: str, out_track_id: str) -> CardRecord | None:
+        def job(conn: sqlite3.Connection) -> CardRecord | None:
+            row = conn.execute(
+                f"SELECT {_CARD_COLUMNS} FROM cards WHERE app_id = ? AND out_track_id = ?",
+                (app_id, out_track_id),
+            ).fetchone()
+            return None if row is None else _card(row)
+
+        result: CardRecord | None = await self._read(job)
+        return result
+
+    async def cards_by_ids(self, ids: Iterable[str]) -> dict[str, CardRecord]:
+        wanted = list(dict.fromkeys(ids))
+
+        def job(conn: sqlite3.Connection) -> dict[str, CardRecord]:
+            out: dict[str, CardRecord] = {}
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in conn.execute(
+                    f"SELECT {_CARD_COLUMNS} FROM cards WHERE id IN ({marks})", chunk
+                ):
+                    out[row[0]] = _card(row)
+            return out
+
+        result: dict[str, CardRecord] = await self._read(job)
+        return result
+
+    async def save_card(self, change: CardChange) -> CardRecord | None:
+        """Write a new version if the card is still at ``expected_version``; else None.
+
+        The callback (if any) joins the outbox in the same transaction, so an
+        accepted action can never lose its callback.
+        """
+
+        def job(conn: sqlite3.Connection) -> CardRecord | None:
+            gseq = _next_gseq(conn)
+            row = conn.execute(
+                "UPDATE cards SET version = version + 1, gseq = ?, doc = ?, approval = ?,"
+                " callback = ?, updated_at = ? WHERE id = ? AND version = ?"
+                f" RETURNING {_CARD_COLUMNS}",
+                (
+                    gseq,
+                    orjson.dumps(change.doc),
+                    orjson.dumps(change.approval),
+                    change.callback,
+                    change.now,
+                    change.card_id,
+                    change.expected_version,
+                ),
+            ).fetchone()
+            if row is None:
+                raise _VersionMoved  # undo the gseq bump with the job's savepoint
+            _set_pending(conn, change.card_id, change.pending, change.doc.get("due_at"))
+            if change.outbox is not None:
+                o = change.outbox
+                conn.execute(
+                    "INSERT OR IGNORE INTO outbox (app_id, card_id, action_id, payload, state,"
+                    " attempts, next_at, created_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?)",
+                    (
+                        o.app_id,
+                        o.card_id,
+                        o.action_id,
+                        orjson.dumps(o.payload),
+                        change.now,
+                        change.now,
+                    ),
+                )
+            return _card(row)
+
+        try:
+            result: CardRecord = await self._write(job)
+        except _VersionMoved:
+            return None
+        return result
+
+    async def card_holders(self, card_id: str) -> list[str]:
+        def job(conn: sqlite3.Connection) -> list[str]:
+            return [
+                r[0]
+                for r in conn.execute("SELECT user FROM card_holders WHERE card_id = ?", (card_id,))
+            ]
+
+        result: list[str] = await self._read(job)
+        return result
+
+    async def cards_changed_for(self, user: str, after_gseq: int, limit: int) -> list[CardRecord]:
+        def job(conn: sqlite3.Connection) -> list[CardRecord]:
+            rows = conn.execute(
+                f"SELECT {', '.join('c.' + c.strip() for c in _CARD_COLUMNS.split(','))}"
+                " FROM card_holders h JOIN cards c ON c.id = h.card_id"
+                " WHERE h.user = ? AND c.gseq > ? ORDER BY c.gseq LIMIT ?",
+                (user, after_gseq, limit),
+            )
+            return [_card(r) for r in rows]
+
+        result: list[CardRecord] = await self._read(job)
+        return result
+
+    async def todo_cards(self, user: str, limit: int) -> tuple[list[CardRecord], int]:
+        """Pending cards for ``user``, soonest deadline first (none last); and the total."""
+
+        def job(conn: sqlite3.Connection) -> tuple[list[CardRecord], int]:
+            (total,) = conn.execute(
+                "SELECT count(*) FROM card_pending WHERE user = ?", (user,)
+            ).fetchone()
+            rows = conn.execute(
+                f"SELECT {', '.join('c.' + c.strip() for c in _CARD_COLUMNS.split(','))}"
+                " FROM card_pending p JOIN cards c ON c.id = p.card_id WHERE p.user = ?"
+                " ORDER BY p.due_at IS NULL, p.due_at, c.created_at LIMIT ?",
+                (user, limit),
+            )
+            return [_card(r) for r in rows], int(total)
+
+        result: tuple[list[CardRecord], int] = await self._read(job)
+        return result
+
+    async def deliver_notice(
+        self, messages: list[NewMessage], notice_convs: list[tuple[str, str, str]], now: int
+    ) -> list[Message]:
+        def job(conn: sqlite3.Connection) -> list[Message]:
+            for conv, user, name in notice_convs:
+                ensure_notice_conv(conn, conv, user, name, now)
+            return [self._insert(conn, m) for m in messages]
+
+        result: list[Message] = await self._write(job)
+        return result
+
+    # -- callback outbox -----------------------------------------------------
+    async def claim_callbacks(self, now: int, lease_ms: int, limit: int) -> list[OutboxItem]:
+        """Due pending callbacks, leased so no other worker sends them meanwhile."""
+
+        def job(conn: sqlite3.Connection) -> list[OutboxItem]:
+            rows = conn.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' AND next_at <= ?"
+                " AND lease_until <= ? ORDER BY next_at LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE outbox SET lease_until = ? WHERE id = ?",
+                [(now + lease_ms, r[0]) for r in rows],
+            )
+            return [_outbox(r) for r in rows]
+
+        result: list[OutboxItem] = await self._write(job)
+        return result
+
+    async def next_callback_due(self) -> int | None:
+        def job(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT min(max(next_at, lease_until)) FROM outbox WHERE state = 'pending'"
+            ).fetchone()
+            return None if row[0] is None else int(row[0])
+
+        result: int | None = await self._read(job)
+        return result
+
+    async def finish_callback(
+        self, item_id: int, *, state: str, attempts: int, next_at: int, error: str
+    ) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE outbox SET state = ?, attempts = ?, next_at = ?, lease_until = 0,"
+                " last_error = ? WHERE id = ?",
+                (state, attempts, next_at, error[:500], item_id),
+            )
+
+        await self._write(job)
+
+    async def get_callback(self, card_id: str, action_id: str) -> OutboxItem | None:
+        def job(conn: sqlite3.Connection) -> OutboxItem | None:
+            row = conn.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE card_id = ? AND action_id = ?",
+                (card_id, action_id),
+            ).fetchone()
+            return None if row is None else _outbox(row)
+
+        result: OutboxItem | None = await self._read(job)
+        return result
+
+    async def list_callbacks(self, state: str, limit: int) -> list[OutboxItem]:
+        def job(conn: sqlite3.Connection) -> list[OutboxItem]:
+            rows = conn.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = ? ORDER BY id LIMIT ?",
+                (state, limit),
+            )
+            return [_outbox(r) for r in rows]
+
+        result: list[OutboxItem] = await self._read(job)
+        return result
+
+    async def pending_callbacks(self, card_id: str) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            (n,) = conn.execute(
+                "SELECT count(*) FROM outbox WHERE card_id = ? AND state = 'pending'", (card_id,)
+            ).fetchone()
+            return int(n)
+
+        result: int = await self._read(job)
+        return result
+
+    async def retry_callback(self, item_id: int, now: int) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?, lease_until = 0"
+                " WHERE id = ?",
+                (now, item_id),
+            )
+
+        await self._write(job)
+
+
+class _VersionMoved(Exception):
+    """Raised inside a write job so its savepoint is rolled back."""
