@@ -146,7 +146,11 @@ class CardService:
         f = Fields(to if isinstance(to, dict) else {}, prefix="to.")
         if not isinstance(to, dict):
             raise InvalidField("'to' must be an object with users and/or groups", field="to")
-        users = list(f.user_list("users", required=False, max_items=self._limits.max_recipients))
+        users = list(
+            f.user_list(
+                "users", required=False, max_items=self._limits.max_recipients, allow_empty=True
+            )
+        )
         group_ids = to.get("groups") or []
         if not isinstance(group_ids, list) or not all(isinstance(g, str) for g in group_ids):
             raise InvalidField("'to.groups' must be a list of group ids", field="to.groups")
