@@ -35,7 +35,7 @@ INPUT_TYPES = ("text", "select")
 MAX_ACTIONS = 8
 MAX_INPUTS = 8
 MAX_ACTORS = 100
-UPDATABLE = ("title", "fields", "body_md", "status", "actions", "inputs", "due_at")
+UPDATABLE = ("title", "fields", "body_md", "status", "actions", "inputs", "due_at", "escalate_to")
 
 
 def _fail(path: str, why: str) -> InvalidField:
@@ -203,6 +203,13 @@ def parse_card(value: Any, limits: CardsConfig, path: str = "card") -> dict[str,
     )
     doc["policy"] = _policy(c["policy"], f"{path}.policy") if c.get("policy") is not None else None
     doc["due_at"] = _int(c["due_at"], f"{path}.due_at") if c.get("due_at") is not None else None
+    escalate = c.get("escalate_to")
+    if escalate is not None and not is_user_id(escalate):
+        raise _fail(f"{path}.escalate_to", "must be a user id")
+    if escalate is not None and doc["due_at"] is None:
+        raise _fail(f"{path}.escalate_to", "needs a due_at")
+    doc["escalate_to"] = escalate
+    doc["urgent"] = _bool(c.get("urgent", False), f"{path}.urgent")
     if doc["policy"] is not None and not doc["actions"]:
         raise _fail(f"{path}.actions", "a card with a policy needs at least one action")
     size = len(orjson.dumps(doc))
@@ -269,6 +276,7 @@ def render_view(
     doc: dict[str, Any],
     approval: ApprovalState,
     callback: str,
+    overdue: bool = False,
     reveal: bool = False,
 ) -> dict[str, Any]:
     """What a holder sees: the document, its state, and who may act now.
@@ -293,6 +301,9 @@ def render_view(
         "inputs": doc["inputs"],
         "policy": doc["policy"],
         "due_at": doc["due_at"],
+        "overdue": overdue,
+        "urgent": doc.get("urgent", False),
+        "escalate_to": doc.get("escalate_to"),
         "state": approval.state,
         "actionable_by": list(actionable_by(approval)),
         "decisions": [

@@ -46,7 +46,7 @@ from imserver.protocol.frames import event_frame
 from imserver.services.caller import Caller
 from imserver.services.chat import ChatService, now_ms
 from imserver.services.membership import MembershipCache
-from imserver.store.base import CardStore, Store
+from imserver.store.base import CardStore, DeadlineStore, Store
 from imserver.store.records import (
     AppRecord,
     CardChange,
@@ -68,7 +68,7 @@ REFUSALS = {
 }
 
 
-class FullStore(Store, CardStore, Protocol):
+class FullStore(Store, CardStore, DeadlineStore, Protocol):
     pass
 
 
@@ -92,6 +92,7 @@ class CardService:
         self._members = members
         self._chat = chat
         self._limits = config.cards
+        self._ding_interval_ms = int(config.chat.ding_interval_s * 1000)
         self._metrics = metrics
         self._clock = clock
         #: Called after an action joins the outbox; the dispatcher sets it.
@@ -106,6 +107,7 @@ class CardService:
             doc=card.doc,
             approval=approval_from_json(card.doc, card.approval),
             callback=card.callback,
+            overdue=bool(card.approval.get("overdue")),
             reveal=reveal,
         )
 
@@ -137,6 +139,21 @@ class CardService:
                         "frame": event_frame("todo", {"card_id": card_id, "pending": pending}),
                     },
                 )
+
+    def timers(self, doc: dict[str, Any], now: int) -> tuple[tuple[str, int], ...]:
+        """Reminders before ``due_at``, the overdue mark at it, escalation at it."""
+        due = doc.get("due_at")
+        if due is None:
+            return ()
+        out = [
+            ("remind", due - offset * 1000)
+            for offset in self._limits.reminder_offsets_s
+            if due - offset * 1000 > now
+        ]
+        out.append(("overdue", due))
+        if doc.get("escalate_to"):
+            out.append(("escalate", due))
+        return tuple(out)
 
     # -- recipients ----------------------------------------------------------
     async def _recipients(
@@ -211,6 +228,7 @@ class CardService:
                 pending=actionable_by(approval),
                 holders=tuple(holders),
                 now=now,
+                timers=self.timers(doc, now),
             ),
             messages,
             convs,
@@ -258,6 +276,9 @@ class CardService:
         card = await self._by_track(app, out_track_id)
         view = self.view(card, reveal=True)
         view["decisions"] = card.approval["decisions"]  # with inputs and action ids
+        if card.doc.get("urgent"):
+            confirmed, unconfirmed = await self._store.card_ding_status(card.id)
+            view["ding"] = {"confirmed": confirmed, "unconfirmed": unconfirmed}
         return view
 
     async def update(self, app: AppRecord, out_track_id: str, body: Any) -> dict[str, Any]:
@@ -265,7 +286,13 @@ class CardService:
         return await self.apply_update(card, body, check_version=True)
 
     async def apply_update(
-        self, card: CardRecord, body: Any, *, check_version: bool, callback: str | None = None
+        self,
+        card: CardRecord,
+        body: Any,
+        *,
+        check_version: bool,
+        callback: str | None = None,
+        mark_overdue: bool = False,
     ) -> dict[str, Any]:
         """Apply an app's update (from PATCH or a callback answer) and fan it out."""
         for _ in range(MAX_SAVE_TRIES):
@@ -280,15 +307,19 @@ class CardService:
             if upd.state is not None and approval.state not in FINAL_STATES:
                 approval = close(approval, upd.state)
             before = set(actionable_by(approval_from_json(card.doc, card.approval)))
+            now = now_ms(self._clock)
+            rescheduled = "due_at" in upd.changes or "escalate_to" in upd.changes
+            overdue = bool(card.approval.get("overdue")) and not rescheduled
             saved = await self._store.save_card(
                 CardChange(
                     card_id=card.id,
                     expected_version=card.version,
                     doc=doc,
-                    approval=approval_to_json(approval),
+                    approval=_with_flags(approval, overdue=overdue or mark_overdue),
                     callback=callback or card.callback,
                     pending=actionable_by(approval),
-                    now=now_ms(self._clock),
+                    now=now,
+                    timers=self.timers(doc, now) if rescheduled else None,
                 )
             )
             if saved is not None:
@@ -383,7 +414,7 @@ class CardService:
                     card_id=card.id,
                     expected_version=card.version,
                     doc=card.doc,
-                    approval=approval_to_json(new),
+                    approval=_with_flags(new, overdue=bool(card.approval.get("overdue"))),
                     callback="pending",
                     pending=actionable_by(new),
                     now=now,
@@ -427,3 +458,11 @@ class CardService:
             "cards_cursor": cards[-1].gseq if cards else cursor,
             "cards_more": more,
         }
+
+
+def _with_flags(s: ApprovalState, *, overdue: bool) -> dict[str, Any]:
+    """The stored approval state plus server-kept flags (``overdue``)."""
+    data = approval_to_json(s)
+    if overdue:
+        data["overdue"] = True
+    return data

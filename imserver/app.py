@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from cards.callbacks import CallbackDispatcher
+from cards.deadlines import DeadlineScheduler
 from cards.service import CardService
 from imserver.appauth import NonceCache
 from imserver.apps_file import load_apps_file
@@ -28,6 +29,7 @@ from imserver.http.cards_api import CARD_STORE, CARDS, CARDS_CONFIG, NONCES, WAK
 from imserver.hub import Hub
 from imserver.metrics import Metrics
 from imserver.services.chat import ChatService
+from imserver.services.ding import DingService
 from imserver.services.files import FileService
 from imserver.services.groups import GroupService
 from imserver.services.membership import MembershipCache
@@ -53,6 +55,8 @@ class World:
     files: FileService
     cards: CardService
     callbacks: CallbackDispatcher
+    deadlines: DeadlineScheduler
+    dings: DingService
     gateway: Gateway
     http_app: web.Application
     http_runner: web.AppRunner | None = None
@@ -92,7 +96,9 @@ def build_world(config: Config) -> World:
     chat.enricher = cards.enrich
     callbacks = CallbackDispatcher(store, cards, config.cards, metrics)
     cards.wake_callbacks = callbacks.wake
-    dispatcher = Dispatcher(chat, groups, presence, cards)
+    deadlines = DeadlineScheduler(store, cards, chat)
+    dings = DingService(store, bus, members, config.chat)
+    dispatcher = Dispatcher(chat, groups, presence, cards, dings)
     gateway = Gateway(config, hub, presence, dispatcher, signer, store, metrics)
     http_app = build_http_app(signer, files, store, metrics, config.auth.admin_api_key)
     http_app[CARDS] = cards
@@ -118,6 +124,8 @@ def build_world(config: Config) -> World:
         files=files,
         cards=cards,
         callbacks=callbacks,
+        deadlines=deadlines,
+        dings=dings,
         gateway=gateway,
         http_app=http_app,
     )
@@ -131,6 +139,8 @@ async def start_world(world: World) -> None:
             await world.store.upsert_app(app, int(time.time() * 1000))
     await world.bus.start()
     await world.callbacks.start()
+    await world.deadlines.start()
+    await world.dings.start()
     await world.gateway.start()
     runner = web.AppRunner(world.http_app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -150,6 +160,8 @@ async def stop_world(world: World) -> None:
     if world.http_runner is not None:
         await world.http_runner.cleanup()
     await world.callbacks.stop()
+    await world.deadlines.stop()
+    await world.dings.stop()
     await world.bus.stop()
     await world.store.close()
 

@@ -94,6 +94,8 @@ class GatewayConfig:
 @dataclass(slots=True, frozen=True)
 class ChatConfig:
     recall_window_s: float = 120.0
+    ding_interval_s: float = 300.0  # re-notify unconfirmed DING recipients this often
+    ding_max_renotify: int = 3
 
 
 @dataclass(slots=True, frozen=True)
@@ -110,6 +112,7 @@ class CardsConfig:
     max_body_chars: int = 8000
     max_card_bytes: int = 32768
     max_recipients: int = 10000
+    reminder_offsets_s: tuple[int, ...] = (3600, 600)  # reminders this long before due_at
 
 
 @dataclass(slots=True, frozen=True)
@@ -252,6 +255,17 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")
         return str(value)
+    if hint == tuple[int, ...]:
+        items = value.split(",") if from_env else value
+        if not isinstance(items, list | tuple):
+            raise ConfigError(key, f"expected a list of integers, got {value!r}")
+        try:
+            out = tuple(int(v) if from_env else v for v in items if str(v).strip())
+        except ValueError:
+            raise ConfigError(key, f"expected a list of integers, got {value!r}") from None
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in out):
+            raise ConfigError(key, f"expected a list of positive integers, got {value!r}")
+        return out
     if hint == tuple[str, ...]:
         if from_env:
             return tuple(s.strip() for s in value.split(",") if s.strip())

@@ -154,6 +154,10 @@ class NoSuchCallback(ImError):
     code, http_status = "no_such_callback", 404
 
 
+class NoSuchDing(ImError):
+    code, http_status = "no_such_ding", 404
+
+
 class Internal(ImError):
     code, http_status = "internal", 500
 

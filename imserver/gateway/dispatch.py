@@ -10,6 +10,7 @@ from imserver.gateway.session import Session
 from imserver.protocol import requests as rq
 from imserver.services.caller import Caller
 from imserver.services.chat import ChatService
+from imserver.services.ding import DingService
 from imserver.services.groups import GroupService
 from imserver.services.presence import PresenceService
 
@@ -18,8 +19,14 @@ CARDS_PAGE = 100  # card views per sync answer
 
 class Dispatcher:
     def __init__(
-        self, chat: ChatService, groups: GroupService, presence: PresenceService, cards: CardService
+        self,
+        chat: ChatService,
+        groups: GroupService,
+        presence: PresenceService,
+        cards: CardService,
+        dings: DingService,
     ) -> None:
+        self._dings = dings
         self._chat = chat
         self._groups = groups
         self._presence = presence
@@ -43,6 +50,10 @@ class Dispatcher:
                 return await self._cards.get(caller, req.card_id)
             case rq.Todo():
                 return await self._cards.todo(caller, req.limit)
+            case rq.DingConfirm():
+                return await self._dings.confirm(caller, req.conv, req.seq)
+            case rq.DingStatusReq():
+                return await self._dings.status(caller, req.conv, req.seq)
             case rq.Read():
                 return await chat.read(caller, req)
             case rq.History():

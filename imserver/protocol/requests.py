@@ -39,6 +39,7 @@ class Send:
     body: dict[str, Any]
     mentions: tuple[str, ...] = ()
     mention_all: bool = False
+    urgent: bool = False  # DING: every recipient must confirm
 
 
 @dataclass(slots=True, frozen=True)
@@ -64,6 +65,18 @@ class CardGet:
 @dataclass(slots=True, frozen=True)
 class Todo:
     limit: int
+
+
+@dataclass(slots=True, frozen=True)
+class DingConfirm:
+    conv: str
+    seq: int
+
+
+@dataclass(slots=True, frozen=True)
+class DingStatusReq:
+    conv: str
+    seq: int
 
 
 @dataclass(slots=True, frozen=True)
@@ -181,6 +194,8 @@ Request = (
     | CardAct
     | CardGet
     | Todo
+    | DingConfirm
+    | DingStatusReq
 )
 
 
@@ -248,7 +263,10 @@ def _send(f: Fields, limits: LimitsConfig) -> Send:
             out_body["mentions"] = list(mentions)
         if mention_all:
             out_body["mention_all"] = True
-        return Send(conv, to, client_msg_id, kind, out_body, mentions, mention_all)
+        urgent = f.boolean("urgent")
+        if urgent:
+            out_body["urgent"] = True
+        return Send(conv, to, client_msg_id, kind, out_body, mentions, mention_all, urgent)
     if kind == "file":
         ref = body.req_sub("file")
         file_id = ref.req_string("id", min_len=64, max_len=64)
@@ -259,8 +277,13 @@ def _send(f: Fields, limits: LimitsConfig) -> Send:
         name = ref.req_string("name", max_len=255)
         size = ref.req_integer("size", maximum=2**53)
         mime = ref.req_string("mime", max_len=128)
-        file_body = {"file": {"id": file_id, "name": name, "size": size, "mime": mime}}
-        return Send(conv, to, client_msg_id, kind, file_body)
+        file_body: dict[str, Any] = {
+            "file": {"id": file_id, "name": name, "size": size, "mime": mime}
+        }
+        urgent = f.boolean("urgent")
+        if urgent:
+            file_body["urgent"] = True
+        return Send(conv, to, client_msg_id, kind, file_body, urgent=urgent)
     raise InvalidField(f"'kind' must be 'text' or 'file', got {kind!r}", field="kind")
 
 
@@ -378,6 +401,14 @@ def _todo(f: Fields, _: LimitsConfig) -> Todo:
     return Todo(limit=f.integer("limit", required=False, minimum=1, maximum=200) or 100)
 
 
+def _ding_confirm(f: Fields, _: LimitsConfig) -> DingConfirm:
+    return DingConfirm(conv=f.conv_id(), seq=f.req_integer("seq", minimum=1))
+
+
+def _ding_status(f: Fields, _: LimitsConfig) -> DingStatusReq:
+    return DingStatusReq(conv=f.conv_id(), seq=f.req_integer("seq", minimum=1))
+
+
 _PARSERS: dict[str, Callable[[Fields, LimitsConfig], Request]] = {
     "auth": _auth,
     "ping": _ping,
@@ -402,6 +433,8 @@ _PARSERS: dict[str, Callable[[Fields, LimitsConfig], Request]] = {
     "card.act": _card_act,
     "card.get": _card_get,
     "todo": _todo,
+    "ding.confirm": _ding_confirm,
+    "ding.status": _ding_status,
 }
 
 REQUEST_TYPES = tuple(_PARSERS)

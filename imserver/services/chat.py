@@ -54,6 +54,7 @@ class ChatService:
         self._members = members
         self._limits = config.limits
         self._recall_window_ms = int(config.chat.recall_window_s * 1000)
+        self._ding_interval_ms = int(config.chat.ding_interval_s * 1000)
         self._metrics = metrics
         self._clock = clock
         #: Completes message objects read from the store (cards attach their
@@ -104,6 +105,7 @@ class ChatService:
             if meta is None or not await self._store.file_visible_to(file_id, caller.user):
                 raise NoSuchFile(f"no file {file_id}; upload it first")
             req.body["file"]["size"] = meta.size  # the stored size is the truth
+        now = now_ms(self._clock)
         result = await self._store.append_message(
             NewMessage(
                 conv=conv,
@@ -111,8 +113,10 @@ class ChatService:
                 device=caller.device,
                 kind=req.kind,
                 body=req.body,
-                ts=now_ms(self._clock),
+                ts=now,
                 client_msg_id=req.client_msg_id,
+                ding_to=tuple(u for u in roles if u != caller.user) if req.urgent else (),
+                ding_next_at=now + self._ding_interval_ms,
             ),
             create_dm=new_dm,
         )

@@ -17,6 +17,8 @@ from imserver.store.records import (
     CardRecord,
     Conversation,
     ConvState,
+    DingDue,
+    DingStatus,
     FileMeta,
     Member,
     MembershipChange,
@@ -24,6 +26,7 @@ from imserver.store.records import (
     NewCard,
     NewMessage,
     OutboxItem,
+    Timer,
 )
 
 
@@ -150,3 +153,31 @@ class CardStore(Protocol):
     async def pending_callbacks(self, card_id: str) -> int: ...
 
     async def retry_callback(self, item_id: int, now: int) -> None: ...
+
+
+class DeadlineStore(Protocol):
+    """Card timers and DING confirmations (see ``SqliteDeadlinesMixin``)."""
+
+    async def claim_timers(self, now: int, lease_ms: int, limit: int) -> list[Timer]: ...
+
+    async def finish_timer(self, timer_id: int) -> None: ...
+
+    async def next_timer_due(self) -> int | None: ...
+
+    async def add_card_holder(
+        self, card_id: str, user: str, message: NewMessage, notice_conv: tuple[str, str, str]
+    ) -> Message | None: ...
+
+    async def confirm_ding(self, conv: str, seq: int, user: str, now: int) -> str | None: ...
+
+    async def ding_status(self, conv: str, seq: int) -> DingStatus | None: ...
+
+    async def card_ding_status(self, card_id: str) -> tuple[list[str], list[str]]: ...
+
+    async def due_dings(self, now: int, limit: int) -> list[DingDue]: ...
+
+    async def next_ding_due(self) -> int | None: ...
+
+    async def ding_renotified(
+        self, conv: str, seq: int, user: str, notified: int, next_at: int | None
+    ) -> None: ...

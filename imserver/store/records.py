@@ -48,6 +48,10 @@ class NewMessage:
     body: dict[str, Any]
     ts: int
     client_msg_id: str | None = None
+    #: DING: recipients who must confirm, stored with the message itself.
+    ding_to: tuple[str, ...] = ()
+    ding_next_at: int | None = None  # first re-notification
+    card_id: str | None = None  # the card this message delivers, for DING status
 
 
 @dataclass(slots=True, frozen=True)
@@ -138,6 +142,7 @@ class NewCard:
     pending: tuple[str, ...]  # users for whom the card is a todo
     holders: tuple[str, ...]
     now: int
+    timers: tuple[tuple[str, int], ...] = ()  # (kind, fire_at)
 
 
 @dataclass(slots=True, frozen=True)
@@ -152,6 +157,7 @@ class CardChange:
     pending: tuple[str, ...]
     now: int
     outbox: OutboxEntry | None = None
+    timers: tuple[tuple[str, int], ...] | None = None  # None: keep; else replace pending ones
 
 
 @dataclass(slots=True, frozen=True)
@@ -173,3 +179,26 @@ class OutboxItem:
     attempts: int
     next_at: int
     last_error: str
+
+
+@dataclass(slots=True, frozen=True)
+class Timer:
+    id: int
+    card_id: str
+    kind: str  # "remind" | "overdue" | "escalate"
+    fire_at: int
+
+
+@dataclass(slots=True, frozen=True)
+class DingDue:
+    conv: str
+    seq: int
+    user: str
+    notified: int
+
+
+@dataclass(slots=True, frozen=True)
+class DingStatus:
+    sender: str
+    confirmed: list[str]
+    unconfirmed: list[str]

@@ -29,6 +29,7 @@ from imserver.store.records import (
     NewMessage,
 )
 from imserver.store.sqlite_cards import SqliteCardsMixin
+from imserver.store.sqlite_deadlines import SqliteDeadlinesMixin
 from imserver.store.sqlite_schema import migrate
 from imserver.store.sqlite_worker import SqliteThread
 
@@ -75,6 +76,12 @@ def _insert_message(conn: sqlite3.Connection, new: NewMessage) -> Message:
         "UPDATE members SET read_seq = max(read_seq, ?) WHERE conv = ? AND user = ?",
         (seq, new.conv, new.sender),
     )
+    if new.ding_to:
+        conn.executemany(
+            "INSERT OR IGNORE INTO dings (conv, seq, user, sender, card_id, next_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(new.conv, seq, u, new.sender, new.card_id, new.ding_next_at) for u in new.ding_to],
+        )
     if new.kind == "file":
         conn.execute(
             "INSERT OR IGNORE INTO file_refs (file, conv) VALUES (?, ?)",
@@ -94,7 +101,7 @@ def _create_dm(conn: sqlite3.Connection, conv: str, parties: tuple[str, str], no
     conn.executemany(_ADD_MEMBER, [(conv, u, ROLE_MEMBER) for u in parties])
 
 
-class SqliteStore(SqliteCardsMixin):
+class SqliteStore(SqliteCardsMixin, SqliteDeadlinesMixin):
     """``Store`` on a local SQLite file."""
 
     def __init__(

@@ -72,6 +72,14 @@ def _set_pending(
     )
 
 
+def _set_timers(conn: sqlite3.Connection, card_id: str, timers: Iterable[tuple[str, int]]) -> None:
+    conn.execute("DELETE FROM timers WHERE card_id = ? AND done = 0", (card_id,))
+    conn.executemany(
+        "INSERT INTO timers (card_id, kind, fire_at) VALUES (?, ?, ?)",
+        [(card_id, kind, at) for kind, at in timers],
+    )
+
+
 def ensure_notice_conv(conn: sqlite3.Connection, conv: str, user: str, name: str, now: int) -> None:
     conn.execute(
         "INSERT OR IGNORE INTO conversations (id, kind, name, owner, last_seq, created_at)"
@@ -160,6 +168,7 @@ class SqliteCardsMixin:
                 [(u, card.id) for u in card.holders],
             )
             _set_pending(conn, card.id, card.pending, card.doc.get("due_at"))
+            _set_timers(conn, card.id, card.timers)
             for conv, user, name in notice_convs:
                 ensure_notice_conv(conn, conv, user, name, card.now)
             stored = [self._insert(conn, m) for m in messages]
@@ -243,6 +252,8 @@ class SqliteCardsMixin:
             if row is None:
                 raise _VersionMoved  # undo the gseq bump with the job's savepoint
             _set_pending(conn, change.card_id, change.pending, change.doc.get("due_at"))
+            if change.timers is not None:
+                _set_timers(conn, change.card_id, change.timers)
             if change.outbox is not None:
                 o = change.outbox
                 conn.execute(

@@ -140,6 +140,35 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX outbox_due ON outbox (state, next_at);
         """,
     ),
+    (
+        3,
+        "card deadline timers, DING confirmations",
+        """
+        CREATE TABLE timers (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            card_id      TEXT NOT NULL,
+            kind         TEXT NOT NULL CHECK (kind IN ('remind', 'overdue', 'escalate')),
+            fire_at      INTEGER NOT NULL,
+            lease_until  INTEGER NOT NULL DEFAULT 0,
+            done         INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX timers_due ON timers (done, fire_at);
+        CREATE INDEX timers_by_card ON timers (card_id);
+        CREATE TABLE dings (
+            conv          TEXT NOT NULL,
+            seq           INTEGER NOT NULL,
+            user          TEXT NOT NULL,
+            sender        TEXT NOT NULL,
+            card_id       TEXT,
+            confirmed_at  INTEGER,
+            notified      INTEGER NOT NULL DEFAULT 0,
+            next_at       INTEGER,
+            PRIMARY KEY (conv, seq, user)
+        ) WITHOUT ROWID;
+        CREATE INDEX dings_due ON dings (next_at) WHERE next_at IS NOT NULL;
+        CREATE INDEX dings_by_card ON dings (card_id) WHERE card_id IS NOT NULL;
+        """,
+    ),
 ]
 
 

@@ -138,12 +138,25 @@ VALID: list[tuple[dict[str, Any], rq.Request]] = [
     ({"type": "card.get", "card_id": "c_abcdefgh12"}, rq.CardGet("c_abcdefgh12")),
     ({"type": "todo"}, rq.Todo(limit=100)),
     ({"type": "todo", "limit": 5}, rq.Todo(limit=5)),
+    ({"type": "ding.confirm", "conv": GROUP, "seq": 4}, rq.DingConfirm(GROUP, 4)),
+    ({"type": "ding.status", "conv": DM, "seq": 1}, rq.DingStatusReq(DM, 1)),
+    (
+        {
+            "type": "send",
+            "conv": GROUP,
+            "client_msg_id": "u1",
+            "kind": "text",
+            "urgent": True,
+            "body": {"text": "紧急"},
+        },
+        rq.Send(GROUP, None, "u1", "text", {"text": "紧急", "urgent": True}, urgent=True),
+    ),
 ]
 
 
 def test_valid_examples_cover_every_request_type() -> None:
     assert {frame["type"] for frame, _ in VALID} == set(REQUEST_TYPES)
-    assert len(REQUEST_TYPES) == 23
+    assert len(REQUEST_TYPES) == 25
 
 
 @pytest.mark.parametrize(
@@ -645,6 +658,8 @@ def _check_promised_types(rid: object, req: rq.Request) -> None:
             assert isinstance(card_id, str) and card_id.startswith("c_")
         case rq.Todo(limit=limit):
             assert _is_int(limit, 1, 200)
+        case rq.DingConfirm(conv=conv, seq=seq) | rq.DingStatusReq(conv=conv, seq=seq):
+            assert _is_conv(conv) and _is_int(seq, 1)
         case _:  # pragma: no cover
             raise AssertionError(f"unexpected request {req!r}")
 

@@ -1,0 +1,142 @@
+"""Card deadlines: reminders before ``due_at``, the overdue mark, escalation.
+
+Timers are rows written with the card (``save_card``/``create_card``), so a
+schedule made before a restart still fires after it. This loop claims due
+timers with a lease, acts only if the card is still open, and marks each
+timer done. Reminders and escalation notices are ``notice`` messages in the
+person's notice conversation with the app: persistent, synced, and pushed
+live like any message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from cards.model import approval_from_json
+from cards.policy import OPEN, actionable_by
+from cards.service import CardService, FullStore, notice_conv
+from imserver.services.chat import ChatService
+from imserver.store.records import CardRecord, NewMessage, Timer
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+LEASE_MS = 60_000
+
+
+class DeadlineScheduler:
+    def __init__(
+        self,
+        store: FullStore,
+        cards: CardService,
+        chat: ChatService,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._cards = cards
+        self._chat = chat
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="deadlines")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+                due = await self._store.next_timer_due()
+            except Exception:  # one bad round must not stop every later reminder
+                log.exception("deadline round failed")
+                due = None
+            now = int(self._clock() * 1000)
+            await asyncio.sleep(1.0 if due is None else max(0.05, min(1.0, (due - now) / 1000)))
+
+    async def run_once(self) -> int:
+        now = int(self._clock() * 1000)
+        timers = await self._store.claim_timers(now, LEASE_MS, BATCH)
+        for t in timers:
+            try:
+                await self._fire(t, now)
+            except Exception:
+                log.exception("timer %s (%s) for card %s failed", t.id, t.kind, t.card_id)
+                continue  # the lease expires and the timer is tried again
+            await self._store.finish_timer(t.id)
+        return len(timers)
+
+    async def _fire(self, t: Timer, now: int) -> None:
+        card = await self._store.get_card(t.card_id)
+        if card is None:
+            return
+        approval = approval_from_json(card.doc, card.approval)
+        if approval.state != OPEN:
+            return
+        title = card.doc["title"]
+        pending = actionable_by(approval)
+        if t.kind == "remind":
+            minutes = max(1, (card.doc["due_at"] - now) // 60_000)
+            await self._notify(card, pending, f"待办提醒：{title}", f"请在 {minutes} 分钟内处理。")
+        elif t.kind == "overdue":
+            await self._cards.apply_update(card, {}, check_version=False, mark_overdue=True)
+            await self._notify(
+                card, pending, f"已逾期：{title}", "该待办已超过办理期限，请尽快处理。"
+            )
+        elif t.kind == "escalate":
+            await self._escalate(card, pending, now)
+
+    async def _notify(
+        self, card: CardRecord, users: tuple[str, ...], title: str, text: str
+    ) -> None:
+        app = await self._store.get_app(card.app_id)
+        name = (app.name if app else "") or card.app_id
+        now = int(self._clock() * 1000)
+        body = {
+            "title": title,
+            "text": text,
+            "urgent": False,
+            "app_id": card.app_id,
+            "card_id": card.id,
+        }
+        messages = [
+            NewMessage(
+                notice_conv(card.app_id, u), f"app:{card.app_id}", "app", "notice", body, now
+            )
+            for u in users
+        ]
+        convs = [(notice_conv(card.app_id, u), u, name) for u in users]
+        for msg in await self._store.deliver_notice(messages, convs, now):
+            await self._chat.publish_message(msg, (msg.conv.split(":", 2)[2],))
+
+    async def _escalate(self, card: CardRecord, pending: tuple[str, ...], now: int) -> None:
+        """Hand the overdue card to ``escalate_to``: they hold it and are told why."""
+        boss = card.doc.get("escalate_to")
+        if not boss or not await self._store.existing_users([boss]):
+            return
+        app = await self._store.get_app(card.app_id)
+        name = (app.name if app else "") or card.app_id
+        conv = notice_conv(card.app_id, boss)
+        msg = await self._store.add_card_holder(
+            card.id,
+            boss,
+            NewMessage(conv, f"app:{card.app_id}", "app", "card", {"card_id": card.id}, now),
+            (conv, boss, name),
+        )
+        if msg is not None:
+            wire = msg.to_wire()
+            fresh = await self._store.get_card(card.id)
+            wire["body"] = {"card_id": card.id, "card": self._cards.view(fresh or card)}
+            await self._chat.publish_wire(wire, (boss,), kind="card")
+        waiting = "、".join(pending) or "—"
+        await self._notify(
+            card, (boss,), f"督办：{card.doc['title']}", f"已逾期未办理，待办理人：{waiting}。"
+        )
