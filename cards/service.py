@@ -214,10 +214,17 @@ class CardService:
             )
         now = now_ms(self._clock)
         card_id = "c_" + secrets.token_urlsafe(12)
+        urgent = bool(doc["urgent"])  # DING: each recipient must confirm
         messages = [
-            self._card_message(app, notice_conv(app.app_id, u), card_id, now) for u in users
+            self._card_message(
+                app, notice_conv(app.app_id, u), card_id, now, (u,) if urgent else ()
+            )
+            for u in users
         ]
-        messages += [self._card_message(app, g, card_id, now) for g, _ in groups]
+        messages += [
+            self._card_message(app, g, card_id, now, members if urgent else ())
+            for g, members in groups
+        ]
         convs = [(notice_conv(app.app_id, u), u, app.name or app.app_id) for u in users]
         card, stored, duplicate = await self._store.create_card(
             NewCard(
@@ -256,7 +263,9 @@ class CardService:
             "duplicate": duplicate,
         }
 
-    def _card_message(self, app: AppRecord, conv: str, card_id: str, now: int) -> NewMessage:
+    def _card_message(
+        self, app: AppRecord, conv: str, card_id: str, now: int, ding_to: tuple[str, ...] = ()
+    ) -> NewMessage:
         return NewMessage(
             conv=conv,
             sender=f"app:{app.app_id}",
@@ -264,6 +273,9 @@ class CardService:
             kind="card",
             body={"card_id": card_id},
             ts=now,
+            ding_to=ding_to,
+            ding_next_at=now + self._ding_interval_ms,
+            card_id=card_id,
         )
 
     async def _by_track(self, app: AppRecord, out_track_id: str) -> CardRecord:

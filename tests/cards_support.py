@@ -14,8 +14,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from imserver_sdk import BusinessClient, CallbackAction, callback_handler
 
+from imserver_sdk import BusinessClient, CallbackAction, callback_handler
 from tests.support import Harness
 
 ADMIN_KEY = "test-admin-key-0123456789"

@@ -16,12 +16,12 @@ from typing import Any
 
 import msgpack
 import orjson
-from imserver_sdk import Client
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from imserver.app import World, build_world, start_world, stop_world
 from imserver.config import Config, load_config
+from imserver_sdk import Client
 
 
 def make_test_config(data_dir: Path, overrides: dict[str, dict[str, Any]] | None = None) -> Config:

@@ -1018,7 +1018,7 @@ def check_body(kind: str, body: Any, recalled: bool, max_text: int) -> None:
         assert kind in ("text", "file") and body == {}, (kind, body)
         return
     if kind == "text":
-        assert set(body) <= {"text", "mentions", "mention_all"} and "text" in body, body
+        assert set(body) <= {"text", "mentions", "mention_all", "urgent"} and "text" in body, body
         assert isinstance(body["text"], str) and body["text"].strip()
         assert len(body["text"]) <= max_text
         if "mentions" in body:
@@ -1026,8 +1026,10 @@ def check_body(kind: str, body: Any, recalled: bool, max_text: int) -> None:
             assert all(isinstance(u, str) for u in body["mentions"])
         if "mention_all" in body:
             assert body["mention_all"] is True
+        if "urgent" in body:
+            assert body["urgent"] is True
     elif kind == "file":
-        assert set(body) == {"file"}, body
+        assert set(body) in ({"file"}, {"file", "urgent"}), body
         f = body["file"]
         assert set(f) == {"id", "name", "size", "mime"}, f
         assert isinstance(f["id"], str) and len(f["id"]) == 64

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from imserver_sdk import BusinessClient, BusinessError, Client, ServerError
 
+from imserver_sdk import BusinessClient, BusinessError, Client, ServerError
 from tests.cards_support import (
     ADMIN_KEY,
     CARD_SETTINGS,

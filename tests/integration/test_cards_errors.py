@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from imserver_sdk import BusinessClient, BusinessError, ServerError, sign_request
 
+from imserver_sdk import BusinessClient, BusinessError, ServerError, sign_request
 from tests.cards_support import (
     ADMIN_KEY,
     CARD_SETTINGS,

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 from imserver_sdk import ServerError
-
 from tests.support import Harness
 
 

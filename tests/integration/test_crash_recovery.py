@@ -6,11 +6,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from imserver_sdk import Client, ClientClosed, ServerError
 
 from imserver.config import load_config
 from imserver.store.sqlite import SqliteStore
 from imserver.tokens import TokenSigner, load_or_create_secret
+from imserver_sdk import Client, ClientClosed, ServerError
 from tests.processes import ServerProcess
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from imserver_sdk import ServerError
 
+from imserver_sdk import ServerError
 from tests.support import Harness
 
 

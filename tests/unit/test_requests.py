@@ -609,9 +609,11 @@ def _check_promised_types(rid: object, req: rq.Request) -> None:
                 text = req.body["text"]
                 assert isinstance(text, str) and text.strip()
                 assert len(text) <= LIMITS.max_text_chars
-                assert set(req.body) <= {"text", "mentions", "mention_all"}
+                assert set(req.body) <= {"text", "mentions", "mention_all", "urgent"}
+                assert ("urgent" in req.body) == req.urgent
             else:
                 assert req.kind == "file"
+                assert ("urgent" in req.body) == req.urgent
                 f = req.body["file"]
                 assert set(f) == {"id", "name", "size", "mime"}
                 assert isinstance(f["id"], str) and FILE_ID_RE.fullmatch(f["id"])
