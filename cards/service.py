@@ -33,6 +33,7 @@ from imserver.errors import (
     InvalidField,
     NoSuchCard,
     NoSuchConversation,
+    NoSuchDing,
     NoSuchUser,
     NotActor,
     NotYourTurn,
@@ -357,13 +358,32 @@ class CardService:
         urgent = f.boolean("urgent")
         users, groups = await self._recipients(app, body.get("to"))
         now = now_ms(self._clock)
-        content = {"title": title, "text": text, "urgent": urgent, "app_id": app.app_id}
-        messages = [
-            NewMessage(
-                notice_conv(app.app_id, u), f"app:{app.app_id}", "app", "notice", content, now
+        notice_id = "nt_" + secrets.token_urlsafe(12)
+        content = {
+            "title": title,
+            "text": text,
+            "urgent": urgent,
+            "app_id": app.app_id,
+            "notice_id": notice_id,
+        }
+        sender = f"app:{app.app_id}"
+        ding_next_at = now + self._ding_interval_ms
+
+        def message(conv: str, ding_to: tuple[str, ...]) -> NewMessage:
+            return NewMessage(
+                conv,
+                sender,
+                "app",
+                "notice",
+                content,
+                now,
+                ding_to=ding_to if urgent else (),
+                ding_next_at=ding_next_at,
+                card_id=notice_id,
             )
-            for u in users
-        ] + [NewMessage(g, f"app:{app.app_id}", "app", "notice", content, now) for g, _ in groups]
+
+        messages = [message(notice_conv(app.app_id, u), (u,)) for u in users]
+        messages += [message(g, members) for g, members in groups]
         convs = [(notice_conv(app.app_id, u), u, app.name or app.app_id) for u in users]
         stored = await self._store.deliver_notice(messages, convs, now)
         reached: set[str] = set()
@@ -375,7 +395,15 @@ class CardService:
             )
             reached.update(recipients)
             await self._chat.publish_message(msg, tuple(recipients))
-        return {"recipients": len(reached)}
+        return {"notice_id": notice_id, "recipients": len(reached)}
+
+    async def notice_ding_status(self, app: AppRecord, notice_id: str) -> dict[str, Any]:
+        confirmed, unconfirmed = await self._store.card_ding_status(
+            notice_id, sender=f"app:{app.app_id}"
+        )
+        if not confirmed and not unconfirmed:
+            raise NoSuchDing(f"app {app.app_id} sent no urgent notice {notice_id!r}")
+        return {"notice_id": notice_id, "confirmed": confirmed, "unconfirmed": unconfirmed}
 
     # -- people: act, read, todo ---------------------------------------------
     async def _holder_card(self, caller: Caller, card_id: str) -> CardRecord:

@@ -133,10 +133,11 @@ def build_world(config: Config) -> World:
 
 async def start_world(world: World) -> None:
     cfg = world.config.server
+    # Check the apps file before opening anything, so a bad file leaks nothing.
+    apps = load_apps_file(world.config.cards.apps_file) if world.config.cards.apps_file else []
     await world.store.open()
-    if world.config.cards.apps_file:
-        for app in load_apps_file(world.config.cards.apps_file):
-            await world.store.upsert_app(app, int(time.time() * 1000))
+    for app in apps:
+        await world.store.upsert_app(app, int(time.time() * 1000))
     await world.bus.start()
     await world.callbacks.start()
     await world.deadlines.start()

@@ -74,6 +74,13 @@ async def send_notice(request: web.Request) -> web.Response:
     return web.json_response(await request.app[CARDS].notice(app, body), status=201)
 
 
+async def notice_ding(request: web.Request) -> web.Response:
+    app, _ = await _app(request)
+    return web.json_response(
+        await request.app[CARDS].notice_ding_status(app, request.match_info["notice_id"])
+    )
+
+
 async def _caller(request: web.Request) -> Caller:
     claims = await user_claims(request, request.app[SIGNER])
     return Caller(claims.user, claims.device)
@@ -202,6 +209,7 @@ def add_card_routes(app: web.Application) -> None:
     r.add_patch("/api/v1/apps/cards/{out_track_id}", update_card)
     r.add_get("/api/v1/apps/cards/{out_track_id}", get_card)
     r.add_post("/api/v1/apps/notices", send_notice)
+    r.add_get("/api/v1/apps/notices/{notice_id}/ding", notice_ding)
     r.add_post("/api/v1/cards/{card_id}/act", act)
     r.add_get("/api/v1/todo", todo)
     r.add_post("/admin/v1/apps", admin_upsert_app)

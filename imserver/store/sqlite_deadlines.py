@@ -105,10 +105,16 @@ class SqliteDeadlinesMixin:
         result: DingStatus | None = await self._read(job)
         return result
 
-    async def card_ding_status(self, card_id: str) -> tuple[list[str], list[str]]:
+    async def card_ding_status(
+        self, card_id: str, sender: str | None = None
+    ) -> tuple[list[str], list[str]]:
+        """(confirmed, unconfirmed) users of the DING rows of a card or notice id."""
+
         def job(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
             rows = conn.execute(
-                "SELECT user, confirmed_at FROM dings WHERE card_id = ? ORDER BY user", (card_id,)
+                "SELECT user, confirmed_at FROM dings WHERE card_id = ?"
+                " AND (? IS NULL OR sender = ?) ORDER BY user",
+                (card_id, sender, sender),
             ).fetchall()
             return [r[0] for r in rows if r[1] is not None], [r[0] for r in rows if r[1] is None]
 

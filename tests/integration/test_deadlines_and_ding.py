@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from imserver.app import build_world, start_world, stop_world
-from imserver_sdk import BusinessClient, ServerError
+from imserver_sdk import BusinessClient, BusinessError, ServerError
 from tests.cards_support import ADMIN_KEY, CARD_SETTINGS, BusinessStub, approval_card, business
 from tests.support import Harness
 
@@ -32,22 +32,13 @@ async def test_urgent_group_message_confirmations_and_renotification(start_serve
     conv = (await alice.create_group("防汛", ["bob", "carol"]))["conv"]
     ack = await alice.send("text", {"text": "今晚值班表已更新"}, conv=conv)
     assert ack.seq == 2
-    # The SDK's send() has no urgent flag yet: send the DING as a raw request.
-    answer = await alice.request(
-        "send",
-        conv=conv,
-        client_msg_id="ding-1",
-        kind="text",
-        urgent=True,
-        body={"text": "紧急：18:00 前确认到岗"},
-    )
-    seq = answer["seq"]
+    seq = (await alice.send_text("紧急：18:00 前确认到岗", conv=conv, urgent=True)).seq
     ev = await bob.next_event("message", predicate=lambda e: e.data["seq"] == seq)
     assert ev.data["body"]["urgent"] is True
-    status = await alice.request("ding.status", conv=conv, seq=seq)
+    status = await alice.ding_status(conv, seq)
     assert (status["confirmed"], status["unconfirmed"]) == ([], ["bob", "carol"])
 
-    assert (await bob.request("ding.confirm", conv=conv, seq=seq))["confirmed"] is True
+    assert (await bob.confirm_ding(conv, seq))["confirmed"] is True
     ev = await alice.next_event("ding_confirmed", timeout=5)
     assert ev.data == {"conv": conv, "seq": seq, "user": "bob"}
     status = await alice.request("ding.status", conv=conv, seq=seq)
@@ -169,4 +160,27 @@ async def test_decided_card_gets_no_reminders(start_server: Any, stub: BusinessS
     notices = [m for m in (await li.history("n:oa:li"))["messages"] if m["kind"] == "notice"]
     assert notices == []
     assert (await li.request("card.get", card_id=card_id))["overdue"] is False
+    await oa.close()
+
+
+async def test_urgent_notice_is_a_ding_the_app_can_follow(
+    start_server: Any, stub: BusinessStub
+) -> None:
+    server: Harness = await start_server(auth={"admin_api_key": ADMIN_KEY}, cards=CARD_SETTINGS)
+    oa = await business(server, stub)
+    li = await server.client("li")
+    await server.users("wang")
+    sent = await oa.send_notice("防汛紧急通知", "请立即到岗", users=["li", "wang"], urgent=True)
+    assert sent["recipients"] == 2
+    status = await oa.notice_ding_status(sent["notice_id"])
+    assert (status["confirmed"], status["unconfirmed"]) == ([], ["li", "wang"])
+    ev = await li.next_event("message", predicate=lambda e: e.data["kind"] == "notice")
+    assert ev.data["body"]["urgent"] is True
+    await li.confirm_ding(ev.data["conv"], ev.data["seq"])
+    status = await oa.notice_ding_status(sent["notice_id"])
+    assert (status["confirmed"], status["unconfirmed"]) == (["li"], ["wang"])
+    plain = await oa.send_notice("周报", "请于周五前提交", users=["li"])
+    with pytest.raises(BusinessError) as info:
+        await oa.notice_ding_status(plain["notice_id"])
+    assert (info.value.status, info.value.code) == (404, "no_such_ding")
     await oa.close()

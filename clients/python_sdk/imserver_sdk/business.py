@@ -254,7 +254,11 @@ class BusinessClient:
         groups: Iterable[str] = (),
         urgent: bool = False,
     ) -> dict[str, Any]:
-        """Send a work notice (``text`` is markdown); returns ``{"recipients": n}``."""
+        """Send a work notice (``text`` is markdown).
+
+        Returns ``{"notice_id", "recipients": n}``. ``urgent=True`` makes it a
+        DING: see :meth:`notice_ding_status`.
+        """
         body = {
             "to": {"users": _ids(users, "users"), "groups": _ids(groups, "groups")},
             "title": title,
@@ -262,6 +266,10 @@ class BusinessClient:
             "urgent": urgent,
         }
         return await self.request("POST", "/api/v1/apps/notices", body)
+
+    async def notice_ding_status(self, notice_id: str) -> dict[str, Any]:
+        """Who has and has not confirmed an urgent notice."""
+        return await self.request("GET", f"/api/v1/apps/notices/{_path_segment(notice_id)}/ding")
 
     async def request(
         self, method: str, path: str, body: Mapping[str, Any] | None = None

@@ -718,8 +718,12 @@ class Client:
         conv: str | None = None,
         to: str | None = None,
         client_msg_id: str | None = None,
+        urgent: bool = False,
     ) -> Ack:
         """Send a message and wait until the server has stored it.
+
+        ``urgent=True`` makes it a DING: every recipient must confirm it
+        (:meth:`confirm_ding`); :meth:`ding_status` shows who has.
 
         If the connection drops (or an answer times out) the same frame is
         resent with the same ``client_msg_id`` once a connection is back; the
@@ -738,6 +742,8 @@ class Client:
             fields["conv"] = conv
         if to is not None:
             fields["to"] = to
+        if urgent:
+            fields["urgent"] = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout * 3
         while True:
@@ -775,14 +781,25 @@ class Client:
         mentions: Iterable[str] | None = None,
         mention_all: bool = False,
         client_msg_id: str | None = None,
+        urgent: bool = False,
     ) -> Ack:
-        """Send a ``text`` message (optionally with @mentions / @all)."""
+        """Send a ``text`` message (optionally with @mentions / @all, or as a DING)."""
         body: dict[str, Any] = {"text": text}
         if mentions is not None:
             body["mentions"] = list(mentions)
         if mention_all:
             body["mention_all"] = True
-        return await self.send("text", body, conv=conv, to=to, client_msg_id=client_msg_id)
+        return await self.send(
+            "text", body, conv=conv, to=to, client_msg_id=client_msg_id, urgent=urgent
+        )
+
+    async def confirm_ding(self, conv: str, seq: int) -> dict[str, Any]:
+        """Confirm an urgent message (DING) you received."""
+        return await self.request("ding.confirm", conv=conv, seq=seq)
+
+    async def ding_status(self, conv: str, seq: int) -> dict[str, Any]:
+        """Who has and has not confirmed your urgent message."""
+        return await self.request("ding.status", conv=conv, seq=seq)
 
     async def send_file(
         self,
