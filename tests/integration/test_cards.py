@@ -331,7 +331,7 @@ async def test_group_card_and_notices(card_server: Harness, oa: BusinessClient) 
     ev = await li.next_event("message", predicate=lambda e: e.data["kind"] == "card")
     assert ev.data["conv"] == group and ev.data["sender"] == "app:oa"
     sent = await oa.send_notice("停电通知", "明日 9:00-12:00 停电", users=["zhao"], groups=[group])
-    assert sent == {"recipients": 3}
+    assert sent["recipients"] == 3 and sent["notice_id"].startswith("nt_")
     zhao = await card_server.client("zhao")
     notices = [m for m in zhao.messages("n:oa:zhao") if m["kind"] == "notice"]
     assert notices[0]["body"]["title"] == "停电通知"
