@@ -163,7 +163,7 @@ def _inputs(value: Any, path: str, action_ids: set[str]) -> list[dict[str, Any]]
             entry["options"] = options
         required = _list(d.get("required_for", []), f"{p}.required_for", MAX_ACTIONS)
         for j, ref in enumerate(required):
-            if ref not in action_ids:
+            if not isinstance(ref, str) or ref not in action_ids:
                 raise _fail(f"{p}.required_for[{j}]", "must name an action id of this card")
         entry["required_for"] = list(dict.fromkeys(required))
         out.append(entry)
