@@ -13,7 +13,6 @@ a restart loses nothing: pending entries are simply claimed again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -26,6 +25,7 @@ import orjson
 from cards.service import CardService, FullStore
 from imserver.appauth import sign_headers
 from imserver.config import CardsConfig
+from imserver.due_loop import DueLoop
 from imserver.errors import ImError
 from imserver.metrics import Metrics
 from imserver.store.records import OutboxItem
@@ -56,47 +56,30 @@ class CallbackDispatcher:
         self._metrics = metrics
         self._clock = clock
         self._rng = random.Random()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = DueLoop("callbacks", self.run_once, store.next_callback_due, clock)
         self._session: aiohttp.ClientSession | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(config.callback_concurrency)
         self._lease_ms = int((config.callback_timeout_s + 10) * 1000)
 
     def wake(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._config.callback_timeout_s),
             json_serialize=lambda o: orjson.dumps(o).decode(),
         )
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="callbacks")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
         for t in list(self._inflight):
             t.cancel()
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
-
-    async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                await self.run_once()
-            except Exception:  # a store hiccup must not end deliveries for good
-                log.exception("callback dispatch round failed")
-            due = await self._store.next_callback_due()
-            now = int(self._clock() * 1000)
-            delay = 1.0 if due is None else max(0.0, min(1.0, (due - now) / 1000))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
 
     async def run_once(self) -> int:
         """Claim due callbacks and start sending them; returns how many."""

@@ -10,8 +10,6 @@ live like any message.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +17,7 @@ from collections.abc import Callable
 from cards.model import approval_from_json
 from cards.policy import OPEN, actionable_by
 from cards.service import CardService, FullStore, notice_conv
+from imserver.due_loop import DueLoop
 from imserver.services.chat import ChatService
 from imserver.store.records import CardRecord, NewMessage, Timer
 
@@ -40,27 +39,13 @@ class DeadlineScheduler:
         self._cards = cards
         self._chat = chat
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
+        self._loop = DueLoop("deadlines", self.run_once, store.next_timer_due, clock)
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="deadlines")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-                due = await self._store.next_timer_due()
-            except Exception:  # one bad round must not stop every later reminder
-                log.exception("deadline round failed")
-                due = None
-            now = int(self._clock() * 1000)
-            await asyncio.sleep(1.0 if due is None else max(0.05, min(1.0, (due - now) / 1000)))
+        await self._loop.stop()
 
     async def run_once(self) -> int:
         now = int(self._clock() * 1000)

@@ -10,8 +10,6 @@ schedule survives restarts.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +17,7 @@ from typing import Any, Protocol
 
 from imserver.bus.base import TOPIC_DELIVER, Bus
 from imserver.config import ChatConfig
+from imserver.due_loop import DueLoop
 from imserver.errors import Forbidden, NoSuchDing
 from imserver.protocol.frames import event_frame
 from imserver.services.caller import Caller
@@ -49,7 +48,7 @@ class DingService:
         self._interval_ms = int(config.ding_interval_s * 1000)
         self._max = config.ding_max_renotify
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
+        self._loop = DueLoop("ding", self.run_once, store.next_ding_due, clock)
 
     async def confirm(self, caller: Caller, conv: str, seq: int) -> dict[str, Any]:
         await self._members.require_member(conv, caller.user)
@@ -80,24 +79,10 @@ class DingService:
 
     # -- re-notification -----------------------------------------------------
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="ding")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-                due = await self._store.next_ding_due()
-            except Exception:  # keep re-notifying after a store hiccup
-                log.exception("DING round failed")
-                due = None
-            now = int(self._clock() * 1000)
-            await asyncio.sleep(1.0 if due is None else max(0.05, min(1.0, (due - now) / 1000)))
+        await self._loop.stop()
 
     async def run_once(self) -> int:
         now = int(self._clock() * 1000)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,30 +14,8 @@ from tests.cards_support import (
     CARD_SETTINGS,
     BusinessStub,
     approval_card,
-    business,
 )
 from tests.support import Harness
-
-
-@pytest.fixture
-async def stub() -> AsyncIterator[BusinessStub]:
-    s = BusinessStub()
-    await s.start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def card_server(start_server: Any) -> Harness:
-    server: Harness = await start_server(auth={"admin_api_key": ADMIN_KEY}, cards=CARD_SETTINGS)
-    return server
-
-
-@pytest.fixture
-async def oa(card_server: Harness, stub: BusinessStub) -> AsyncIterator[BusinessClient]:
-    client = await business(card_server, stub)
-    yield client
-    await client.close()
 
 
 async def act(c: Client, card_id: str, action: str = "approve", **inputs: str) -> dict[str, Any]:

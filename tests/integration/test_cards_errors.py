@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -13,35 +12,16 @@ import pytest
 from imserver_sdk import BusinessClient, BusinessError, ServerError, sign_request
 from tests.cards_support import (
     ADMIN_KEY,
-    CARD_SETTINGS,
     BusinessStub,
     approval_card,
-    business,
     register_app,
 )
 from tests.support import Harness
 
 
-@pytest.fixture
-async def stub() -> AsyncIterator[BusinessStub]:
-    s = BusinessStub()
-    await s.start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def card_server(start_server: Any) -> Harness:
-    server: Harness = await start_server(auth={"admin_api_key": ADMIN_KEY}, cards=CARD_SETTINGS)
-    await server.users("li", "wang", "zhao")
-    return server
-
-
-@pytest.fixture
-async def oa(card_server: Harness, stub: BusinessStub) -> AsyncIterator[BusinessClient]:
-    client = await business(card_server, stub)
-    yield client
-    await client.close()
+@pytest.fixture(autouse=True)
+async def people(card_server: Harness) -> None:
+    await card_server.users("li", "wang", "zhao")
 
 
 async def post_raw(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,14 +12,6 @@ from imserver.app import build_world, start_world, stop_world
 from imserver_sdk import BusinessClient, BusinessError, ServerError
 from tests.cards_support import ADMIN_KEY, CARD_SETTINGS, BusinessStub, approval_card, business
 from tests.support import Harness
-
-
-@pytest.fixture
-async def stub() -> AsyncIterator[BusinessStub]:
-    s = BusinessStub()
-    await s.start()
-    yield s
-    await s.stop()
 
 
 async def test_urgent_group_message_confirmations_and_renotification(start_server: Any) -> None:
