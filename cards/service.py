@@ -26,6 +26,7 @@ from cards.model import (
 from cards.policy import FINAL_STATES, Act, ApprovalState, Refused, actionable_by, close, decide
 from imserver.bus.base import TOPIC_DELIVER, Bus
 from imserver.config import Config
+from imserver.directory.model import UNIT_ID_RE
 from imserver.errors import (
     ActionIdConflict,
     AlreadyActed,
@@ -34,6 +35,7 @@ from imserver.errors import (
     NoSuchCard,
     NoSuchConversation,
     NoSuchDing,
+    NoSuchUnit,
     NoSuchUser,
     NotActor,
     NotYourTurn,
@@ -46,6 +48,7 @@ from imserver.protocol.fields import Fields
 from imserver.protocol.frames import event_frame
 from imserver.services.caller import Caller
 from imserver.services.chat import ChatService, now_ms
+from imserver.services.directory import DirectoryStore
 from imserver.services.membership import MembershipCache
 from imserver.store.base import CardStore, DeadlineStore, Store
 from imserver.store.records import (
@@ -69,7 +72,7 @@ REFUSALS = {
 }
 
 
-class FullStore(Store, CardStore, DeadlineStore, Protocol):
+class FullStore(Store, CardStore, DeadlineStore, DirectoryStore, Protocol):
     pass
 
 
@@ -172,11 +175,23 @@ class CardService:
         group_ids = to.get("groups") or []
         if not isinstance(group_ids, list) or not all(isinstance(g, str) for g in group_ids):
             raise InvalidField("'to.groups' must be a list of group ids", field="to.groups")
-        if not users and not group_ids:
-            raise InvalidField("give at least one of to.users or to.groups", field="to")
+        unit_targets = self._unit_targets(to.get("units") or [])
+        if not users and not group_ids and not unit_targets:
+            raise InvalidField("give at least one of to.users, to.groups or to.units", field="to")
         everyone = "*" in app.scope
         outside = [u for u in users if not everyone and f"user:{u}" not in app.scope]
         outside += [g for g in group_ids if not everyone and f"group:{g}" not in app.scope]
+        units = await self._store.units_by_ids(uid for uid, _ in unit_targets)
+        missing_units = [uid for uid, _ in unit_targets if uid not in units]
+        if missing_units:
+            raise NoSuchUnit(f"no such unit: {', '.join(missing_units[:10])}")
+        if unit_targets and not everyone:
+            scope_units = await self._store.units_by_ids(
+                e[5:] for e in app.scope if e.startswith("unit:")
+            )
+            for uid, _ in unit_targets:
+                if not any(units[uid].path.startswith(s.path) for s in scope_units.values()):
+                    outside.append(f"unit:{uid}")
         if outside:
             raise OutOfScope(
                 f"outside app {app.app_id}'s scope: {', '.join(outside[:10])}",
@@ -185,6 +200,16 @@ class CardService:
         missing = set(users) - await self._store.existing_users(users)
         if missing:
             raise NoSuchUser(f"no such user: {', '.join(sorted(missing)[:10])}")
+        if unit_targets:
+            # Resolved now: whoever is in the unit at send time receives it.
+            via_units = await self._store.unit_recipients(
+                [(units[uid].path, recursive) for uid, recursive in unit_targets]
+            )
+            users = list(dict.fromkeys([*users, *sorted(via_units)]))
+            if len(users) > self._limits.max_recipients:
+                raise TooManyMembers(
+                    f"a push may reach at most {self._limits.max_recipients} users"
+                )
         groups = []
         for g in dict.fromkeys(group_ids):
             entry = await self._members.get(g)
@@ -192,6 +217,25 @@ class CardService:
                 raise NoSuchConversation(f"no group {g}")
             groups.append((g, entry.users))
         return users, groups
+
+    @staticmethod
+    def _unit_targets(value: Any) -> list[tuple[str, bool]]:
+        """``to.units``: ``[{"id": ..., "recursive": bool}]`` (recursive: with sub-units)."""
+        if not isinstance(value, list) or len(value) > 100:
+            raise InvalidField("'to.units' must be a list of at most 100 units", field="to.units")
+        out = []
+        for i, item in enumerate(value):
+            uid = item.get("id") if isinstance(item, dict) else None
+            recursive = item.get("recursive", True) if isinstance(item, dict) else None
+            if not isinstance(uid, str) or UNIT_ID_RE.fullmatch(uid) is None:
+                raise InvalidField(f"to.units[{i}].id must be a unit id", field=f"to.units[{i}].id")
+            if not isinstance(recursive, bool):
+                raise InvalidField(
+                    f"to.units[{i}].recursive must be true or false",
+                    field=f"to.units[{i}].recursive",
+                )
+            out.append((uid, recursive))
+        return out
 
     # -- apps: push, update, read, notices -----------------------------------
     async def push(self, app: AppRecord, body: Any) -> dict[str, Any]:

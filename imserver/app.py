@@ -19,17 +19,26 @@ from cards.deadlines import DeadlineScheduler
 from cards.service import CardService
 from imserver.appauth import NonceCache
 from imserver.apps_file import load_apps_file
-from imserver.bus.base import TOPIC_CONV_CHANGED, TOPIC_DELIVER, TOPIC_PRESENCE, Bus
+from imserver.bus.base import (
+    TOPIC_CONV_CHANGED,
+    TOPIC_DELIVER,
+    TOPIC_PRESENCE,
+    TOPIC_REVOKE,
+    Bus,
+)
 from imserver.bus.local import LocalBus
 from imserver.config import Config
 from imserver.gateway.dispatch import Dispatcher
 from imserver.gateway.server import Gateway
+from imserver.http.admin_auth import DIRECTORY_STORE
 from imserver.http.api import build_http_app
 from imserver.http.cards_api import CARD_STORE, CARDS, CARDS_CONFIG, NONCES, WAKE, add_card_routes
+from imserver.http.directory_api import DIRECTORY, add_directory_routes
 from imserver.hub import Hub
 from imserver.metrics import Metrics
 from imserver.services.chat import ChatService
 from imserver.services.ding import DingService
+from imserver.services.directory import DirectoryService
 from imserver.services.files import FileService
 from imserver.services.groups import GroupService
 from imserver.services.membership import MembershipCache
@@ -57,6 +66,7 @@ class World:
     callbacks: CallbackDispatcher
     deadlines: DeadlineScheduler
     dings: DingService
+    directory: DirectoryService
     gateway: Gateway
     http_app: web.Application
     http_runner: web.AppRunner | None = None
@@ -107,9 +117,20 @@ def build_world(config: Config) -> World:
     http_app[CARDS_CONFIG] = config.cards
     http_app[WAKE] = callbacks.wake
     add_card_routes(http_app)
+    directory = DirectoryService(store, bus)
+
+    async def remove_from_groups(users: list[str]) -> None:
+        for user in users:
+            await groups.remove_everywhere(user)
+
+    directory.on_removed = remove_from_groups
+    http_app[DIRECTORY] = directory
+    http_app[DIRECTORY_STORE] = store
+    add_directory_routes(http_app)
     bus.subscribe(TOPIC_DELIVER, hub.on_deliver)
     bus.subscribe(TOPIC_PRESENCE, hub.on_presence)
     bus.subscribe(TOPIC_CONV_CHANGED, members.on_conv_changed)
+    bus.subscribe(TOPIC_REVOKE, hub.on_revoke)
     return World(
         config=config,
         store=store,
@@ -126,6 +147,7 @@ def build_world(config: Config) -> World:
         callbacks=callbacks,
         deadlines=deadlines,
         dings=dings,
+        directory=directory,
         gateway=gateway,
         http_app=http_app,
     )

@@ -158,6 +158,10 @@ class NoSuchDing(ImError):
     code, http_status = "no_such_ding", 404
 
 
+class NoSuchUnit(ImError):
+    code, http_status = "no_such_unit", 404
+
+
 class Internal(ImError):
     code, http_status = "internal", 500
 

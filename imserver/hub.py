@@ -15,7 +15,12 @@ from typing import Any, Protocol
 
 from imserver.metrics import Metrics
 from imserver.protocol.codec import Codec
-from imserver.protocol.frames import CLOSE_IDLE_TIMEOUT, CLOSE_REPLACED, event_frame
+from imserver.protocol.frames import (
+    CLOSE_IDLE_TIMEOUT,
+    CLOSE_REPLACED,
+    CLOSE_REVOKED,
+    event_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +157,15 @@ class Hub:
                 sock.close(CLOSE_IDLE_TIMEOUT, "idle timeout")
                 closed += 1
         return closed
+
+    def on_revoke(self, payload: dict[str, Any]) -> None:
+        """Bus handler for ``TOPIC_REVOKE``: close the user's (or one device's) sockets."""
+        devices = self._by_user.get(payload["user"])
+        if not devices:
+            return
+        for device, sock in list(devices.items()):
+            if payload.get("device") in (None, device):
+                sock.close(CLOSE_REVOKED, "access revoked")
 
     def close_all(self, code: int, reason: str) -> None:
         for sock in self.sockets():

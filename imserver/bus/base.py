@@ -28,3 +28,7 @@ class Bus(Protocol):
     async def publish(self, topic: str, payload: dict[str, Any]) -> None: ...
 
     def subscribe(self, topic: str, handler: Handler) -> None: ...
+
+
+#: Close a user's (or one device's) live sockets: ``{"user": ..., "device": ... | None}``.
+TOPIC_REVOKE = "revoke"

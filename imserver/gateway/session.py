@@ -25,6 +25,7 @@ from imserver.protocol.frames import (
     CLOSE_IDLE_TIMEOUT,
     CLOSE_REPLACED,
     CLOSE_RESTARTING,
+    CLOSE_REVOKED,
     CLOSE_SLOW_CONSUMER,
 )
 
@@ -38,6 +39,7 @@ CLOSE_NAMES = {
     CLOSE_REPLACED: "replaced",
     CLOSE_IDLE_TIMEOUT: "idle_timeout",
     CLOSE_RESTARTING: "restarting",
+    CLOSE_REVOKED: "revoked",
 }
 
 

@@ -12,6 +12,7 @@ from aiohttp import web
 from cards.service import CardService, FullStore
 from imserver.appauth import NonceCache, verify_app_request
 from imserver.config import CardsConfig
+from imserver.directory.model import UNIT_ID_RE
 from imserver.errors import Forbidden, InvalidField, NoSuchCallback, NotAuthenticated
 from imserver.http.api import ADMIN_KEY, SIGNER, user_claims
 from imserver.protocol.fields import APP_ID_RE, is_user_id
@@ -149,11 +150,12 @@ def parse_app(value: Any, path: str = "app") -> AppRecord:
             and (
                 (entry.startswith("user:") and is_user_id(entry[5:]))
                 or entry.startswith("group:g:")
+                or (entry.startswith("unit:") and UNIT_ID_RE.fullmatch(entry[5:]) is not None)
             )
         )
         if not ok:
             raise InvalidField(
-                f"{path}.scope[{i}] must be '*', 'user:<id>' or 'group:<conv>'",
+                f"{path}.scope[{i}] must be '*', 'user:<id>', 'group:<conv>' or 'unit:<id>'",
                 field=f"{path}.scope[{i}]",
             )
     return AppRecord(app_id, name, secret, url, tuple(scope))

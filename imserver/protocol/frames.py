@@ -21,6 +21,7 @@ CLOSE_AUTH_REQUIRED = 4003
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_REPLACED = 4010
 CLOSE_IDLE_TIMEOUT = 4011
+CLOSE_REVOKED = 4012
 
 
 def result_frame(rid: RequestId, data: dict[str, Any]) -> dict[str, Any]:

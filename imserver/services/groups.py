@@ -189,3 +189,31 @@ class GroupService:
                 if st.kind == "group"
             ]
         }
+
+    async def remove_everywhere(self, user: str) -> int:
+        """Take a departed member out of every group (the directory removed them).
+
+        An owner's group passes to its first admin, else its first member, so
+        no group is left without someone who can manage it.
+        """
+        system = Caller("system", "server")
+        removed = 0
+        for st in await self._store.conversations_of(user):
+            if st.kind != "group":
+                continue
+            entry = await self._members.get(st.conv)
+            if entry is None or user not in entry.roles:
+                continue
+            others = sorted(u for u in entry.roles if u != user)
+            roles: tuple[tuple[str, str], ...] = ()
+            if entry.roles[user] == ROLE_OWNER and others:
+                admins = [u for u in others if entry.roles[u] == ROLE_ADMIN]
+                roles = (((admins or others)[0], ROLE_OWNER),)
+            await self._apply(
+                system,
+                entry,
+                MembershipChange(remove=(user,), set_roles=roles),
+                {"event": "member_removed", "users": [user], "reason": "left_organisation"},
+            )
+            removed += 1
+        return removed

@@ -30,6 +30,7 @@ from imserver.store.records import (
 )
 from imserver.store.sqlite_cards import SqliteCardsMixin
 from imserver.store.sqlite_deadlines import SqliteDeadlinesMixin
+from imserver.store.sqlite_directory import SqliteDirectoryMixin
 from imserver.store.sqlite_schema import migrate
 from imserver.store.sqlite_worker import SqliteThread
 
@@ -101,7 +102,7 @@ def _create_dm(conn: sqlite3.Connection, conv: str, parties: tuple[str, str], no
     conn.executemany(_ADD_MEMBER, [(conv, u, ROLE_MEMBER) for u in parties])
 
 
-class SqliteStore(SqliteCardsMixin, SqliteDeadlinesMixin):
+class SqliteStore(SqliteCardsMixin, SqliteDeadlinesMixin, SqliteDirectoryMixin):
     """``Store`` on a local SQLite file."""
 
     def __init__(
@@ -187,7 +188,10 @@ class SqliteStore(SqliteCardsMixin, SqliteDeadlinesMixin):
                 chunk = wanted[i : i + 500]
                 marks = ",".join("?" * len(chunk))
                 found.update(
-                    r[0] for r in conn.execute(f"SELECT id FROM users WHERE id IN ({marks})", chunk)
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT id FROM users WHERE id IN ({marks}) AND disabled = 0", chunk
+                    )
                 )
             return found
 

@@ -169,6 +169,44 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX dings_by_card ON dings (card_id) WHERE card_id IS NOT NULL;
         """,
     ),
+    (
+        4,
+        "organisation directory: units, unit members, user status, admin grants",
+        """
+        CREATE TABLE units (
+            id          TEXT PRIMARY KEY,
+            parent      TEXT,
+            name        TEXT NOT NULL,
+            level       TEXT NOT NULL,
+            path        TEXT NOT NULL,
+            sort        INTEGER NOT NULL DEFAULT 0,
+            sync_gen    INTEGER NOT NULL DEFAULT 0,
+            updated_at  INTEGER NOT NULL
+        );
+        CREATE UNIQUE INDEX units_by_path ON units (path);
+        CREATE INDEX units_by_parent ON units (parent);
+        CREATE TABLE unit_members (
+            unit      TEXT NOT NULL,
+            user      TEXT NOT NULL,
+            title     TEXT NOT NULL DEFAULT '',
+            leader    INTEGER NOT NULL DEFAULT 0,
+            sync_gen  INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (unit, user)
+        ) WITHOUT ROWID;
+        CREATE INDEX unit_members_by_user ON unit_members (user);
+        ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE users ADD COLUMN profile BLOB NOT NULL DEFAULT '{}';
+        ALTER TABLE users ADD COLUMN sync_gen INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE users ADD COLUMN profile_digest TEXT NOT NULL DEFAULT '';
+        CREATE TABLE admin_grants (
+            user        TEXT NOT NULL,
+            unit        TEXT NOT NULL,
+            granted_at  INTEGER NOT NULL,
+            PRIMARY KEY (user, unit)
+        ) WITHOUT ROWID;
+        INSERT INTO counters VALUES ('directory_sync', 0);
+        """,
+    ),
 ]
 
 

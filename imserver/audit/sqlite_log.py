@@ -1,0 +1,257 @@
+"""The audit log as an append-only table in the store's SQLite database.
+
+Why in the same database rather than a file of its own: the action and its
+audit record must commit together. An admin action whose record was lost in a
+crash — or a record of an action that rolled back — would make the log lie.
+So :meth:`SqliteAuditLog.append_in` runs *inside* a store write job (the same
+transaction as the change it records) and :meth:`SqliteAuditLog.append` goes
+through the store's writer, joining its group commit.
+
+"Append-only" is enforced at two levels:
+
+* Triggers refuse ``UPDATE`` and ``DELETE`` and any ``INSERT`` that does not
+  extend the chain (next seq, ``prev_hash`` = last hash) — which also blocks
+  ``INSERT OR REPLACE``, whose implicit delete fires no delete trigger. This
+  stops bugs and casual edits.
+* The hash chain (:mod:`imserver.audit.chain`) catches what triggers cannot:
+  anyone with the file can drop a trigger. ``verify`` names the first record
+  that no longer fits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar, Final
+
+import orjson
+
+from imserver.audit.chain import GENESIS, HASHES, AuditRecord, VerifyResult, seal, verify_chain
+
+Job = Callable[[sqlite3.Connection], Any]
+Runner = Callable[[Job], Awaitable[Any]]
+"""Runs a job on a connection's thread and returns its result — the shape of
+``SqliteStore._write`` / ``SqliteStore._read``."""
+
+_COLUMNS: Final = "seq, at, actor, action, target, details, prev_hash, hash, algorithm"
+_APPEND_ONLY: Final = "audit_log is append-only"
+
+SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
+    """CREATE TABLE IF NOT EXISTS audit_log (
+    seq        INTEGER PRIMARY KEY CHECK (seq >= 1),
+    at         INTEGER NOT NULL CHECK (typeof(at) = 'integer'),
+    actor      TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    details    TEXT NOT NULL,
+    prev_hash  TEXT NOT NULL,
+    hash       TEXT NOT NULL,
+    algorithm  TEXT NOT NULL
+)""",
+    f"""CREATE TRIGGER IF NOT EXISTS audit_log_no_update
+BEFORE UPDATE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, '{_APPEND_ONLY}: UPDATE refused');
+END""",
+    f"""CREATE TRIGGER IF NOT EXISTS audit_log_no_delete
+BEFORE DELETE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, '{_APPEND_ONLY}: DELETE refused');
+END""",
+    f"""CREATE TRIGGER IF NOT EXISTS audit_log_extend_only
+BEFORE INSERT ON audit_log
+WHEN NEW.seq IS NOT coalesce((SELECT max(seq) FROM audit_log), 0) + 1
+  OR NEW.prev_hash IS NOT coalesce(
+       (SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1), '{GENESIS}')
+BEGIN
+    SELECT RAISE(ABORT, '{_APPEND_ONLY}: INSERT must extend the chain');
+END""",
+)
+"""The schema as separate complete statements, for running one by one inside
+an existing transaction. Trigger bodies contain ``;``, so the combined
+:data:`SCHEMA_SQL` must not be split on ``;`` (as ``sqlite_schema.migrate``
+does) — use these, or :func:`create_schema`."""
+
+SCHEMA_SQL: Final = "\n".join(f"{statement};" for statement in SCHEMA_STATEMENTS)
+"""The whole schema as one script (``executescript``-ready). Idempotent."""
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the table and triggers if missing, within the caller's transaction (if any).
+
+    Statement by statement rather than ``executescript``, which would commit
+    whatever transaction the caller has open.
+    """
+    for statement in SCHEMA_STATEMENTS:
+        conn.execute(statement)
+
+
+def _row_record(row: tuple[Any, ...]) -> AuditRecord:
+    seq, at, actor, action, target, details, prev_hash, h, algorithm = row
+    try:
+        parsed = orjson.loads(details)
+    except (orjson.JSONDecodeError, TypeError):
+        # Only an edit outside this module can store non-JSON here. Surface it
+        # as data that cannot match its hash instead of crashing verification.
+        parsed = {"_unparseable_details": repr(details)}
+    return AuditRecord(seq, at, actor, action, target, parsed, prev_hash, h, algorithm)
+
+
+def iter_records(conn: sqlite3.Connection, after_seq: int = 0) -> Iterator[AuditRecord]:
+    """Stream records with seq > ``after_seq`` in seq order.
+
+    One ``SELECT`` stepped row by row: constant memory, and (in WAL mode) one
+    consistent snapshot even while the writer keeps appending.
+    """
+    cursor = conn.execute(
+        f"SELECT {_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq", (after_seq,)
+    )
+    try:
+        for row in cursor:
+            yield _row_record(row)
+    finally:
+        cursor.close()
+
+
+def last_record(conn: sqlite3.Connection) -> AuditRecord | None:
+    """The newest record, or ``None`` when the log is empty."""
+    row = conn.execute(f"SELECT {_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+    return None if row is None else _row_record(row)
+
+
+def verify_database(path: Path | str) -> VerifyResult:
+    """Verify the audit chain in the SQLite file at ``path``, read-only.
+
+    For ``python -m imserver audit verify``: needs no store threads and cannot
+    modify the file (or create it when the path is wrong — that raises
+    ``sqlite3.OperationalError``, as does a database without ``audit_log``).
+    Safe while the server runs: WAL readers do not block the writer.
+    """
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0)
+    try:
+        return verify_chain(iter_records(conn))
+    finally:
+        conn.close()
+
+
+class SqliteAuditLog:
+    """Append-only, hash-chained audit log in the store's SQLite database.
+
+    ``write`` and ``read`` run jobs on the store's writer and reader threads
+    (``SqliteStore._write`` / ``_read``). All appends go through the single
+    writer, so reading the last record and inserting the next cannot race; the
+    insert trigger would refuse a racing append from another process anyway.
+    """
+
+    SCHEMA_SQL: ClassVar[str] = SCHEMA_SQL
+
+    def __init__(self, write: Runner, read: Runner, *, algorithm: str = "sha256") -> None:
+        if algorithm not in HASHES:
+            raise ValueError(
+                f"unknown audit hash algorithm {algorithm!r}; expected one of {HASHES}"
+            )
+        self._write = write
+        self._read = read
+        self.algorithm = algorithm
+        """Algorithm for new records; changing it later is fine (each record states its own)."""
+
+    create_schema = staticmethod(create_schema)
+    iter_all = staticmethod(iter_records)
+    last_in = staticmethod(last_record)
+
+    def append_in(
+        self,
+        conn: sqlite3.Connection,
+        at: int,
+        actor: str,
+        action: str,
+        target: str,
+        details: dict[str, Any],
+        algorithm: str | None = None,
+    ) -> AuditRecord:
+        """Seal and insert the next record on ``conn``; synchronous.
+
+        Meant to be called inside a store write job, so the record commits —
+        or rolls back — with the change it describes; a job that fails after
+        calling this leaves no record and so no hole in the chain. Called on a
+        connection with no open transaction, it opens (``BEGIN IMMEDIATE``:
+        take the write lock before reading the head) and commits its own.
+        """
+        if not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                record = self.append_in(conn, at, actor, action, target, details, algorithm)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return record
+        record = seal(
+            last_record(conn), at, actor, action, target, details, algorithm or self.algorithm
+        )
+        conn.execute(
+            f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.seq,
+                record.at,
+                record.actor,
+                record.action,
+                record.target,
+                orjson.dumps(record.details, option=orjson.OPT_SORT_KEYS).decode(),
+                record.prev_hash,
+                record.hash,
+                record.algorithm,
+            ),
+        )
+        return record
+
+    async def append(
+        self,
+        at: int,
+        actor: str,
+        action: str,
+        target: str,
+        details: dict[str, Any],
+        algorithm: str | None = None,
+    ) -> AuditRecord:
+        """Append one record as its own write job (group-committed with others)."""
+
+        def job(conn: sqlite3.Connection) -> AuditRecord:
+            return self.append_in(conn, at, actor, action, target, details, algorithm)
+
+        record: AuditRecord = await self._write(job)
+        return record
+
+    async def records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        """Up to ``limit`` records with seq > ``after_seq``, oldest first (for paging)."""
+
+        def job(conn: sqlite3.Connection) -> list[AuditRecord]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+            return [_row_record(r) for r in rows]
+
+        result: list[AuditRecord] = await self._read(job)
+        return result
+
+    async def last(self) -> AuditRecord | None:
+        """The newest record (its hash is the head to anchor externally)."""
+        result: AuditRecord | None = await self._read(last_record)
+        return result
+
+    async def verify(self) -> VerifyResult:
+        """Verify the whole chain on the reader thread.
+
+        Streams in constant memory but occupies the reader for the duration
+        (roughly a second per few hundred thousand records); for large logs
+        prefer :func:`verify_database` on a connection of its own.
+        """
+
+        def job(conn: sqlite3.Connection) -> VerifyResult:
+            return verify_chain(iter_records(conn))
+
+        result: VerifyResult = await self._read(job)
+        return result

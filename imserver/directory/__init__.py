@@ -1,0 +1,1 @@
+"""The organisation directory: units in a five-level tree, members, admins."""

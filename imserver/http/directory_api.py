@@ -1,0 +1,148 @@
+"""Admin API for the organisation directory (docs/admin.md)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from imserver.directory.model import SENSITIVE_PROFILE_KEYS, UNIT_ID_RE
+from imserver.errors import InvalidField, NoSuchUser
+from imserver.http.admin_auth import DIRECTORY_STORE, AdminContext, admin_context
+from imserver.http.api import ADMIN_KEY, SIGNER
+from imserver.masking import mask
+from imserver.protocol.fields import is_user_id
+from imserver.services.directory import DirectoryService
+
+DIRECTORY = web.AppKey("directory", DirectoryService)
+
+
+async def _admin(request: web.Request) -> AdminContext:
+    return await admin_context(request, request.app[ADMIN_KEY], request.app[SIGNER])
+
+
+def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidField(f"'{name}' must be an integer", field=name) from None
+    if not lo <= value <= hi:
+        raise InvalidField(f"'{name}' must be {lo}-{hi}", field=name)
+    return value
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "false").lower() in ("1", "true", "yes")
+
+
+async def sync(request: web.Request) -> web.Response:
+    """NDJSON body, streamed: ``?mode=full`` (absence removes) or ``incremental``."""
+    ctx = await _admin(request)
+    ctx.require_super()
+    mode = request.query.get("mode", "incremental")
+    if mode not in ("full", "incremental"):
+        raise InvalidField("'mode' must be full or incremental", field="mode")
+
+    async def chunks() -> Any:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            yield chunk
+
+    report = await request.app[DIRECTORY].sync(chunks(), full=mode == "full")
+    return web.json_response({"mode": mode, **report.to_json()})
+
+
+async def get_unit(request: web.Request) -> web.Response:
+    ctx = await _admin(request)
+    directory = request.app[DIRECTORY]
+    unit = await directory.unit(request.match_info["unit_id"])
+    ctx.require(unit)
+    depth = _int(request, "depth", 1, 0, 10)
+    return web.json_response({"units": await directory.subtree(unit, depth)})
+
+
+async def unit_members(request: web.Request) -> web.Response:
+    ctx = await _admin(request)
+    directory = request.app[DIRECTORY]
+    unit = await directory.unit(request.match_info["unit_id"])
+    ctx.require(unit)
+    limit = _int(request, "limit", 500, 1, 5000)
+    after = request.query.get("after", "")
+    return web.json_response(
+        await directory.members(unit, _flag(request, "recursive"), after, limit)
+    )
+
+
+async def get_user(request: web.Request) -> web.Response:
+    ctx = await _admin(request)
+    user = request.match_info["user_id"]
+    directory = request.app[DIRECTORY]
+    placement = await directory.placement(user)
+    profile = await request.app[DIRECTORY_STORE].member_profile(user)
+    if profile is None or (not ctx.super and not placement):
+        raise NoSuchUser(f"no user {user!r}")
+    units = await request.app[DIRECTORY_STORE].units_by_ids(p["unit"]["id"] for p in placement)
+    if not ctx.super and not any(ctx.covers(u) for u in units.values()):
+        raise NoSuchUser(f"no user {user!r}")  # outside the scope: not even its existence
+    fields = directory.sealer_open(profile)
+    shown = {k: mask(v) if k in SENSITIVE_PROFILE_KEYS else v for k, v in fields.items()}
+    return web.json_response(
+        {"user": user, "name": profile.name, "profile": shown, "units": placement}
+    )
+
+
+async def grant(request: web.Request) -> web.Response:
+    ctx = await _admin(request)
+    body = await _body(request)
+    user, unit_id = body.get("user"), body.get("unit")
+    if not is_user_id(user):
+        raise InvalidField("'user' must be a user id", field="user")
+    if not isinstance(unit_id, str) or UNIT_ID_RE.fullmatch(unit_id) is None:
+        raise InvalidField("'unit' must be a unit id", field="unit")
+    assert isinstance(user, str)
+    unit = await request.app[DIRECTORY].unit(unit_id)
+    ctx.require(unit)  # an admin may delegate inside their own subtree
+    store = request.app[DIRECTORY_STORE]
+    if await store.member_profile(user) is None:
+        raise NoSuchUser(f"no user {user!r}")
+    if request.method == "DELETE":
+        removed = await store.revoke_admin(user, unit_id)
+        return web.json_response({"user": user, "unit": unit_id, "revoked": removed})
+    await store.grant_admin(user, unit_id, int(time.time() * 1000))
+    return web.json_response({"user": user, "unit": unit_id, "granted": True}, status=201)
+
+
+async def whoami(request: web.Request) -> web.Response:
+    ctx = await _admin(request)
+    return web.json_response(
+        {
+            "super": ctx.super,
+            "user": ctx.user,
+            "scopes": [{"id": u.id, "name": u.name, "path": u.path} for u in ctx.scopes],
+        }
+    )
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise InvalidField("body must be JSON", field="body") from None
+    if not isinstance(body, dict):
+        raise InvalidField("body must be a JSON object", field="body")
+    return body
+
+
+def add_directory_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/admin/v1/directory/sync", sync)
+    r.add_get("/admin/v1/units/{unit_id}", get_unit)
+    r.add_get("/admin/v1/units/{unit_id}/members", unit_members)
+    r.add_get("/admin/v1/users/{user_id}", get_user)
+    r.add_post("/admin/v1/admins", grant)
+    r.add_delete("/admin/v1/admins", grant)
+    r.add_get("/admin/v1/whoami", whoami)

@@ -1,0 +1,436 @@
+"""SQLite side of the organisation directory.
+
+A mixin of :class:`imserver.store.sqlite.SqliteStore`. A sync is applied in
+batches, one write job each; every row a sync touches gets the sync's
+generation number, so a full sync ends with a sweep of whatever it did not
+touch. Subtrees are path ranges: ``path >= '/jx/nc/' AND path < '/jx/nc/\\x7f'``
+(ids and ``/`` are ASCII below 0x7f), which the ``units_by_path`` index serves.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from imserver.directory.model import (
+    MemberOp,
+    RemoveMemberOp,
+    RemoveUnitOp,
+    SyncOp,
+    SyncReport,
+    Unit,
+    UnitOp,
+    level_allowed,
+)
+from imserver.errors import InvalidField
+
+Job = Callable[[sqlite3.Connection], Any]
+_UNIT_COLUMNS = "id, parent, name, level, path, sort"
+END = "\x7f"  # above every character a path may hold
+
+
+@dataclass(slots=True, frozen=True)
+class MemberProfile:
+    """A member as the directory stores them; ``profile`` is as stored (maybe sealed)."""
+
+    user: str
+    name: str
+    profile: dict[str, str]
+    digest: str
+
+
+@dataclass(slots=True, frozen=True)
+class UnitMemberRow:
+    user: str
+    name: str
+    unit: str
+    title: str
+    leader: bool
+
+
+def _unit(row: tuple[Any, ...]) -> Unit:
+    return Unit(*row)
+
+
+def _fail(line: int, key: str, why: str) -> InvalidField:
+    return InvalidField(f"line {line}: {key} {why}", field=f"line[{line}].{key}")
+
+
+def _remove_units(conn: sqlite3.Connection, paths: list[str], rep: SyncReport) -> None:
+    for path in paths:
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM units WHERE path >= ? AND path < ?", (path, path + END)
+            )
+        ]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rep.memberships_removed += conn.execute(
+                f"DELETE FROM unit_members WHERE unit IN ({marks})", chunk
+            ).rowcount
+            conn.execute(f"DELETE FROM admin_grants WHERE unit IN ({marks})", chunk)
+            rep.units_removed += conn.execute(
+                f"DELETE FROM units WHERE id IN ({marks})", chunk
+            ).rowcount
+
+
+def _disable_user(conn: sqlite3.Connection, user: str, rep: SyncReport) -> None:
+    cur = conn.execute("UPDATE users SET disabled = 1 WHERE id = ? AND disabled = 0", (user,))
+    rep.memberships_removed += conn.execute(
+        "DELETE FROM unit_members WHERE user = ?", (user,)
+    ).rowcount
+    conn.execute("DELETE FROM admin_grants WHERE user = ?", (user,))
+    if cur.rowcount:
+        rep.members_removed += 1
+        rep.removed_users.append(user)
+
+
+class SqliteDirectoryMixin:
+    _write: Callable[[Job], Awaitable[Any]]
+    _read: Callable[[Job], Awaitable[Any]]
+
+    # -- sync ----------------------------------------------------------------
+    async def begin_directory_sync(self) -> int:
+        """A new sync generation number."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            (gen,) = conn.execute(
+                "UPDATE counters SET value = value + 1 WHERE name = 'directory_sync'"
+                " RETURNING value"
+            ).fetchone()
+            return int(gen)
+
+        result: int = await self._write(job)
+        return result
+
+    async def apply_directory_batch(
+        self,
+        ops: list[tuple[int, SyncOp, dict[str, str] | None, str]],
+        gen: int,
+        now: int,
+    ) -> SyncReport:
+        """Apply ``(line, op, stored_profile, profile_digest)`` in one transaction.
+
+        A bad line (unknown parent, level out of order, a move into its own
+        subtree) undoes the whole batch and names the line.
+        """
+
+        def job(conn: sqlite3.Connection) -> SyncReport:
+            rep = SyncReport()
+            for line, op, profile, digest in ops:
+                rep.lines += 1
+                if isinstance(op, UnitOp):
+                    self._apply_unit(conn, line, op, gen, now, rep)
+                elif isinstance(op, MemberOp):
+                    self._apply_member(conn, line, op, profile or {}, digest, gen, now, rep)
+                elif isinstance(op, RemoveUnitOp):
+                    row = conn.execute("SELECT path FROM units WHERE id = ?", (op.id,)).fetchone()
+                    if row is not None:
+                        _remove_units(conn, [row[0]], rep)
+                elif isinstance(op, RemoveMemberOp):
+                    _disable_user(conn, op.user, rep)
+            return rep
+
+        result: SyncReport = await self._write(job)
+        return result
+
+    @staticmethod
+    def _apply_unit(
+        conn: sqlite3.Connection, line: int, op: UnitOp, gen: int, now: int, rep: SyncReport
+    ) -> None:
+        row = conn.execute(f"SELECT {_UNIT_COLUMNS} FROM units WHERE id = ?", (op.id,)).fetchone()
+        old = _unit(row) if row is not None else None
+        if op.parent is None:
+            path = f"/{op.id}/"
+        else:
+            prow = conn.execute(
+                "SELECT level, path FROM units WHERE id = ?", (op.parent,)
+            ).fetchone()
+            if prow is None:
+                raise _fail(
+                    line, "parent", f"{op.parent!r} is not a known unit (list parents first)"
+                )
+            if not level_allowed(op.level, prow[0]):
+                raise _fail(line, "level", f"a {op.level} cannot sit inside a {prow[0]}")
+            if old is not None and prow[1].startswith(old.path):
+                raise _fail(line, "parent", "would move the unit into its own subtree")
+            path = f"{prow[1]}{op.id}/"
+        if old is None:
+            conn.execute(
+                "INSERT INTO units (id, parent, name, level, path, sort, sync_gen, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (op.id, op.parent, op.name, op.level, path, op.sort, gen, now),
+            )
+            rep.units_created += 1
+            return
+        if old.path != path:
+            # Rewrite the whole moved subtree's paths: a prefix swap.
+            conn.execute(
+                "UPDATE units SET path = ? || substr(path, ?) WHERE path >= ? AND path < ?",
+                (path, len(old.path) + 1, old.path, old.path + END),
+            )
+            rep.units_moved += 1
+        elif (old.name, old.level, old.sort) != (op.name, op.level, op.sort):
+            rep.units_updated += 1
+        conn.execute(
+            "UPDATE units SET parent = ?, name = ?, level = ?, sort = ?, sync_gen = ?,"
+            " updated_at = ? WHERE id = ?",
+            (op.parent, op.name, op.level, op.sort, gen, now, op.id),
+        )
+
+    @staticmethod
+    def _apply_member(
+        conn: sqlite3.Connection,
+        line: int,
+        op: MemberOp,
+        profile: dict[str, str],
+        digest: str,
+        gen: int,
+        now: int,
+        rep: SyncReport,
+    ) -> None:
+        for i, m in enumerate(op.units):
+            if conn.execute("SELECT 1 FROM units WHERE id = ?", (m.unit,)).fetchone() is None:
+                raise _fail(line, f"units[{i}].unit", f"{m.unit!r} is not a known unit")
+        row = conn.execute(
+            "SELECT name, profile_digest, disabled FROM users WHERE id = ?", (op.user,)
+        ).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO users (id, name, created_at, disabled, profile, profile_digest,"
+                " sync_gen) VALUES (?, ?, ?, 0, ?, ?, ?)",
+                (op.user, op.name, now, orjson.dumps(profile), digest, gen),
+            )
+            rep.members_created += 1
+        else:
+            if (row[0], row[1], row[2]) != (op.name, digest, 0):
+                conn.execute(
+                    "UPDATE users SET name = ?, profile = ?, profile_digest = ?, disabled = 0"
+                    " WHERE id = ?",
+                    (op.name, orjson.dumps(profile), digest, op.user),
+                )
+                rep.members_updated += 1
+            conn.execute("UPDATE users SET sync_gen = ? WHERE id = ?", (gen, op.user))
+        have = {
+            r[0]: (r[1], bool(r[2]))
+            for r in conn.execute(
+                "SELECT unit, title, leader FROM unit_members WHERE user = ?", (op.user,)
+            )
+        }
+        want = {m.unit: (m.title, m.leader) for m in op.units}
+        for unit in have.keys() - want.keys():
+            conn.execute("DELETE FROM unit_members WHERE unit = ? AND user = ?", (unit, op.user))
+            rep.memberships_removed += 1
+        changed_titles = False
+        for unit, (title, leader) in want.items():
+            if unit not in have:
+                rep.memberships_added += 1
+            elif have[unit] != (title, leader):
+                changed_titles = True
+            conn.execute(
+                "INSERT INTO unit_members (unit, user, title, leader, sync_gen)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (unit, user) DO UPDATE SET"
+                " title = excluded.title, leader = excluded.leader, sync_gen = excluded.sync_gen",
+                (unit, op.user, title, int(leader), gen),
+            )
+        if changed_titles and row is not None and (row[0], row[1], row[2]) == (op.name, digest, 0):
+            rep.members_updated += 1
+
+    async def sweep_directory(self, gen: int) -> SyncReport:
+        """End of a full sync: remove what the sync did not mention."""
+
+        def job(conn: sqlite3.Connection) -> SyncReport:
+            rep = SyncReport()
+            stale = [
+                r[0] for r in conn.execute("SELECT path FROM units WHERE sync_gen != ?", (gen,))
+            ]
+            # Removing a stale ancestor removes its subtree: keep only top-most paths.
+            stale.sort()
+            tops: list[str] = []
+            for p in stale:
+                if not tops or not p.startswith(tops[-1]):
+                    tops.append(p)
+            _remove_units(conn, tops, rep)
+            rep.memberships_removed += conn.execute(
+                "DELETE FROM unit_members WHERE sync_gen != ?", (gen,)
+            ).rowcount
+            # Only members an earlier sync brought in are removed: users made by
+            # other means (bots, the CLI) were never the directory's to remove.
+            for (user,) in conn.execute(
+                "SELECT id FROM users WHERE sync_gen != 0 AND sync_gen != ? AND disabled = 0",
+                (gen,),
+            ).fetchall():
+                _disable_user(conn, user, rep)
+            return rep
+
+        result: SyncReport = await self._write(job)
+        return result
+
+    # -- queries -------------------------------------------------------------
+    async def get_unit(self, unit_id: str) -> Unit | None:
+        def job(conn: sqlite3.Connection) -> Unit | None:
+            row = conn.execute(
+                f"SELECT {_UNIT_COLUMNS} FROM units WHERE id = ?", (unit_id,)
+            ).fetchone()
+            return None if row is None else _unit(row)
+
+        result: Unit | None = await self._read(job)
+        return result
+
+    async def units_by_ids(self, ids: Iterable[str]) -> dict[str, Unit]:
+        wanted = list(dict.fromkeys(ids))
+
+        def job(conn: sqlite3.Connection) -> dict[str, Unit]:
+            out: dict[str, Unit] = {}
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in conn.execute(
+                    f"SELECT {_UNIT_COLUMNS} FROM units WHERE id IN ({marks})", chunk
+                ):
+                    out[row[0]] = _unit(row)
+            return out
+
+        result: dict[str, Unit] = await self._read(job)
+        return result
+
+    async def subtree(self, path: str, max_depth: int, limit: int) -> list[Unit]:
+        base_depth = path.count("/") - 1
+
+        def job(conn: sqlite3.Connection) -> list[Unit]:
+            rows = conn.execute(
+                f"SELECT {_UNIT_COLUMNS} FROM units WHERE path >= ? AND path < ?"
+                " AND (length(path) - length(replace(path, '/', ''))) - 1 <= ?"
+                " ORDER BY path LIMIT ?",
+                (path, path + END, base_depth + max_depth, limit),
+            )
+            return [_unit(r) for r in rows]
+
+        result: list[Unit] = await self._read(job)
+        return result
+
+    async def unit_members(
+        self, path: str, recursive: bool, after: str, limit: int
+    ) -> list[UnitMemberRow]:
+        """Active members of the unit (and its subtree), by user id, after ``after``."""
+
+        def job(conn: sqlite3.Connection) -> list[UnitMemberRow]:
+            where = "u.path >= ? AND u.path < ?" if recursive else "u.path = ?"
+            args: tuple[Any, ...] = (path, path + END) if recursive else (path,)
+            rows = conn.execute(
+                "SELECT m.user, us.name, m.unit, m.title, m.leader FROM unit_members m"
+                " JOIN units u ON u.id = m.unit JOIN users us ON us.id = m.user"
+                f" WHERE {where} AND us.disabled = 0 AND m.user > ?"
+                " ORDER BY m.user, u.path LIMIT ?",
+                (*args, after, limit),
+            )
+            return [UnitMemberRow(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+
+        result: list[UnitMemberRow] = await self._read(job)
+        return result
+
+    async def unit_recipients(self, targets: Iterable[tuple[str, bool]]) -> set[str]:
+        """Active users in the given (unit path, include sub-units) targets."""
+        wanted = list(targets)
+
+        def job(conn: sqlite3.Connection) -> set[str]:
+            users: set[str] = set()
+            for path, recursive in wanted:
+                where = "u.path >= ? AND u.path < ?" if recursive else "u.path = ?"
+                args: tuple[Any, ...] = (path, path + END) if recursive else (path,)
+                users.update(
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT DISTINCT m.user FROM unit_members m JOIN units u ON u.id = m.unit"
+                        f" JOIN users us ON us.id = m.user WHERE {where} AND us.disabled = 0",
+                        args,
+                    )
+                )
+            return users
+
+        result: set[str] = await self._read(job)
+        return result
+
+    async def user_memberships(self, user: str) -> list[tuple[Unit, str, bool]]:
+        def job(conn: sqlite3.Connection) -> list[tuple[Unit, str, bool]]:
+            rows = conn.execute(
+                f"SELECT {', '.join('u.' + c.strip() for c in _UNIT_COLUMNS.split(','))},"
+                " m.title, m.leader FROM unit_members m JOIN units u ON u.id = m.unit"
+                " WHERE m.user = ? ORDER BY u.path",
+                (user,),
+            )
+            return [(_unit(r[:6]), r[6], bool(r[7])) for r in rows]
+
+        result: list[tuple[Unit, str, bool]] = await self._read(job)
+        return result
+
+    async def unit_leaders(self, unit_ids: Iterable[str]) -> dict[str, list[str]]:
+        wanted = list(dict.fromkeys(unit_ids))
+
+        def job(conn: sqlite3.Connection) -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {u: [] for u in wanted}
+            for unit in wanted:
+                out[unit] = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT m.user FROM unit_members m JOIN users us ON us.id = m.user"
+                        " WHERE m.unit = ? AND m.leader = 1 AND us.disabled = 0 ORDER BY m.user",
+                        (unit,),
+                    )
+                ]
+            return out
+
+        result: dict[str, list[str]] = await self._read(job)
+        return result
+
+    async def member_profile(self, user: str) -> MemberProfile | None:
+        def job(conn: sqlite3.Connection) -> MemberProfile | None:
+            row = conn.execute(
+                "SELECT id, name, profile, profile_digest FROM users WHERE id = ? AND disabled = 0",
+                (user,),
+            ).fetchone()
+            if row is None:
+                return None
+            return MemberProfile(row[0], row[1], orjson.loads(row[2]), row[3])
+
+        result: MemberProfile | None = await self._read(job)
+        return result
+
+    # -- admin grants ----------------------------------------------------------
+    async def grant_admin(self, user: str, unit: str, now: int) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO admin_grants (user, unit, granted_at) VALUES (?, ?, ?)",
+                (user, unit, now),
+            )
+
+        await self._write(job)
+
+    async def revoke_admin(self, user: str, unit: str) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM admin_grants WHERE user = ? AND unit = ?", (user, unit))
+            return cur.rowcount > 0
+
+        result: bool = await self._write(job)
+        return result
+
+    async def admin_scopes(self, user: str) -> list[Unit]:
+        """The units (with their current paths) ``user`` administers."""
+
+        def job(conn: sqlite3.Connection) -> list[Unit]:
+            rows = conn.execute(
+                f"SELECT {', '.join('u.' + c.strip() for c in _UNIT_COLUMNS.split(','))}"
+                " FROM admin_grants g JOIN units u ON u.id = g.unit WHERE g.user = ?"
+                " ORDER BY u.path",
+                (user,),
+            )
+            return [_unit(r) for r in rows]
+
+        result: list[Unit] = await self._read(job)
+        return result
