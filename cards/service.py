@@ -48,11 +48,13 @@ from imserver.protocol.fields import Fields
 from imserver.protocol.frames import event_frame
 from imserver.services.caller import Caller
 from imserver.services.chat import ChatService, now_ms
+from imserver.services.content_policy import card_texts
 from imserver.services.directory import DirectoryStore
 from imserver.services.membership import MembershipCache
 from imserver.store.base import CardStore, DeadlineStore, Store
 from imserver.store.records import (
     AppRecord,
+    AuditEntry,
     CardChange,
     CardRecord,
     NewCard,
@@ -242,6 +244,9 @@ class CardService:
         if not isinstance(body, dict):
             raise InvalidField("body must be a JSON object", field="body")
         doc = parse_card(body.get("card"), self._limits)
+        await self._chat.content.check(
+            f"app:{app.app_id}", "card", doc["out_track_id"], card_texts(doc)
+        )
         users, groups = await self._recipients(app, body.get("to"))
         holders = list(dict.fromkeys([*users, *(u for _, ms in groups for u in ms)]))
         if len(holders) > self._limits.max_recipients:
@@ -340,7 +345,17 @@ class CardService:
 
     async def update(self, app: AppRecord, out_track_id: str, body: Any) -> dict[str, Any]:
         card = await self._by_track(app, out_track_id)
+        upd = parse_update(body, card.doc, self._limits)
+        await self._chat.content.check(
+            f"app:{app.app_id}", "card", out_track_id, card_texts({**card.doc, **upd.changes})
+        )
         return await self.apply_update(card, body, check_version=True)
+
+    async def check_update_content(self, card: CardRecord, body: Any) -> None:
+        upd = parse_update(body, card.doc, self._limits)
+        await self._chat.content.check(
+            f"app:{card.app_id}", "card", card.out_track_id, card_texts({**card.doc, **upd.changes})
+        )
 
     async def apply_update(
         self,
@@ -400,6 +415,7 @@ class CardService:
         title = f.req_string("title", max_len=self._limits.max_title_chars)
         text = f.req_string("text", max_len=self._limits.max_body_chars)
         urgent = f.boolean("urgent")
+        await self._chat.content.check(f"app:{app.app_id}", "notice", "notice", [title, text])
         users, groups = await self._recipients(app, body.get("to"))
         now = now_ms(self._clock)
         notice_id = "nt_" + secrets.token_urlsafe(12)
@@ -503,6 +519,19 @@ class CardService:
                     pending=actionable_by(new),
                     now=now,
                     outbox=OutboxEntry(card.app_id, card.id, action_id, payload),
+                    audit=AuditEntry(
+                        caller.user,
+                        "card.decision",
+                        card.id,
+                        {
+                            "app_id": card.app_id,
+                            "out_track_id": card.out_track_id,
+                            "action": action,
+                            "decision": spec["decision"],
+                            "action_id": action_id,
+                            "state": new.state,
+                        },
+                    ),
                 )
             )
             if saved is None:  # someone else acted first: decide again on the new version

@@ -19,6 +19,7 @@ from cards.deadlines import DeadlineScheduler
 from cards.service import CardService
 from imserver.appauth import NonceCache
 from imserver.apps_file import load_apps_file
+from imserver.audit_trail import AuditTrail
 from imserver.bus.base import (
     TOPIC_CONV_CHANGED,
     TOPIC_DELIVER,
@@ -28,6 +29,7 @@ from imserver.bus.base import (
 )
 from imserver.bus.local import LocalBus
 from imserver.config import Config
+from imserver.dlp import ClassifiedGuard
 from imserver.gateway.dispatch import Dispatcher
 from imserver.gateway.server import Gateway
 from imserver.http.admin_auth import DIRECTORY_STORE
@@ -37,6 +39,7 @@ from imserver.http.directory_api import DIRECTORY, add_directory_routes
 from imserver.hub import Hub
 from imserver.metrics import Metrics
 from imserver.services.chat import ChatService
+from imserver.services.content_policy import ContentPolicy
 from imserver.services.ding import DingService
 from imserver.services.directory import DirectoryService
 from imserver.services.files import FileService
@@ -67,6 +70,7 @@ class World:
     deadlines: DeadlineScheduler
     dings: DingService
     directory: DirectoryService
+    trail: AuditTrail
     gateway: Gateway
     http_app: web.Application
     http_runner: web.AppRunner | None = None
@@ -93,15 +97,21 @@ def build_world(config: Config) -> World:
         config.sqlite_file,
         synchronous=config.store.sqlite_synchronous,
         group_commit_max=config.store.group_commit_max,
+        audit_algorithm=config.security.audit_algorithm,
     )
     bus: Bus = LocalBus()
     hub = Hub(metrics)
     signer = TokenSigner(load_or_create_secret(config.auth.secret, config.data_path))
     members = MembershipCache(store)
-    chat = ChatService(store, bus, members, config, metrics)
+    trail = AuditTrail(store.audit)
+    guard = None
+    if config.security.dlp_enabled:
+        guard = ClassifiedGuard(config.security.dlp_patterns or None)
+    content = ContentPolicy(guard, trail)
+    chat = ChatService(store, bus, members, config, metrics, content)
     groups = GroupService(store, bus, members, chat, config)
     presence = PresenceService(hub, bus, LocalPresence(hub), config.limits.presence_subscriptions)
-    files = FileService(store, config.data_path / "files", config.limits)
+    files = FileService(store, config.data_path / "files", config.limits, content)
     cards = CardService(store, bus, members, chat, config, metrics)
     chat.enricher = cards.enrich
     callbacks = CallbackDispatcher(store, cards, config.cards, metrics)
@@ -148,6 +158,7 @@ def build_world(config: Config) -> World:
         deadlines=deadlines,
         dings=dings,
         directory=directory,
+        trail=trail,
         gateway=gateway,
         http_app=http_app,
     )

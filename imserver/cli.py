@@ -95,6 +95,28 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Check the audit chain; exit 0 if intact, 1 naming the first bad record."""
+    import sqlite3
+
+    from imserver.audit import verify_database
+
+    config = _load(args.config)
+    try:
+        result = verify_database(config.sqlite_file)
+    except sqlite3.Error as e:
+        print(f"error: cannot read the audit log in {config.sqlite_file}: {e}", file=sys.stderr)
+        return 2
+    if result.ok:
+        print(f"ok: {result.checked} records verified; head hash {result.head_hash}")
+        return 0
+    print(
+        f"BROKEN at record {result.first_bad_seq}: {result.reason}"
+        f" ({result.checked} records before it verified)"
+    )
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m imserver", description=__doc__)
     p.add_argument("--config", help="TOML config file (default: config/default.toml)")
@@ -119,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     ua.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     ua.add_argument("users", nargs="+")
     ua.set_defaults(func=cmd_user_add)
+    a = sub.add_parser("audit", help="the audit log")
+    asub = a.add_subparsers(dest="audit_command", required=True)
+    av = asub.add_parser("verify", help="check the hash chain; names the first broken record")
+    av.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    av.set_defaults(func=cmd_audit_verify)
     return p
 
 

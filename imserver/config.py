@@ -116,6 +116,13 @@ class CardsConfig:
 
 
 @dataclass(slots=True, frozen=True)
+class SecurityConfig:
+    audit_algorithm: str = "sha256"  # or "sm3" (national standard hash)
+    dlp_enabled: bool = True
+    dlp_patterns: tuple[str, ...] = ()  # empty: the built-in classification-mark rules
+
+
+@dataclass(slots=True, frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -125,6 +132,7 @@ class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     cards: CardsConfig = field(default_factory=CardsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     @property
     def data_path(self) -> Path:
@@ -327,5 +335,14 @@ def _validate(c: Config) -> None:
             positive(f"cards.{f.name}", v)
     if c.cards.callback_backoff_max_s < c.cards.callback_backoff_initial_s:
         raise ConfigError("cards.callback_backoff_max_s", "must be >= callback_backoff_initial_s")
+    if c.security.audit_algorithm not in ("sha256", "sm3"):
+        raise ConfigError("security.audit_algorithm", "must be sha256 or sm3")
+    if c.security.dlp_patterns:
+        from imserver.dlp import ClassifiedGuard
+
+        try:
+            ClassifiedGuard(c.security.dlp_patterns)
+        except ValueError as e:
+            raise ConfigError("security.dlp_patterns", str(e)) from None
     if c.chat.recall_window_s < 0:
         raise ConfigError("chat.recall_window_s", "must not be negative")

@@ -162,6 +162,10 @@ class NoSuchUnit(ImError):
     code, http_status = "no_such_unit", 404
 
 
+class ClassifiedContent(ImError):
+    code, http_status = "classified_content", 403
+
+
 class Internal(ImError):
     code, http_status = "internal", 500
 

@@ -94,7 +94,7 @@ async def upload_file(request: web.Request) -> web.Response:
         async for chunk in request.content.iter_chunked(64 * 1024):
             yield chunk
 
-    meta = await files.upload(claims.user, mime, chunks())
+    meta = await files.upload(claims.user, name, mime, chunks())
     return web.json_response(
         {"id": meta.id, "name": name, "size": meta.size, "mime": meta.mime}, status=201
     )

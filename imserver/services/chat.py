@@ -27,6 +27,7 @@ from imserver.metrics import Metrics
 from imserver.protocol import requests as rq
 from imserver.protocol.frames import event_frame
 from imserver.services.caller import Caller
+from imserver.services.content_policy import ContentPolicy
 from imserver.services.membership import MembershipCache, dm_id, dm_parties
 from imserver.store.base import Store
 from imserver.store.records import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER, Message, NewMessage
@@ -47,6 +48,7 @@ class ChatService:
         members: MembershipCache,
         config: Config,
         metrics: Metrics,
+        content: ContentPolicy,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -60,6 +62,7 @@ class ChatService:
         #: Completes message objects read from the store (cards attach their
         #: latest view); set by the composition root.
         self.enricher: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
+        self.content = content
 
     async def publish_message(self, message: Message, recipients: tuple[str, ...]) -> None:
         await self.publish_wire(message.to_wire(), recipients, kind=message.kind)
@@ -99,6 +102,12 @@ class ChatService:
                 )
         if req.mention_all and (kind != "group" or roles[caller.user] not in MANAGERS):
             raise Forbidden("only group owners and admins may @all")
+        await self.content.check(
+            caller.user,
+            "message",
+            conv,
+            [req.body["text"]] if req.kind == "text" else [req.body["file"]["name"]],
+        )
         if req.kind == "file":
             file_id = req.body["file"]["id"]
             meta = await self._store.get_file(file_id)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from imserver.config import LimitsConfig
-from imserver.errors import FileTooLarge, FileTypeNotAllowed, NoSuchFile
+from imserver.errors import ClassifiedContent, FileTooLarge, FileTypeNotAllowed, NoSuchFile
+from imserver.services.content_policy import ContentPolicy
 from imserver.store.base import Store
 from imserver.store.records import FileMeta
 
@@ -27,11 +28,13 @@ class FileService:
         store: Store,
         root: Path,
         limits: LimitsConfig,
+        content: ContentPolicy,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._root = root
         self._limits = limits
+        self._content = content
         self._clock = clock
 
     def path_of(self, file_id: str) -> Path:
@@ -43,9 +46,17 @@ class FileService:
             raise FileTypeNotAllowed(f"file type {base!r} is not allowed")
         return base
 
-    async def upload(self, user: str, mime: str, chunks: AsyncIterator[bytes]) -> FileMeta:
-        """Stream ``chunks`` to disk; refuse past ``max_file_bytes`` leaving nothing behind."""
+    async def upload(
+        self, user: str, name: str, mime: str, chunks: AsyncIterator[bytes]
+    ) -> FileMeta:
+        """Stream ``chunks`` to disk; refuse past ``max_file_bytes`` leaving nothing behind.
+
+        The name, and the content of text files, pass the classified-content
+        guard; a refused file is removed again (the same bytes could only
+        have been stored before if they had passed, so nothing else is lost).
+        """
         mime = self.check_type(mime)
+        await self._content.check(user, "file.name", name, [name])
         fd, tmp_name = await asyncio.to_thread(self._temp_file)
         digest = hashlib.sha256()
         size = 0
@@ -64,6 +75,12 @@ class FileService:
                 await asyncio.to_thread(self._commit, out, tmp_name, file_id)
         finally:
             await asyncio.to_thread(Path(tmp_name).unlink, missing_ok=True)
+        if mime.startswith("text/"):
+            try:
+                await self._content.check_file(user, name, self.path_of(file_id))
+            except ClassifiedContent:
+                await asyncio.to_thread(self.path_of(file_id).unlink, missing_ok=True)
+                raise
         meta = FileMeta(id=file_id, size=size, mime=mime, created_at=int(self._clock() * 1000))
         await self._store.record_file(meta, user)
         stored = await self._store.get_file(file_id)

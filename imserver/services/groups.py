@@ -79,6 +79,7 @@ class GroupService:
         await self._chat.publish_message(msg, tuple(recipients))
 
     async def create(self, caller: Caller, req: rq.GroupCreate) -> dict[str, Any]:
+        await self._chat.content.check(caller.user, "group.name", "new group", [req.name])
         members = tuple(m for m in req.members if m != caller.user)
         if len(members) + 1 > self._max_members:
             raise TooManyMembers(f"a group holds at most {self._max_members} members")
@@ -94,6 +95,7 @@ class GroupService:
 
     async def rename(self, caller: Caller, req: rq.GroupRename) -> dict[str, Any]:
         entry = await self._group(req.conv, caller, *MANAGERS)
+        await self._chat.content.check(caller.user, "group.name", req.conv, [req.name])
         await self._apply(
             caller,
             entry,

@@ -158,6 +158,15 @@ class CardChange:
     now: int
     outbox: OutboxEntry | None = None
     timers: tuple[tuple[str, int], ...] | None = None  # None: keep; else replace pending ones
+    audit: AuditEntry | None = None  # recorded in the same transaction
+
+
+@dataclass(slots=True, frozen=True)
+class AuditEntry:
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any]
 
 
 @dataclass(slots=True, frozen=True)

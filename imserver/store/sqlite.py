@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from imserver.audit.sqlite_log import SqliteAuditLog, create_schema
 from imserver.errors import NoSuchConversation, NoSuchMessage, NotMember, TooManyMembers
 from imserver.store.records import (
     ROLE_MEMBER,
@@ -106,7 +107,12 @@ class SqliteStore(SqliteCardsMixin, SqliteDeadlinesMixin, SqliteDirectoryMixin):
     """``Store`` on a local SQLite file."""
 
     def __init__(
-        self, path: Path, *, synchronous: str = "FULL", group_commit_max: int = 512
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        group_commit_max: int = 512,
+        audit_algorithm: str = "sha256",
     ) -> None:
         self._path = path
         self._synchronous = synchronous.upper()
@@ -116,6 +122,9 @@ class SqliteStore(SqliteCardsMixin, SqliteDeadlinesMixin, SqliteDirectoryMixin):
         self._reader = SqliteThread("sqlite-reader", self._connect_reader, batch=64, write=False)
         self._open = False
         self._insert = _insert_message
+        #: The hash-chained audit log lives in the same database, so a change
+        #: and its audit record commit (or roll back) together.
+        self.audit = SqliteAuditLog(self._write, self._read, algorithm=audit_algorithm)
 
     # -- lifecycle -----------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -131,6 +140,7 @@ class SqliteStore(SqliteCardsMixin, SqliteDeadlinesMixin, SqliteDirectoryMixin):
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         applied = migrate(conn)
+        create_schema(conn)  # the audit table and its append-only triggers
         if applied:
             log.info("sqlite store %s: applied schema migrations %s", self._path, applied)
         return conn

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from imserver.audit.sqlite_log import SqliteAuditLog
 from imserver.store.records import (
     ROLE_MEMBER,
     AppRecord,
@@ -98,6 +99,7 @@ class SqliteCardsMixin:
     _write: Callable[[Job], Awaitable[Any]]
     _read: Callable[[Job], Awaitable[Any]]
     _insert: Callable[[sqlite3.Connection, NewMessage], Message]
+    audit: SqliteAuditLog
 
     # -- apps ----------------------------------------------------------------
     async def upsert_app(self, app: AppRecord, now: int) -> None:
@@ -254,6 +256,9 @@ class SqliteCardsMixin:
             _set_pending(conn, change.card_id, change.pending, change.doc.get("due_at"))
             if change.timers is not None:
                 _set_timers(conn, change.card_id, change.timers)
+            if change.audit is not None:
+                a = change.audit
+                self.audit.append_in(conn, change.now, a.actor, a.action, a.target, a.details)
             if change.outbox is not None:
                 o = change.outbox
                 conn.execute(

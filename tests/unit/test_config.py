@@ -429,7 +429,17 @@ def test_config_error_message_names_key() -> None:
 
 def test_section_dataclasses_are_the_sections() -> None:
     names = [f.name for f in dataclasses.fields(Config)]
-    assert names == ["server", "store", "bus", "auth", "limits", "gateway", "chat", "cards"]
+    assert names == [
+        "server",
+        "store",
+        "bus",
+        "auth",
+        "limits",
+        "gateway",
+        "chat",
+        "cards",
+        "security",
+    ]
     c = Config()
     assert isinstance(c.server, ServerConfig)
     assert isinstance(c.store, StoreConfig)
