@@ -33,8 +33,15 @@ from imserver.dlp import ClassifiedGuard
 from imserver.gateway.dispatch import Dispatcher
 from imserver.gateway.server import Gateway
 from imserver.http.admin_auth import DIRECTORY_STORE
-from imserver.http.api import build_http_app
-from imserver.http.cards_api import CARD_STORE, CARDS, CARDS_CONFIG, NONCES, WAKE, add_card_routes
+from imserver.http.api import TRAIL, build_http_app
+from imserver.http.cards_api import (
+    CARD_STORE,
+    CARDS,
+    CARDS_CONFIG,
+    NONCES,
+    WAKE,
+    add_card_routes,
+)
 from imserver.http.directory_api import DIRECTORY, add_directory_routes
 from imserver.hub import Hub
 from imserver.metrics import Metrics
@@ -126,6 +133,7 @@ def build_world(config: Config) -> World:
     http_app[NONCES] = NonceCache(config.cards.signature_window_s)
     http_app[CARDS_CONFIG] = config.cards
     http_app[WAKE] = callbacks.wake
+    http_app[TRAIL] = trail
     add_card_routes(http_app)
     directory = DirectoryService(store, bus)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from imserver.audit_trail import AuditTrail
 from imserver.errors import Forbidden, ImError, InvalidField, NotAuthenticated, TokenInvalid
 from imserver.metrics import Metrics
 from imserver.protocol.fields import FILE_ID_RE, is_user_id
@@ -26,6 +27,7 @@ FILES = web.AppKey("files", FileService)
 STORE = web.AppKey("store", object)
 METRICS = web.AppKey("metrics", Metrics)
 ADMIN_KEY = web.AppKey("admin_key", str)
+TRAIL = web.AppKey("audit_trail", AuditTrail)  # set by the composition root
 
 
 def error_response(err: ImError) -> web.Response:
@@ -133,6 +135,12 @@ async def admin_upsert_users(request: web.Request) -> web.Response:
         rows.append((uid, name))
     store: Store = request.app[STORE]  # type: ignore[assignment]
     count = await store.upsert_users(rows, int(time.time() * 1000))
+    await request.app[TRAIL].record(
+        "admin-key",
+        "admin.users_upsert",
+        "users",
+        {"count": count, "ids": [r[0] for r in rows[:100]]},
+    )
     return web.json_response({"upserted": count})
 
 

@@ -14,7 +14,7 @@ from imserver.appauth import NonceCache, verify_app_request
 from imserver.config import CardsConfig
 from imserver.directory.model import UNIT_ID_RE
 from imserver.errors import Forbidden, InvalidField, NoSuchCallback, NotAuthenticated
-from imserver.http.api import ADMIN_KEY, SIGNER, user_claims
+from imserver.http.api import ADMIN_KEY, SIGNER, TRAIL, user_claims
 from imserver.protocol.fields import APP_ID_RE, is_user_id
 from imserver.services.caller import Caller
 from imserver.store.records import AppRecord
@@ -165,6 +165,12 @@ async def admin_upsert_app(request: web.Request) -> web.Response:
     check_admin(request, request.app[ADMIN_KEY])
     app = parse_app(await _json(await request.read()))
     await _store(request).upsert_app(app, int(time.time() * 1000))
+    await request.app[TRAIL].record(
+        "admin-key",
+        "admin.app_upsert",
+        app.app_id,
+        {"callback_url": app.callback_url, "scope": list(app.scope)},
+    )
     return web.json_response({"app_id": app.app_id}, status=201)
 
 
@@ -198,6 +204,9 @@ async def admin_retry_callback(request: web.Request) -> web.Response:
     if item is None:
         raise NoSuchCallback("no such callback")
     await store.retry_callback(item.id, int(time.time() * 1000))
+    await request.app[TRAIL].record(
+        "admin-key", "admin.callback_retry", item.card_id, {"action_id": item.action_id}
+    )
     await request.app[CARDS].set_callback_state(item.card_id, "pending")
     request.app[WAKE]()  # type: ignore[operator]
     return web.json_response(

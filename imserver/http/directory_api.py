@@ -11,7 +11,7 @@ from aiohttp import web
 from imserver.directory.model import SENSITIVE_PROFILE_KEYS, UNIT_ID_RE
 from imserver.errors import InvalidField, NoSuchUser
 from imserver.http.admin_auth import DIRECTORY_STORE, AdminContext, admin_context
-from imserver.http.api import ADMIN_KEY, SIGNER
+from imserver.http.api import ADMIN_KEY, SIGNER, TRAIL
 from imserver.masking import mask
 from imserver.protocol.fields import is_user_id
 from imserver.services.directory import DirectoryService
@@ -53,6 +53,12 @@ async def sync(request: web.Request) -> web.Response:
             yield chunk
 
     report = await request.app[DIRECTORY].sync(chunks(), full=mode == "full")
+    await request.app[TRAIL].record(
+        "admin-key",
+        "directory.sync",
+        mode,
+        {**report.to_json(), "removed_users": report.removed_users[:1000]},
+    )
     return web.json_response({"mode": mode, **report.to_json()})
 
 
@@ -109,10 +115,13 @@ async def grant(request: web.Request) -> web.Response:
     store = request.app[DIRECTORY_STORE]
     if await store.member_profile(user) is None:
         raise NoSuchUser(f"no user {user!r}")
+    actor = ctx.user or "admin-key"
     if request.method == "DELETE":
         removed = await store.revoke_admin(user, unit_id)
+        await request.app[TRAIL].record(actor, "admin.revoke", user, {"unit": unit_id})
         return web.json_response({"user": user, "unit": unit_id, "revoked": removed})
     await store.grant_admin(user, unit_id, int(time.time() * 1000))
+    await request.app[TRAIL].record(actor, "admin.grant", user, {"unit": unit_id})
     return web.json_response({"user": user, "unit": unit_id, "granted": True}, status=201)
 
 
