@@ -30,6 +30,7 @@ from imserver.bus.base import (
 from imserver.bus.local import LocalBus
 from imserver.config import Config
 from imserver.dlp import ClassifiedGuard
+from imserver.field_protection import build_protector
 from imserver.gateway.dispatch import Dispatcher
 from imserver.gateway.server import Gateway
 from imserver.http.admin_auth import DIRECTORY_STORE
@@ -106,6 +107,8 @@ def build_world(config: Config) -> World:
         group_commit_max=config.store.group_commit_max,
         audit_algorithm=config.security.audit_algorithm,
     )
+    protector = build_protector(config)
+    store.doc_protector = protector  # sensitive card fields sealed at rest
     bus: Bus = LocalBus()
     hub = Hub(metrics)
     signer = TokenSigner(load_or_create_secret(config.auth.secret, config.data_path))
@@ -135,7 +138,7 @@ def build_world(config: Config) -> World:
     http_app[WAKE] = callbacks.wake
     http_app[TRAIL] = trail
     add_card_routes(http_app)
-    directory = DirectoryService(store, bus)
+    directory = DirectoryService(store, bus, sealer=protector)
 
     async def remove_from_groups(users: list[str]) -> None:
         for user in users:

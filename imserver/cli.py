@@ -117,6 +117,49 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_keys_add(args: argparse.Namespace) -> int:
+    """Append a new field-encryption key and make it active (restart, then rotate)."""
+    from imserver.field_protection import add_key
+
+    config = _load(args.config)
+    key_id = add_key(config, args.algorithm)
+    print(f"added key {key_id} ({args.algorithm}); it is now active.")
+    print("restart the server, then run: python -m imserver keys rotate")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """Re-encrypt every sealed value with the active key."""
+    from imserver.field_protection import build_protector
+    from imserver.store.sqlite import SqliteStore
+
+    config = _load(args.config)
+    protector = build_protector(config)
+
+    async def run() -> tuple[int, int]:
+        store = SqliteStore(config.sqlite_file, synchronous=config.store.sqlite_synchronous)
+        await store.open()
+        try:
+            result = await store.rotate_sealed(protector)
+            await store.audit.append(
+                int(time.time() * 1000),
+                "operator",
+                "keys.rotate",
+                protector.keyring.active_key_id,
+                {"profiles": result[0], "cards": result[1]},
+            )
+            return result
+        finally:
+            await store.close()
+
+    profiles, cards = asyncio.run(run())
+    print(
+        f"re-encrypted {profiles} profile(s) and {cards} card(s) with key "
+        f"{protector.keyring.active_key_id}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m imserver", description=__doc__)
     p.add_argument("--config", help="TOML config file (default: config/default.toml)")
@@ -146,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     av = asub.add_parser("verify", help="check the hash chain; names the first broken record")
     av.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     av.set_defaults(func=cmd_audit_verify)
+    k = sub.add_parser("keys", help="field-encryption keys")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    ka = ksub.add_parser("add", help="add a new active key to <data_dir>/field.keys")
+    ka.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    ka.add_argument("--algorithm", choices=("aes-256-gcm", "sm4-gcm"), default="aes-256-gcm")
+    ka.set_defaults(func=cmd_keys_add)
+    kr = ksub.add_parser("rotate", help="re-encrypt sealed values with the active key")
+    kr.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    kr.set_defaults(func=cmd_keys_rotate)
     return p
 
 

@@ -120,6 +120,10 @@ class SecurityConfig:
     audit_algorithm: str = "sha256"  # or "sm3" (national standard hash)
     dlp_enabled: bool = True
     dlp_patterns: tuple[str, ...] = ()  # empty: the built-in classification-mark rules
+    field_cipher: str = "aes-256-gcm"  # or "sm4-gcm", for keys generated into the data dir
+    field_keys: str = ""  # "id:algorithm:base64key,..."; empty: <data_dir>/field.keys
+    field_key_active: str = ""  # with field_keys: the id new values are sealed with
+    field_index_key: str = ""  # base64; empty: <data_dir>/field-index.key
 
 
 @dataclass(slots=True, frozen=True)
@@ -337,6 +341,10 @@ def _validate(c: Config) -> None:
         raise ConfigError("cards.callback_backoff_max_s", "must be >= callback_backoff_initial_s")
     if c.security.audit_algorithm not in ("sha256", "sm3"):
         raise ConfigError("security.audit_algorithm", "must be sha256 or sm3")
+    if c.security.field_cipher not in ("aes-256-gcm", "sm4-gcm"):
+        raise ConfigError("security.field_cipher", "must be aes-256-gcm or sm4-gcm")
+    if c.security.field_keys and not c.security.field_key_active:
+        raise ConfigError("security.field_key_active", "name the active key of field_keys")
     if c.security.dlp_patterns:
         from imserver.dlp import ClassifiedGuard
 

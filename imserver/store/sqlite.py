@@ -32,6 +32,7 @@ from imserver.store.records import (
 from imserver.store.sqlite_cards import SqliteCardsMixin
 from imserver.store.sqlite_deadlines import SqliteDeadlinesMixin
 from imserver.store.sqlite_directory import SqliteDirectoryMixin
+from imserver.store.sqlite_rotation import SqliteRotationMixin
 from imserver.store.sqlite_schema import migrate
 from imserver.store.sqlite_worker import SqliteThread
 
@@ -103,7 +104,9 @@ def _create_dm(conn: sqlite3.Connection, conv: str, parties: tuple[str, str], no
     conn.executemany(_ADD_MEMBER, [(conv, u, ROLE_MEMBER) for u in parties])
 
 
-class SqliteStore(SqliteCardsMixin, SqliteDeadlinesMixin, SqliteDirectoryMixin):
+class SqliteStore(
+    SqliteCardsMixin, SqliteDeadlinesMixin, SqliteDirectoryMixin, SqliteRotationMixin
+):
     """``Store`` on a local SQLite file."""
 
     def __init__(

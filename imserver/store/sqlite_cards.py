@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from dataclasses import replace
+from typing import Any, Protocol
 
 import orjson
 
@@ -31,6 +32,12 @@ _CARD_COLUMNS = (
 _OUTBOX_COLUMNS = "id, app_id, card_id, action_id, payload, state, attempts, next_at, last_error"
 
 Job = Callable[[sqlite3.Connection], Any]
+
+
+class DocProtector(Protocol):
+    def seal_doc(self, card_id: str, doc: dict[str, Any]) -> dict[str, Any]: ...
+
+    def open_doc(self, card_id: str, doc: dict[str, Any]) -> dict[str, Any]: ...
 
 
 def _card(row: tuple[Any, ...]) -> CardRecord:
@@ -100,6 +107,19 @@ class SqliteCardsMixin:
     _read: Callable[[Job], Awaitable[Any]]
     _insert: Callable[[sqlite3.Connection, NewMessage], Message]
     audit: SqliteAuditLog
+    #: Seals sensitive card fields at rest (``FieldProtector``); None: stored clear.
+    doc_protector: DocProtector | None = None
+
+    def _seal_doc(self, card_id: str, doc: dict[str, Any]) -> dict[str, Any]:
+        p = self.doc_protector
+        return doc if p is None else p.seal_doc(card_id, doc)
+
+    def _card_record(self, row: tuple[Any, ...]) -> CardRecord:
+        card = _card(row)
+        p = self.doc_protector
+        if p is None:
+            return card
+        return replace(card, doc=p.open_doc(card.id, card.doc))
 
     # -- apps ----------------------------------------------------------------
     async def upsert_app(self, app: AppRecord, now: int) -> None:
@@ -150,7 +170,7 @@ class SqliteCardsMixin:
                 (card.app_id, card.doc["out_track_id"]),
             ).fetchone()
             if row is not None:
-                return _card(row), [], True
+                return self._card_record(row), [], True
             gseq = _next_gseq(conn)
             conn.execute(
                 f"INSERT INTO cards ({_CARD_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?, ?, 'ok', ?, ?)",
@@ -159,7 +179,7 @@ class SqliteCardsMixin:
                     card.app_id,
                     card.doc["out_track_id"],
                     gseq,
-                    orjson.dumps(card.doc),
+                    orjson.dumps(self._seal_doc(card.id, card.doc)),
                     orjson.dumps(card.approval),
                     card.now,
                     card.now,
@@ -195,7 +215,7 @@ class SqliteCardsMixin:
         def job(conn: sqlite3.Connection) -> CardRecord | None:
             row = conn.execute(f"SELECT {_CARD_COLUMNS} FROM cards WHERE id = ?", (card_id,))
             found = row.fetchone()
-            return None if found is None else _card(found)
+            return None if found is None else self._card_record(found)
 
         result: CardRecord | None = await self._read(job)
         return result
@@ -206,7 +226,7 @@ class SqliteCardsMixin:
                 f"SELECT {_CARD_COLUMNS} FROM cards WHERE app_id = ? AND out_track_id = ?",
                 (app_id, out_track_id),
             ).fetchone()
-            return None if row is None else _card(row)
+            return None if row is None else self._card_record(row)
 
         result: CardRecord | None = await self._read(job)
         return result
@@ -222,7 +242,7 @@ class SqliteCardsMixin:
                 for row in conn.execute(
                     f"SELECT {_CARD_COLUMNS} FROM cards WHERE id IN ({marks})", chunk
                 ):
-                    out[row[0]] = _card(row)
+                    out[row[0]] = self._card_record(row)
             return out
 
         result: dict[str, CardRecord] = await self._read(job)
@@ -243,7 +263,7 @@ class SqliteCardsMixin:
                 f" RETURNING {_CARD_COLUMNS}",
                 (
                     gseq,
-                    orjson.dumps(change.doc),
+                    orjson.dumps(self._seal_doc(change.card_id, change.doc)),
                     orjson.dumps(change.approval),
                     change.callback,
                     change.now,
@@ -273,7 +293,7 @@ class SqliteCardsMixin:
                         change.now,
                     ),
                 )
-            return _card(row)
+            return self._card_record(row)
 
         try:
             result: CardRecord = await self._write(job)
@@ -299,7 +319,7 @@ class SqliteCardsMixin:
                 " WHERE h.user = ? AND c.gseq > ? ORDER BY c.gseq LIMIT ?",
                 (user, after_gseq, limit),
             )
-            return [_card(r) for r in rows]
+            return [self._card_record(r) for r in rows]
 
         result: list[CardRecord] = await self._read(job)
         return result
@@ -317,7 +337,7 @@ class SqliteCardsMixin:
                 " ORDER BY p.due_at IS NULL, p.due_at, c.created_at LIMIT ?",
                 (user, limit),
             )
-            return [_card(r) for r in rows], int(total)
+            return [self._card_record(r) for r in rows], int(total)
 
         result: tuple[list[CardRecord], int] = await self._read(job)
         return result
