@@ -119,7 +119,8 @@ class DeadlineScheduler:
         if msg is not None:
             wire = msg.to_wire()
             fresh = await self._store.get_card(card.id)
-            wire["body"] = {"card_id": card.id, "card": self._cards.view(fresh or card)}
+            reveal = bool(await self._cards.revealed([boss]))
+            wire["body"] = {"card_id": card.id, "card": self._cards.view(fresh or card, reveal)}
             await self._chat.publish_wire(wire, (boss,), kind="card")
         waiting = "、".join(pending) or "—"
         await self._notify(

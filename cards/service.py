@@ -43,6 +43,7 @@ from imserver.errors import (
     TooManyMembers,
     VersionConflict,
 )
+from imserver.masking import PII_READ
 from imserver.metrics import Metrics
 from imserver.protocol.fields import Fields
 from imserver.protocol.frames import event_frame
@@ -117,23 +118,45 @@ class CardService:
             reveal=reveal,
         )
 
-    async def enrich(self, messages: list[dict[str, Any]]) -> None:
+    async def revealed(self, users: list[str] | tuple[str, ...]) -> set[str]:
+        """Who among ``users`` may see sensitive values unmasked (scope ``pii:read``)."""
+        return await self._store.users_with_scope(users, PII_READ) if users else set()
+
+    async def enrich(self, messages: list[dict[str, Any]], viewer: str) -> None:
         """Attach each card message's latest view (sync and history show the current card)."""
         ids = [m["body"]["card_id"] for m in messages if m["kind"] == "card" and m["body"]]
         if not ids:
             return
         cards = await self._store.cards_by_ids(ids)
+        reveal = bool(await self.revealed([viewer]))
         for m in messages:
             if m["kind"] == "card" and m["body"]:
                 card = cards.get(m["body"]["card_id"])
                 if card is not None:
-                    m["body"] = {"card_id": card.id, "card": self.view(card)}
+                    m["body"] = {"card_id": card.id, "card": self.view(card, reveal)}
+
+    async def _publish_views(
+        self, card: CardRecord, users: list[str] | tuple[str, ...], build: Any
+    ) -> None:
+        """Publish ``build(view)`` to ``users``: one masked and one clear variant at most.
+
+        Each variant is encoded once for all its recipients; only cards with
+        sensitive fields need the second one.
+        """
+        clear: set[str] = set()
+        if any(f["sensitive"] for f in card.doc["fields"]):
+            clear = await self.revealed(users)
+        masked = [u for u in users if u not in clear]
+        for recipients, reveal in ((masked, False), (sorted(clear), True)):
+            if recipients:
+                await self._bus.publish(
+                    TOPIC_DELIVER,
+                    {"recipients": recipients, "frame": build(self.view(card, reveal))},
+                )
 
     async def _fan_out(self, card: CardRecord, holders: list[str] | None = None) -> None:
         users = holders if holders is not None else await self._store.card_holders(card.id)
-        await self._bus.publish(
-            TOPIC_DELIVER, {"recipients": users, "frame": event_frame("card", self.view(card))}
-        )
+        await self._publish_views(card, users, lambda view: event_frame("card", view))
 
     async def _todo_changed(self, card_id: str, before: set[str], after: set[str]) -> None:
         for users, pending in ((sorted(after - before), True), (sorted(before - after), False)):
@@ -291,7 +314,6 @@ class CardService:
             convs,
         )
         if not duplicate:
-            view = self.view(card)
             for msg in stored:
                 recipients = (
                     (msg.conv.split(":", 2)[2],)
@@ -299,8 +321,14 @@ class CardService:
                     else next(ms for g, ms in groups if g == msg.conv)
                 )
                 wire = msg.to_wire()
-                wire["body"] = {"card_id": card.id, "card": view}
-                await self._chat.publish_wire(wire, recipients, kind="card")
+
+                def frame(view: dict[str, Any], wire: dict[str, Any] = wire) -> dict[str, Any]:
+                    return event_frame(
+                        "message", {**wire, "body": {"card_id": view["card_id"], "card": view}}
+                    )
+
+                self._metrics.messages.labels("card").inc()
+                await self._publish_views(card, recipients, frame)
             await self._todo_changed(card.id, set(), set(actionable_by(approval)))
         return {
             "card_id": card.id,
@@ -473,7 +501,8 @@ class CardService:
         return card
 
     async def get(self, caller: Caller, card_id: str) -> dict[str, Any]:
-        return self.view(await self._holder_card(caller, card_id))
+        card = await self._holder_card(caller, card_id)
+        return self.view(card, bool(await self.revealed([caller.user])))
 
     async def act(
         self, caller: Caller, card_id: str, action: str, action_id: str, inputs: Any
@@ -560,14 +589,20 @@ class CardService:
         cards, total = await self._store.todo_cards(caller.user, limit)
         now = now_ms(self._clock)
         overdue = sum(1 for c in cards if c.doc.get("due_at") is not None and c.doc["due_at"] < now)
-        return {"total": total, "overdue": overdue, "cards": [self.view(c) for c in cards]}
+        reveal = bool(await self.revealed([caller.user]))
+        return {
+            "total": total,
+            "overdue": overdue,
+            "cards": [self.view(c, reveal) for c in cards],
+        }
 
     async def changed_since(self, caller: Caller, cursor: int, limit: int) -> dict[str, Any]:
         cards = await self._store.cards_changed_for(caller.user, cursor, limit + 1)
         more = len(cards) > limit
         cards = cards[:limit]
+        reveal = bool(await self.revealed([caller.user]))
         return {
-            "cards": [self.view(c) for c in cards],
+            "cards": [self.view(c, reveal) for c in cards],
             "cards_cursor": cards[-1].gseq if cards else cursor,
             "cards_more": more,
         }

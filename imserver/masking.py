@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import re
 
+#: The scope whose holders see sensitive values unmasked.
+PII_READ = "pii:read"
+
 _PHONE = re.compile(r"1\d{10}")
 _ID_CARD = re.compile(r"\d{17}[\dXx]")
 

@@ -12,7 +12,7 @@ from imserver.directory.model import SENSITIVE_PROFILE_KEYS, UNIT_ID_RE
 from imserver.errors import InvalidField, NoSuchUser
 from imserver.http.admin_auth import DIRECTORY_STORE, AdminContext, admin_context
 from imserver.http.api import ADMIN_KEY, SIGNER, TRAIL
-from imserver.masking import mask
+from imserver.masking import PII_READ, mask
 from imserver.protocol.fields import is_user_id
 from imserver.services.directory import DirectoryService
 
@@ -95,7 +95,12 @@ async def get_user(request: web.Request) -> web.Response:
     if not ctx.super and not any(ctx.covers(u) for u in units.values()):
         raise NoSuchUser(f"no user {user!r}")  # outside the scope: not even its existence
     fields = directory.sealer_open(profile)
-    shown = {k: mask(v) if k in SENSITIVE_PROFILE_KEYS else v for k, v in fields.items()}
+    reveal = ctx.super or bool(
+        ctx.user and await request.app[DIRECTORY_STORE].users_with_scope([ctx.user], PII_READ)
+    )
+    shown = {
+        k: mask(v) if k in SENSITIVE_PROFILE_KEYS and not reveal else v for k, v in fields.items()
+    }
     return web.json_response(
         {"user": user, "name": profile.name, "profile": shown, "units": placement}
     )
@@ -123,6 +128,30 @@ async def grant(request: web.Request) -> web.Response:
     await store.grant_admin(user, unit_id, int(time.time() * 1000))
     await request.app[TRAIL].record(actor, "admin.grant", user, {"unit": unit_id})
     return web.json_response({"user": user, "unit": unit_id, "granted": True}, status=201)
+
+
+async def scopes(request: web.Request) -> web.Response:
+    """Grant (POST) or withdraw (DELETE) a user scope; only ``pii:read`` exists today."""
+    ctx = await _admin(request)
+    ctx.require_super()
+    body = await _body(request)
+    user, scope = body.get("user"), body.get("scope")
+    if not is_user_id(user):
+        raise InvalidField("'user' must be a user id", field="user")
+    if scope != PII_READ:
+        raise InvalidField(f"'scope' must be {PII_READ!r}", field="scope")
+    assert isinstance(user, str)
+    granted = request.method == "POST"
+    changed = await request.app[DIRECTORY_STORE].set_scope(
+        user, PII_READ, granted, int(time.time() * 1000)
+    )
+    await request.app[TRAIL].record(
+        "admin-key",
+        "admin.scope_grant" if granted else "admin.scope_revoke",
+        user,
+        {"scope": scope},
+    )
+    return web.json_response({"user": user, "scope": scope, "granted": granted, "changed": changed})
 
 
 async def whoami(request: web.Request) -> web.Response:
@@ -155,3 +184,5 @@ def add_directory_routes(app: web.Application) -> None:
     r.add_post("/admin/v1/admins", grant)
     r.add_delete("/admin/v1/admins", grant)
     r.add_get("/admin/v1/whoami", whoami)
+    r.add_post("/admin/v1/scopes", scopes)
+    r.add_delete("/admin/v1/scopes", scopes)

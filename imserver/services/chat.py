@@ -61,7 +61,7 @@ class ChatService:
         self._clock = clock
         #: Completes message objects read from the store (cards attach their
         #: latest view); set by the composition root.
-        self.enricher: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
+        self.enricher: Callable[[list[dict[str, Any]], str], Awaitable[None]] | None = None
         self.content = content
 
     async def publish_message(self, message: Message, recipients: tuple[str, ...]) -> None:
@@ -77,10 +77,10 @@ class ChatService:
             {"recipients": list(recipients), "frame": event_frame("message", wire)},
         )
 
-    async def _wire(self, messages: list[Message]) -> list[dict[str, Any]]:
+    async def _wire(self, messages: list[Message], viewer: str) -> list[dict[str, Any]]:
         out = [m.to_wire() for m in messages]
         if self.enricher is not None:
-            await self.enricher(out)
+            await self.enricher(out, viewer)
         return out
 
     # -- sending -------------------------------------------------------------
@@ -221,7 +221,7 @@ class ChatService:
                     "last_seq": st.last_seq,
                     "read_seq": st.read_seq,
                     "unread": max(0, st.last_seq - st.read_seq),
-                    "messages": await self._wire(messages),
+                    "messages": await self._wire(messages, caller.user),
                     "more": conv_more,
                 }
             )
@@ -231,7 +231,7 @@ class ChatService:
         await self._members.require_member(req.conv, caller.user)
         messages = await self._store.messages_before(req.conv, req.before_seq, req.limit)
         more = bool(messages) and messages[0].seq > 1
-        return {"messages": await self._wire(messages), "more": more}
+        return {"messages": await self._wire(messages, caller.user), "more": more}
 
     async def read(self, caller: Caller, req: rq.Read) -> dict[str, Any]:
         entry = await self._members.require_member(req.conv, caller.user)

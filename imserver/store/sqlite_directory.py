@@ -434,3 +434,40 @@ class SqliteDirectoryMixin:
 
         result: list[Unit] = await self._read(job)
         return result
+
+    # -- user scopes (e.g. pii:read) -------------------------------------------
+    async def set_scope(self, user: str, scope: str, granted: bool, now: int) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            if granted:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO user_scopes (user, scope, granted_at) VALUES (?, ?, ?)",
+                    (user, scope, now),
+                )
+            else:
+                cur = conn.execute(
+                    "DELETE FROM user_scopes WHERE user = ? AND scope = ?", (user, scope)
+                )
+            return cur.rowcount > 0
+
+        result: bool = await self._write(job)
+        return result
+
+    async def users_with_scope(self, users: Iterable[str], scope: str) -> set[str]:
+        wanted = list(dict.fromkeys(users))
+
+        def job(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT user FROM user_scopes WHERE scope = ? AND user IN ({marks})",
+                        (scope, *chunk),
+                    )
+                )
+            return found
+
+        result: set[str] = await self._read(job)
+        return result

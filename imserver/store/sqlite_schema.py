@@ -207,6 +207,18 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         INSERT INTO counters VALUES ('directory_sync', 0);
         """,
     ),
+    (
+        5,
+        "user scopes (pii:read)",
+        """
+        CREATE TABLE user_scopes (
+            user        TEXT NOT NULL,
+            scope       TEXT NOT NULL,
+            granted_at  INTEGER NOT NULL,
+            PRIMARY KEY (user, scope)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 
