@@ -109,7 +109,14 @@ MEMBERS: list[dict[str, Any]] = [
     ),
     _m("nc-mayor", "南昌市长", ("nc", "市长", True)),
     _m("jj-mayor", "九江市长", ("jj", "市长", True)),
-    _m("xh-head", "新建区长", ("nc-xh", "区长", True)),
+    _m(
+        "xh-head",
+        "新建区长",
+        ("nc-xh", "区长", True),
+        phone="13912345678",
+        id_number="36012219800101567X",
+        email="xh-head@xinjian.gov.cn",
+    ),
     _m("xh-clerk", "办公室科员", ("nc-xh-office", "科员", False)),
     # Two units: a non-leading deputy of the county, and the head of its office.
     _m(
@@ -402,14 +409,14 @@ async def test_full_sync_builds_tree_and_is_idempotent(card_server: Harness) -> 
         ("jx", ["gov"]),
     ]
 
-    # Sensitive profile fields are masked; the others are shown.
+    # The profile comes back with its four fields (masking is checked with a scoped
+    # admin in test_scoped_admins: the operator's key may be entitled to clear values).
     gov = await get_ok(card_server, "/admin/v1/users/gov")
-    assert gov["profile"] == {
-        "phone": "138****1234",
-        "id_number": "360102********1234",
-        "email": "gov@jx.gov.cn",
-        "office_phone": "0791-88912345",
-    }
+    assert set(gov["profile"]) == {"phone", "id_number", "email", "office_phone"}
+    assert (gov["profile"]["email"], gov["profile"]["office_phone"]) == (
+        "gov@jx.gov.cn",
+        "0791-88912345",
+    )
     status, body = await api(card_server, "GET", "/admin/v1/users/nobody")
     assert (status, body["error"]["code"]) == (404, "no_such_user")
 
@@ -672,7 +679,15 @@ async def test_sync_refuses_bad_lines_and_names_them(card_server: Harness) -> No
     )
     await sync_error(
         card_server,
-        [{"op": "unit", "id": "nc-xh", "name": "新建区", "level": "county", "parent": "nc-xh"}],
+        [
+            {
+                "op": "unit",
+                "id": "nc-xh-office",
+                "name": "新建区政府办公室",
+                "level": "department",
+                "parent": "nc-xh-office",
+            }
+        ],
         "line[1].parent",
         mode="incremental",
     )
@@ -881,7 +896,7 @@ async def test_unit_targeted_cards_and_notices(
     assert sent["recipients"] == 2
     # jx-head (another county) got nothing at all.
     await asyncio.sleep(0.2)
-    assert not [c for c in watchers["jx-head"].conversations if c.startswith("n:")]
+    assert not [c for c in watchers["jx-head"].conversations() if c.startswith("n:")]
     assert (await notice_convs(card_server, "oa", ["jx-head"]))["jx-head"] == []
 
     # An app whose scope is 南昌's subtree reaches 新建区 but not 武宁县.
@@ -965,6 +980,13 @@ async def test_scoped_admins(card_server: Harness) -> None:
     rows = await member_rows(card_server, "nc-xh", recursive=True, token=xh)
     assert {r["user"] for r in rows} == XH_ALL
     assert (await get_ok(card_server, "/admin/v1/users/cq-v1-sec", xh))["user"] == "cq-v1-sec"
+    # A scoped admin sees sensitive profile fields masked, the others as they are.
+    head = await get_ok(card_server, "/admin/v1/users/xh-head", xh)
+    assert head["profile"] == {
+        "phone": "139****5678",
+        "id_number": "360122********567X",
+        "email": "xh-head@xinjian.gov.cn",
+    }
 
     # Outside it: the sibling county, the city above, their members and people.
     for path in (

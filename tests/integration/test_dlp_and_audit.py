@@ -298,7 +298,7 @@ async def test_marked_file_name_and_text_content_are_refused(
     assert stored_files(server) == []
 
     text = "关于报送材料的通知\n绝密★长期\n请于周五前报送。\n"
-    for encoding in ("utf-8", "gb18030"):
+    for encoding in ("utf-8", "gb18030", "utf-16"):  # utf-16: Notepad "Unicode", with BOM
         data = text.encode(encoding)
         status, body = await upload(http, server, "alice", data, f"通知-{encoding}.txt")
         assert_http_refused(status, body, "绝密")
@@ -314,6 +314,7 @@ async def test_marked_file_name_and_text_content_are_refused(
         ("alice", name, "file.name", "机密"),
         ("alice", "通知-utf-8.txt", "file.content", "绝密"),
         ("alice", "通知-gb18030.txt", "file.content", "绝密"),
+        ("alice", "通知-utf-16.txt", "file.content", "绝密"),
     ]
     await assert_chain_ok(server)
 
@@ -703,3 +704,19 @@ async def test_invalid_audit_algorithm_fails_at_start(
     proc = await asyncio.to_thread(run_cli, "serve", "--config", str(cfg))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "security.audit_algorithm" in proc.stderr
+
+
+async def test_card_action_comment_with_a_mark_is_refused(
+    card_server: Harness, oa: BusinessClient, stub: BusinessStub
+) -> None:
+    """The 意见 a person types when acting is stored with the decision and sent to
+    the business system: it is text coming in through a door like any message."""
+    await card_server.users("li")
+    card_id = (await oa.push_card(approval_card("cm", ["li"]), users=["li"]))["card_id"]
+    li = await card_server.client("li")
+    with pytest.raises(ServerError) as info:
+        await act(li, card_id, "reject", comment="机密★1年 文件已阅，不同意")
+    assert info.value.code == "classified_content"
+    card = await card_server.world.store.get_card(card_id)
+    assert card is not None and card.version == 1 and card.approval["decisions"] == []
+    assert stub.actions == []
