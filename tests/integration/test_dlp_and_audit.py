@@ -448,6 +448,22 @@ async def test_marked_notices_are_refused(card_server: Harness, oa: BusinessClie
     ]
 
 
+async def test_card_action_comment_with_a_mark_is_refused(
+    card_server: Harness, oa: BusinessClient, stub: BusinessStub
+) -> None:
+    """The 意见 a person types when acting is stored with the decision and sent to
+    the business system: it is text coming in through a door like any message."""
+    await card_server.users("li")
+    card_id = (await oa.push_card(approval_card("cm", ["li"]), users=["li"]))["card_id"]
+    li = await card_server.client("li")
+    with pytest.raises(ServerError) as info:
+        await act(li, card_id, "reject", comment="机密★1年 文件已阅，不同意")
+    assert info.value.code == "classified_content"
+    card = await card_server.world.store.get_card(card_id)
+    assert card is not None and card.version == 1 and card.approval["decisions"] == []
+    assert stub.actions == []
+
+
 # --------------------------------------------------------------------------- 5. configuration
 
 
@@ -474,9 +490,9 @@ async def test_custom_patterns_replace_the_defaults(start_server: StartServer) -
 
 
 async def test_invalid_custom_pattern_fails_at_start(start_server: StartServer) -> None:
-    with pytest.raises((ConfigError, ValueError)) as info:
+    with pytest.raises(ConfigError) as info:
         await start_server(security={"dlp_patterns": ["("]})
-    assert "(" in str(info.value)
+    assert info.value.key == "security.dlp_patterns" and "'('" in str(info.value)
 
 
 # --------------------------------------------------------------------------- 6-8. audit
@@ -704,19 +720,3 @@ async def test_invalid_audit_algorithm_fails_at_start(
     proc = await asyncio.to_thread(run_cli, "serve", "--config", str(cfg))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "security.audit_algorithm" in proc.stderr
-
-
-async def test_card_action_comment_with_a_mark_is_refused(
-    card_server: Harness, oa: BusinessClient, stub: BusinessStub
-) -> None:
-    """The 意见 a person types when acting is stored with the decision and sent to
-    the business system: it is text coming in through a door like any message."""
-    await card_server.users("li")
-    card_id = (await oa.push_card(approval_card("cm", ["li"]), users=["li"]))["card_id"]
-    li = await card_server.client("li")
-    with pytest.raises(ServerError) as info:
-        await act(li, card_id, "reject", comment="机密★1年 文件已阅，不同意")
-    assert info.value.code == "classified_content"
-    card = await card_server.world.store.get_card(card_id)
-    assert card is not None and card.version == 1 and card.approval["decisions"] == []
-    assert stub.actions == []
