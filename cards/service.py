@@ -513,6 +513,7 @@ class CardService:
             if spec is None:
                 raise InvalidField(f"this card has no action {action!r}", field="action")
             values = check_inputs(card.doc, action, inputs)
+            await self._chat.content.check(caller.user, "card.inputs", card.id, values.values())
             approval = approval_from_json(card.doc, card.approval)
             now = now_ms(self._clock)
             outcome = decide(

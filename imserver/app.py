@@ -36,6 +36,7 @@ from imserver.gateway.server import Gateway
 from imserver.http.admin_auth import DIRECTORY_STORE
 from imserver.http.api import TRAIL, build_http_app
 from imserver.http.cards_api import (
+    APP_LIMITER,
     CARD_STORE,
     CARDS,
     CARDS_CONFIG,
@@ -46,6 +47,7 @@ from imserver.http.cards_api import (
 from imserver.http.directory_api import DIRECTORY, add_directory_routes
 from imserver.hub import Hub
 from imserver.metrics import Metrics
+from imserver.ratelimit import RateLimiter
 from imserver.services.chat import ChatService
 from imserver.services.content_policy import ContentPolicy
 from imserver.services.ding import DingService
@@ -136,6 +138,7 @@ def build_world(config: Config) -> World:
     http_app[NONCES] = NonceCache(config.cards.signature_window_s)
     http_app[CARDS_CONFIG] = config.cards
     http_app[WAKE] = callbacks.wake
+    http_app[APP_LIMITER] = RateLimiter(config.cards.app_requests_per_s, config.cards.app_burst)
     http_app[TRAIL] = trail
     add_card_routes(http_app)
     directory = DirectoryService(store, bus, sealer=protector)

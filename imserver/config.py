@@ -80,6 +80,8 @@ class LimitsConfig:
     sync_page_conversations: int = 50
     history_page_max: int = 100
     presence_subscriptions: int = 500
+    user_requests_per_s: float = 20.0  # per user, over all their devices, on one node
+    user_burst: int = 60
 
 
 @dataclass(slots=True, frozen=True)
@@ -113,6 +115,8 @@ class CardsConfig:
     max_card_bytes: int = 32768
     max_recipients: int = 10000
     reminder_offsets_s: tuple[int, ...] = (3600, 600)  # reminders this long before due_at
+    app_requests_per_s: float = 50.0  # signed app requests, per app, on one node
+    app_burst: int = 200
 
 
 @dataclass(slots=True, frozen=True)

@@ -166,6 +166,10 @@ class ClassifiedContent(ImError):
     code, http_status = "classified_content", 403
 
 
+class RateLimited(ImError):
+    code, http_status = "rate_limited", 429
+
+
 class Internal(ImError):
     code, http_status = "internal", 500
 

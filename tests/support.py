@@ -28,6 +28,9 @@ def make_test_config(data_dir: Path, overrides: dict[str, dict[str, Any]] | None
     sections: dict[str, dict[str, Any]] = {
         "server": {"data_dir": str(data_dir), "ws_port": 0, "http_port": 0, "use_uvloop": False},
         "store": {"sqlite_synchronous": "NORMAL"},
+        # Rate limits are tested on their own; elsewhere they must not interfere.
+        "limits": {"user_requests_per_s": 1e6, "user_burst": 1_000_000},
+        "cards": {"app_requests_per_s": 1e6, "app_burst": 1_000_000},
     }
     for name, values in (overrides or {}).items():
         sections.setdefault(name, {}).update(values)

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.typing import Subprotocol
 
 from imserver.config import Config
-from imserver.errors import ImError, Internal, NotAuthenticated, TokenInvalid
+from imserver.errors import ImError, Internal, NotAuthenticated, RateLimited, TokenInvalid
 from imserver.gateway.dispatch import Dispatcher
 from imserver.gateway.session import Session
 from imserver.hub import Hub
@@ -34,6 +34,7 @@ from imserver.protocol.frames import (
     pong_frame,
     result_frame,
 )
+from imserver.ratelimit import RateLimiter
 from imserver.services.presence import PresenceService
 from imserver.store.base import Store
 from imserver.tokens import TokenClaims, TokenSigner
@@ -74,6 +75,7 @@ class Gateway:
         self._store = store
         self._metrics = metrics
         self._server: Server | None = None
+        self._limiter = RateLimiter(config.limits.user_requests_per_s, config.limits.user_burst)
         self._sweeper: asyncio.Task[None] | None = None
         self.port = 0
 
@@ -195,6 +197,12 @@ class Gateway:
                     rid = rq.request_id(frame)
                     rid, req = rq.parse_request(frame, limits)
                     metrics.requests.labels(frame["type"]).inc()
+                    wait = self._limiter.take(session.user, time.monotonic())
+                    if wait:
+                        raise RateLimited(
+                            "too many requests; slow down",
+                            details={"retry_after_ms": int(wait * 1000) + 1},
+                        )
                     if isinstance(req, rq.Ping):
                         session.send_frame(pong_frame(rid))
                         continue

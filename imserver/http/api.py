@@ -36,7 +36,10 @@ def error_response(err: ImError) -> web.Response:
         error["field"] = err.field
     if err.details:
         error["details"] = err.details
-    return web.json_response({"error": error}, status=err.http_status)
+    headers = {}
+    if err.details and "retry_after_ms" in err.details:
+        headers["Retry-After"] = str(max(1, -(-int(err.details["retry_after_ms"]) // 1000)))
+    return web.json_response({"error": error}, status=err.http_status, headers=headers)
 
 
 @web.middleware

@@ -13,9 +13,10 @@ from cards.service import CardService, FullStore
 from imserver.appauth import NonceCache, verify_app_request
 from imserver.config import CardsConfig
 from imserver.directory.model import UNIT_ID_RE
-from imserver.errors import Forbidden, InvalidField, NoSuchCallback, NotAuthenticated
+from imserver.errors import Forbidden, InvalidField, NoSuchCallback, NotAuthenticated, RateLimited
 from imserver.http.api import ADMIN_KEY, SIGNER, TRAIL, user_claims
 from imserver.protocol.fields import APP_ID_RE, is_user_id
+from imserver.ratelimit import RateLimiter
 from imserver.services.caller import Caller
 from imserver.store.records import AppRecord
 
@@ -24,6 +25,7 @@ CARD_STORE = web.AppKey("card_store", object)
 NONCES = web.AppKey("nonces", NonceCache)
 CARDS_CONFIG = web.AppKey("cards_config", CardsConfig)
 WAKE = web.AppKey("wake_callbacks", object)
+APP_LIMITER = web.AppKey("app_limiter", RateLimiter)
 
 
 def _store(request: web.Request) -> FullStore:
@@ -48,6 +50,12 @@ async def _app(request: web.Request) -> tuple[AppRecord, Any]:
         request.app[NONCES],
         request.app[CARDS_CONFIG].signature_window_s,
     )
+    wait = request.app[APP_LIMITER].take(app.app_id, time.monotonic())
+    if wait:
+        raise RateLimited(
+            f"app {app.app_id} sends too many requests",
+            details={"retry_after_ms": int(wait * 1000) + 1},
+        )
     return app, await _json(raw)
 
 

@@ -92,8 +92,11 @@ async def get_user(request: web.Request) -> web.Response:
     if profile is None or (not ctx.super and not placement):
         raise NoSuchUser(f"no user {user!r}")
     units = await request.app[DIRECTORY_STORE].units_by_ids(p["unit"]["id"] for p in placement)
-    if not ctx.super and not any(ctx.covers(u) for u in units.values()):
-        raise NoSuchUser(f"no user {user!r}")  # outside the scope: not even its existence
+    if not ctx.super:
+        # A scoped admin sees only the memberships inside their subtrees.
+        placement = [p for p in placement if ctx.covers(units[p["unit"]["id"]])]
+        if not placement:
+            raise NoSuchUser(f"no user {user!r}")  # outside the scope: not even its existence
     fields = directory.sealer_open(profile)
     reveal = ctx.super or bool(
         ctx.user and await request.app[DIRECTORY_STORE].users_with_scope([ctx.user], PII_READ)

@@ -29,13 +29,16 @@ def result_frame(rid: RequestId, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def error_frame(rid: RequestId, err: ImError) -> dict[str, Any]:
-    return {
+    frame: dict[str, Any] = {
         "type": "error",
         "id": rid,
         "code": err.code,
         "message": err.message,
         "field": err.field,
     }
+    if err.details:
+        frame["details"] = err.details
+    return frame
 
 
 def event_frame(event: str, data: dict[str, Any]) -> dict[str, Any]:

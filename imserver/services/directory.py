@@ -56,7 +56,11 @@ class DirectoryStore(Protocol):
     async def begin_directory_sync(self) -> int: ...
 
     async def apply_directory_batch(
-        self, ops: list[tuple[int, SyncOp, dict[str, str] | None, str]], gen: int, now: int
+        self,
+        ops: list[tuple[int, SyncOp, dict[str, str] | None, str]],
+        gen: int,
+        now: int,
+        full: bool = False,
     ) -> SyncReport: ...
 
     async def sweep_directory(self, gen: int) -> SyncReport: ...
@@ -68,7 +72,7 @@ class DirectoryStore(Protocol):
     async def subtree(self, path: str, max_depth: int, limit: int) -> list[Unit]: ...
 
     async def unit_members(
-        self, path: str, recursive: bool, after: str, limit: int
+        self, path: str, recursive: bool, after: tuple[str, str], limit: int
     ) -> list[UnitMemberRow]: ...
 
     async def unit_recipients(self, targets: Any) -> set[str]: ...
@@ -133,10 +137,10 @@ class DirectoryService:
             else:
                 batch.append((n, op, None, ""))
             if len(batch) >= BATCH:
-                report.add(await self._store.apply_directory_batch(batch, gen, now))
+                report.add(await self._store.apply_directory_batch(batch, gen, now, full))
                 batch = []
         if batch:
-            report.add(await self._store.apply_directory_batch(batch, gen, now))
+            report.add(await self._store.apply_directory_batch(batch, gen, now, full))
         if full:
             report.add(await self._store.sweep_directory(gen))
         if report.removed_users:
@@ -160,7 +164,8 @@ class DirectoryService:
         return [unit_json(u) for u in await self._store.subtree(unit.path, depth, limit)]
 
     async def members(self, unit: Unit, recursive: bool, after: str, limit: int) -> dict[str, Any]:
-        rows = await self._store.unit_members(unit.path, recursive, after, limit + 1)
+        user, _, path = after.partition("|")
+        rows = await self._store.unit_members(unit.path, recursive, (user, path), limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return {
@@ -174,7 +179,8 @@ class DirectoryService:
                 }
                 for r in rows
             ],
-            "next_after": rows[-1].user if more and rows else None,
+            # An opaque cursor: "user|unit path" (a person may have rows in two units).
+            "next_after": f"{rows[-1].user}|{rows[-1].path}" if more and rows else None,
         }
 
     async def placement(self, user: str) -> list[dict[str, Any]]:

@@ -16,10 +16,32 @@ from pathlib import Path
 from typing import BinaryIO
 
 from imserver.config import LimitsConfig
-from imserver.errors import ClassifiedContent, FileTooLarge, FileTypeNotAllowed, NoSuchFile
+from imserver.errors import FileTooLarge, FileTypeNotAllowed, NoSuchFile
 from imserver.services.content_policy import ContentPolicy
 from imserver.store.base import Store
 from imserver.store.records import FileMeta
+
+SNIFF_BYTES = 8192
+
+
+def looks_like_text(path: str) -> bool:
+    """Whatever the client called it: no NUL bytes, and the start decodes as text.
+
+    The content guard must not depend on the Content-Type a client chose.
+    """
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    if not head or b"\x00" in head:
+        return False
+    for encoding in ("utf-8", "gb18030"):
+        try:
+            head.decode(encoding)
+        except UnicodeDecodeError as e:
+            if e.start >= len(head) - 4:  # a character cut at the sniff boundary
+                return True
+            continue
+        return True
+    return False
 
 
 class FileService:
@@ -72,15 +94,14 @@ class FileService:
                     # Page-cache writes of <= 64 KiB are quick; the fsync below is not.
                     out.write(chunk)
                 file_id = digest.hexdigest()
+                out.flush()
+                # Scanned before it is stored: a refusal leaves no file behind and
+                # never touches an identical file someone else stored earlier.
+                if mime.startswith("text/") or await asyncio.to_thread(looks_like_text, tmp_name):
+                    await self._content.check_file(user, name, Path(tmp_name))
                 await asyncio.to_thread(self._commit, out, tmp_name, file_id)
         finally:
             await asyncio.to_thread(Path(tmp_name).unlink, missing_ok=True)
-        if mime.startswith("text/"):
-            try:
-                await self._content.check_file(user, name, self.path_of(file_id))
-            except ClassifiedContent:
-                await asyncio.to_thread(self.path_of(file_id).unlink, missing_ok=True)
-                raise
         meta = FileMeta(id=file_id, size=size, mime=mime, created_at=int(self._clock() * 1000))
         await self._store.record_file(meta, user)
         stored = await self._store.get_file(file_id)

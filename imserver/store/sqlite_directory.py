@@ -50,6 +50,7 @@ class UnitMemberRow:
     unit: str
     title: str
     leader: bool
+    path: str = ""
 
 
 def _unit(row: tuple[Any, ...]) -> Unit:
@@ -114,6 +115,7 @@ class SqliteDirectoryMixin:
         ops: list[tuple[int, SyncOp, dict[str, str] | None, str]],
         gen: int,
         now: int,
+        full: bool = False,
     ) -> SyncReport:
         """Apply ``(line, op, stored_profile, profile_digest)`` in one transaction.
 
@@ -128,7 +130,7 @@ class SqliteDirectoryMixin:
                 if isinstance(op, UnitOp):
                     self._apply_unit(conn, line, op, gen, now, rep)
                 elif isinstance(op, MemberOp):
-                    self._apply_member(conn, line, op, profile or {}, digest, gen, now, rep)
+                    self._apply_member(conn, line, op, profile or {}, digest, gen, now, rep, full)
                 elif isinstance(op, RemoveUnitOp):
                     row = conn.execute("SELECT path FROM units WHERE id = ?", (op.id,)).fetchone()
                     if row is not None:
@@ -169,6 +171,14 @@ class SqliteDirectoryMixin:
             )
             rep.units_created += 1
             return
+        if old.level != op.level:
+            for child, level in conn.execute(
+                "SELECT id, level FROM units WHERE parent = ?", (op.id,)
+            ).fetchall():
+                if not level_allowed(level, op.level):
+                    raise _fail(
+                        line, "level", f"its child {child!r} ({level}) cannot sit in a {op.level}"
+                    )
         if old.path != path:
             # Rewrite the whole moved subtree's paths: a prefix swap.
             conn.execute(
@@ -194,10 +204,15 @@ class SqliteDirectoryMixin:
         gen: int,
         now: int,
         rep: SyncReport,
+        full: bool,
     ) -> None:
         for i, m in enumerate(op.units):
-            if conn.execute("SELECT 1 FROM units WHERE id = ?", (m.unit,)).fetchone() is None:
+            row = conn.execute("SELECT sync_gen FROM units WHERE id = ?", (m.unit,)).fetchone()
+            if row is None:
                 raise _fail(line, f"units[{i}].unit", f"{m.unit!r} is not a known unit")
+            if full and row[0] != gen:
+                # The sweep would remove the unit and silently drop this membership.
+                raise _fail(line, f"units[{i}].unit", f"{m.unit!r} is not in this full sync")
         row = conn.execute(
             "SELECT name, profile_digest, disabled FROM users WHERE id = ?", (op.user,)
         ).fetchone()
@@ -316,21 +331,22 @@ class SqliteDirectoryMixin:
         return result
 
     async def unit_members(
-        self, path: str, recursive: bool, after: str, limit: int
+        self, path: str, recursive: bool, after: tuple[str, str], limit: int
     ) -> list[UnitMemberRow]:
-        """Active members of the unit (and its subtree), by user id, after ``after``."""
+        """Active memberships in the unit (and its subtree), ordered by (user, unit
+        path), after the ``(user, path)`` cursor — one person in two units is two rows."""
 
         def job(conn: sqlite3.Connection) -> list[UnitMemberRow]:
             where = "u.path >= ? AND u.path < ?" if recursive else "u.path = ?"
             args: tuple[Any, ...] = (path, path + END) if recursive else (path,)
             rows = conn.execute(
-                "SELECT m.user, us.name, m.unit, m.title, m.leader FROM unit_members m"
+                "SELECT m.user, us.name, m.unit, m.title, m.leader, u.path FROM unit_members m"
                 " JOIN units u ON u.id = m.unit JOIN users us ON us.id = m.user"
-                f" WHERE {where} AND us.disabled = 0 AND m.user > ?"
+                f" WHERE {where} AND us.disabled = 0 AND (m.user, u.path) > (?, ?)"
                 " ORDER BY m.user, u.path LIMIT ?",
-                (*args, after, limit),
+                (*args, *after, limit),
             )
-            return [UnitMemberRow(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+            return [UnitMemberRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
 
         result: list[UnitMemberRow] = await self._read(job)
         return result

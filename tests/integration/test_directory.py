@@ -265,7 +265,7 @@ async def member_rows(
         rows.extend(page["members"])
         if page["next_after"] is None:
             return rows
-        assert page["next_after"] == page["members"][-1]["user"]
+        assert page["next_after"].startswith(page["members"][-1]["user"] + "|")  # opaque cursor
         after = page["next_after"]
     raise AssertionError("paging never ended")
 
@@ -727,6 +727,35 @@ async def test_sync_refuses_bad_lines_and_names_them(card_server: Harness) -> No
     assert await sync_ok(card_server, [dept], mode="incremental") == report(1, units={"created": 1})
 
 
+async def test_relevelling_a_unit_cannot_break_the_level_order(card_server: Harness) -> None:
+    """The level order holds for a unit's children too, not only against its parent."""
+    await load_tree(card_server)
+    # 长堎镇 (with the village 长堎村 inside) re-labelled a village: a village in a village.
+    await sync_error(
+        card_server,
+        [
+            {
+                "op": "unit",
+                "id": "nc-xh-cq",
+                "name": "长堎镇",
+                "level": "village",
+                "parent": "nc-xh",
+            }
+        ],
+        "line[1].level",
+        mode="incremental",
+    )
+    # 南昌 re-labelled a department: counties inside a department.
+    await sync_error(
+        card_server,
+        [{"op": "unit", "id": "nc", "name": "南昌市", "level": "department", "parent": "jx"}],
+        "line[1].level",
+        mode="incremental",
+    )
+    units = await units_under(card_server, "jx")
+    assert (units["nc-xh-cq"]["level"], units["nc"]["level"]) == ("township", "city")
+
+
 # -- 5. a province-sized sync ------------------------------------------------------
 
 BIG_MEMBERS = 100_000
@@ -815,7 +844,7 @@ async def test_hundred_thousand_members_in_one_streamed_sync(card_server: Harnes
     assert len(users) == BIG_MEMBERS
     assert users == [f"u{i:06d}" for i in range(BIG_MEMBERS)]  # by user id, none twice
     first_page = await get_ok(card_server, "/admin/v1/units/p/members?recursive=true&limit=5000")
-    assert first_page["next_after"] == "u004999"
+    assert first_page["next_after"].split("|")[0] == "u004999"  # opaque "user|path" cursor
     # One county: a thousandth of the province, directly.
     assert len(await member_rows(card_server, "c3-k7", recursive=False)) == 1000
     assert await member_rows(card_server, "p", recursive=False) == []

@@ -336,11 +336,12 @@ async def test_marked_text_file_without_text_mime_is_refused(
 async def test_refused_text_upload_does_not_delete_an_earlier_identical_file(
     server: Harness, http: aiohttp.ClientSession
 ) -> None:
-    """Files are stored by content hash. Bytes that were stored unscanned (as a
-    non-text type) and are then uploaded again as text/plain are refused, but the
-    refusal must not unlink the copy another upload still points at."""
+    """Files are stored by content hash. Bytes that were stored unscanned (binary:
+    a NUL byte, so not sniffed as text) and are then uploaded again as text/plain
+    are refused, but the refusal must not unlink the copy another upload still
+    points at."""
     await server.users("alice", "bob")
-    data = "机密★1年\n附件\n".encode()
+    data = "机密★1年\n附件\n".encode() + b"\x00binary"
     status, meta = await upload(http, server, "alice", data, "附件.bin", "application/pdf")
     assert status == 201, meta
     status, body = await upload(http, server, "bob", data, "附件.txt", "text/plain")
@@ -422,7 +423,8 @@ async def test_marked_callback_answer_is_not_applied(
         if card.callback != "pending":
             break
         await asyncio.sleep(0.02)
-    assert card.callback == "ok"  # delivered; the answer was dropped, not retried
+    # Delivered (so not retried), but the marked answer was dropped.
+    assert card is not None and card.callback == "ok"
     assert card.doc["title"] == "请假审批：张三 3 天"
     assert card.doc["status"]["text"] == "待审批"
     assert [r[:3] for r in await refusals(card_server)] == [("app:oa", "cb", "card")]
