@@ -37,7 +37,9 @@ class ServerProcess:
         self.config_path.write_text(
             f"[server]\nws_port = {self.ws_port}\nhttp_port = {self.http_port}\n"
             f'data_dir = "{self.data_dir}"\nuse_uvloop = true\nlog_level = "WARNING"\n'
-            '[store]\nsqlite_synchronous = "FULL"\n' + self.extra_toml
+            '[store]\nsqlite_synchronous = "FULL"\n'
+            # Rate limits have their own tests; a send storm here must not hit them.
+            "[limits]\nuser_requests_per_s = 1e6\nuser_burst = 1000000\n" + self.extra_toml
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "imserver", "serve", "--config", str(self.config_path)],
