@@ -34,7 +34,7 @@ from imserver.field_protection import build_protector
 from imserver.gateway.dispatch import Dispatcher
 from imserver.gateway.server import Gateway
 from imserver.http.admin_auth import DIRECTORY_STORE
-from imserver.http.api import TRAIL, build_http_app
+from imserver.http.api import IDENTITY, TRAIL, build_http_app
 from imserver.http.cards_api import (
     APP_LIMITER,
     CARD_STORE,
@@ -54,6 +54,7 @@ from imserver.services.ding import DingService
 from imserver.services.directory import DirectoryService
 from imserver.services.files import FileService
 from imserver.services.groups import GroupService
+from imserver.services.identity import IdentityService
 from imserver.services.membership import MembershipCache
 from imserver.services.presence import LocalPresence, PresenceService
 from imserver.store.sqlite import SqliteStore
@@ -81,6 +82,7 @@ class World:
     dings: DingService
     directory: DirectoryService
     trail: AuditTrail
+    identity: IdentityService
     gateway: Gateway
     http_app: web.Application
     http_runner: web.AppRunner | None = None
@@ -131,13 +133,15 @@ def build_world(config: Config) -> World:
     deadlines = DeadlineScheduler(store, cards, chat)
     dings = DingService(store, bus, members, config.chat)
     dispatcher = Dispatcher(chat, groups, presence, cards, dings)
-    gateway = Gateway(config, hub, presence, dispatcher, signer, store, metrics)
+    identity = IdentityService(store, bus, signer, config.auth, trail)
+    gateway = Gateway(config, hub, presence, dispatcher, signer, store, metrics, identity)
     http_app = build_http_app(signer, files, store, metrics, config.auth.admin_api_key)
     http_app[CARDS] = cards
     http_app[CARD_STORE] = store
     http_app[NONCES] = NonceCache(config.cards.signature_window_s)
     http_app[CARDS_CONFIG] = config.cards
     http_app[WAKE] = callbacks.wake
+    http_app[IDENTITY] = identity
     http_app[APP_LIMITER] = RateLimiter(config.cards.app_requests_per_s, config.cards.app_burst)
     http_app[TRAIL] = trail
     add_card_routes(http_app)
@@ -173,6 +177,7 @@ def build_world(config: Config) -> World:
         dings=dings,
         directory=directory,
         trail=trail,
+        identity=identity,
         gateway=gateway,
         http_app=http_app,
     )

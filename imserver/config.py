@@ -50,7 +50,9 @@ class BusConfig:
 @dataclass(slots=True, frozen=True)
 class AuthConfig:
     secret: str = ""  # empty: generated once into <data_dir>/secret.key
-    token_ttl_s: int = 3600
+    token_ttl_s: int = 3600  # tokens minted by the CLI (development)
+    access_ttl_s: int = 900  # access tokens issued to an identity app: short-lived
+    refresh_ttl_s: int = 30 * 24 * 3600
     auth_timeout_s: float = 5.0
     admin_api_key: str = ""  # empty: admin HTTP API disabled
 
@@ -322,6 +324,8 @@ def _validate(c: Config) -> None:
             "auth.secret", "must be at least 32 characters (or empty to generate one)"
         )
     positive("auth.token_ttl_s", c.auth.token_ttl_s)
+    positive("auth.access_ttl_s", c.auth.access_ttl_s)
+    positive("auth.refresh_ttl_s", c.auth.refresh_ttl_s)
     positive("auth.auth_timeout_s", c.auth.auth_timeout_s)
     if c.auth.admin_api_key and len(c.auth.admin_api_key) < 16:
         raise ConfigError("auth.admin_api_key", "must be at least 16 characters (or empty)")

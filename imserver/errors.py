@@ -62,6 +62,10 @@ class TokenExpired(ImError):
     code, http_status = "token_expired", 401
 
 
+class TokenRevoked(ImError):
+    code, http_status = "token_revoked", 401
+
+
 class NoSuchUser(ImError):
     code, http_status = "no_such_user", 404
 

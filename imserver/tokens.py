@@ -26,9 +26,10 @@ LEEWAY_S = 5
 class TokenClaims:
     user: str
     device: str
-    issued_at: int
-    expires_at: int
+    issued_at: int  # s
+    expires_at: int  # s
     token_id: str
+    issued_at_ms: int = 0  # precise issue time: a revocation refuses tokens issued before it
 
 
 class TokenSigner:
@@ -44,8 +45,10 @@ class TokenSigner:
             raise ValueError(f"invalid user id {user!r}")
         if not is_user_id(device):
             raise ValueError(f"invalid device id {device!r}")
-        iat = int(time.time() if now is None else now)
+        moment = time.time() if now is None else now
+        iat = int(moment)
         claims = {
+            "ims": int(moment * 1000),  # issued-at in ms: revocations compare against it
             "sub": user,
             "dev": device,
             "typ": "user",
@@ -79,6 +82,7 @@ class TokenSigner:
             issued_at=int(claims["iat"]),
             expires_at=int(claims["exp"]),
             token_id=str(claims.get("jti", "")),
+            issued_at_ms=int(claims.get("ims", int(claims["iat"]) * 1000)),
         )
 
 

@@ -35,6 +35,7 @@ from imserver.protocol.frames import (
     result_frame,
 )
 from imserver.ratelimit import RateLimiter
+from imserver.services.identity import IdentityService
 from imserver.services.presence import PresenceService
 from imserver.store.base import Store
 from imserver.tokens import TokenClaims, TokenSigner
@@ -64,7 +65,9 @@ class Gateway:
         signer: TokenSigner,
         store: Store,
         metrics: Metrics,
+        identity: IdentityService,
     ) -> None:
+        self._identity = identity
         self._config = config
         self._limits = config.limits
         self._gw = config.gateway
@@ -155,6 +158,7 @@ class Gateway:
             claims = self._signer.verify(req.token)
             if not await self._store.existing_users([claims.user]):
                 raise TokenInvalid("token rejected: unknown user")
+            await self._identity.check(claims)
         except ImError as e:
             session.send_frame(error_frame(rid, e))
             await session.close_and_wait(CLOSE_AUTH_FAILED, e.code)

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from imserver.directory.model import Unit
 from imserver.errors import Forbidden, NotAuthenticated
+from imserver.http.api import IDENTITY
 from imserver.store.sqlite_directory import SqliteDirectoryMixin
 from imserver.tokens import TokenSigner
 
@@ -47,6 +48,7 @@ async def admin_context(request: web.Request, admin_key: str, signer: TokenSigne
     if admin_key and hmac.compare_digest(given.encode(), admin_key.encode()):
         return AdminContext(True, None, ())
     claims = signer.verify(given)  # TokenInvalid / TokenExpired for anything else
+    await request.app[IDENTITY].check(claims)
     scopes = await request.app[DIRECTORY_STORE].admin_scopes(claims.user)
     if not scopes:
         raise Forbidden("you are not an administrator")

@@ -15,6 +15,7 @@ from imserver.errors import Forbidden, ImError, InvalidField, NotAuthenticated, 
 from imserver.metrics import Metrics
 from imserver.protocol.fields import FILE_ID_RE, is_user_id
 from imserver.services.files import FileService
+from imserver.services.identity import IdentityService
 from imserver.store.base import Store
 from imserver.tokens import TokenClaims, TokenSigner
 
@@ -28,6 +29,7 @@ STORE = web.AppKey("store", object)
 METRICS = web.AppKey("metrics", Metrics)
 ADMIN_KEY = web.AppKey("admin_key", str)
 TRAIL = web.AppKey("audit_trail", AuditTrail)  # set by the composition root
+IDENTITY = web.AppKey("identity", IdentityService)
 
 
 def error_response(err: ImError) -> web.Response:
@@ -72,6 +74,7 @@ async def user_claims(request: web.Request, signer: TokenSigner) -> TokenClaims:
     store: Store = request.app[STORE]  # type: ignore[assignment]
     if not await store.existing_users([claims.user]):
         raise TokenInvalid("token rejected: unknown user")
+    await request.app[IDENTITY].check(claims)
     return claims
 
 

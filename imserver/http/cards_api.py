@@ -14,7 +14,7 @@ from imserver.appauth import NonceCache, verify_app_request
 from imserver.config import CardsConfig
 from imserver.directory.model import UNIT_ID_RE
 from imserver.errors import Forbidden, InvalidField, NoSuchCallback, NotAuthenticated, RateLimited
-from imserver.http.api import ADMIN_KEY, SIGNER, TRAIL, user_claims
+from imserver.http.api import ADMIN_KEY, IDENTITY, SIGNER, TRAIL, user_claims
 from imserver.protocol.fields import APP_ID_RE, is_user_id
 from imserver.ratelimit import RateLimiter
 from imserver.services.caller import Caller
@@ -26,6 +26,8 @@ NONCES = web.AppKey("nonces", NonceCache)
 CARDS_CONFIG = web.AppKey("cards_config", CardsConfig)
 WAKE = web.AppKey("wake_callbacks", object)
 APP_LIMITER = web.AppKey("app_limiter", RateLimiter)
+#: "tokens": the app is the identity service and may issue user tokens.
+APP_PERMISSIONS = ("tokens",)
 
 
 def _store(request: web.Request) -> FullStore:
@@ -166,7 +168,13 @@ def parse_app(value: Any, path: str = "app") -> AppRecord:
                 f"{path}.scope[{i}] must be '*', 'user:<id>', 'group:<conv>' or 'unit:<id>'",
                 field=f"{path}.scope[{i}]",
             )
-    return AppRecord(app_id, name, secret, url, tuple(scope))
+    permissions = value.get("permissions", [])
+    if not isinstance(permissions, list) or any(p not in APP_PERMISSIONS for p in permissions):
+        raise InvalidField(
+            f"{path}.permissions must be a list of {', '.join(APP_PERMISSIONS)}",
+            field=f"{path}.permissions",
+        )
+    return AppRecord(app_id, name, secret, url, tuple(scope), tuple(dict.fromkeys(permissions)))
 
 
 async def admin_upsert_app(request: web.Request) -> web.Response:
@@ -222,12 +230,26 @@ async def admin_retry_callback(request: web.Request) -> web.Response:
     )
 
 
+async def issue_tokens(request: web.Request) -> web.Response:
+    """The identity app asks for a user's tokens (signed; needs the "tokens" permission)."""
+    app, body = await _app(request)
+    return web.json_response(await request.app[IDENTITY].issue(app, body), status=201)
+
+
+async def refresh_tokens(request: web.Request) -> web.Response:
+    """A client trades its refresh token for a new pair (no other credential)."""
+    body = await _json(await request.read())
+    return web.json_response(await request.app[IDENTITY].refresh(body))
+
+
 def add_card_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/api/v1/apps/cards", push_card)
     r.add_patch("/api/v1/apps/cards/{out_track_id}", update_card)
     r.add_get("/api/v1/apps/cards/{out_track_id}", get_card)
     r.add_post("/api/v1/apps/notices", send_notice)
+    r.add_post("/api/v1/apps/tokens", issue_tokens)
+    r.add_post("/api/v1/tokens/refresh", refresh_tokens)
     r.add_get("/api/v1/apps/notices/{notice_id}/ding", notice_ding)
     r.add_post("/api/v1/cards/{card_id}/act", act)
     r.add_get("/api/v1/todo", todo)

@@ -11,7 +11,7 @@ from aiohttp import web
 from imserver.directory.model import SENSITIVE_PROFILE_KEYS, UNIT_ID_RE
 from imserver.errors import InvalidField, NoSuchUser
 from imserver.http.admin_auth import DIRECTORY_STORE, AdminContext, admin_context
-from imserver.http.api import ADMIN_KEY, SIGNER, TRAIL
+from imserver.http.api import ADMIN_KEY, IDENTITY, SIGNER, TRAIL
 from imserver.masking import PII_READ, mask
 from imserver.protocol.fields import is_user_id
 from imserver.services.directory import DirectoryService
@@ -157,6 +157,25 @@ async def scopes(request: web.Request) -> web.Response:
     return web.json_response({"user": user, "scope": scope, "granted": granted, "changed": changed})
 
 
+async def revoke(request: web.Request) -> web.Response:
+    """Sign a user (or one device) out everywhere: tokens refused, sockets closed."""
+    ctx = await _admin(request)
+    body = await _body(request)
+    user, device = body.get("user"), body.get("device")
+    if not is_user_id(user):
+        raise InvalidField("'user' must be a user id", field="user")
+    if device is not None and not is_user_id(device):
+        raise InvalidField("'device' must be a device id", field="device")
+    assert isinstance(user, str)
+    if not ctx.super:
+        placement = await request.app[DIRECTORY].placement(user)
+        units = await request.app[DIRECTORY_STORE].units_by_ids(p["unit"]["id"] for p in placement)
+        if not any(ctx.covers(u) for u in units.values()):
+            raise NoSuchUser(f"no user {user!r}")
+    await request.app[IDENTITY].revoke(ctx.user or "admin-key", user, device, reason="admin")
+    return web.json_response({"user": user, "device": device, "revoked": True})
+
+
 async def whoami(request: web.Request) -> web.Response:
     ctx = await _admin(request)
     return web.json_response(
@@ -187,5 +206,6 @@ def add_directory_routes(app: web.Application) -> None:
     r.add_post("/admin/v1/admins", grant)
     r.add_delete("/admin/v1/admins", grant)
     r.add_get("/admin/v1/whoami", whoami)
+    r.add_post("/admin/v1/revoke", revoke)
     r.add_post("/admin/v1/scopes", scopes)
     r.add_delete("/admin/v1/scopes", scopes)

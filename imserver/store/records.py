@@ -116,7 +116,8 @@ class AppRecord:
     name: str
     secret: str
     callback_url: str
-    scope: tuple[str, ...]  # "*", "user:<id>", "group:<conv>"
+    scope: tuple[str, ...]  # "*", "user:<id>", "group:<conv>", "unit:<id>"
+    permissions: tuple[str, ...] = ()  # "tokens": may issue user tokens (an identity app)
 
 
 @dataclass(slots=True, frozen=True)

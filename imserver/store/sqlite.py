@@ -32,6 +32,7 @@ from imserver.store.records import (
 from imserver.store.sqlite_cards import SqliteCardsMixin
 from imserver.store.sqlite_deadlines import SqliteDeadlinesMixin
 from imserver.store.sqlite_directory import SqliteDirectoryMixin
+from imserver.store.sqlite_identity import SqliteIdentityMixin
 from imserver.store.sqlite_rotation import SqliteRotationMixin
 from imserver.store.sqlite_schema import migrate
 from imserver.store.sqlite_worker import SqliteThread
@@ -105,7 +106,11 @@ def _create_dm(conn: sqlite3.Connection, conv: str, parties: tuple[str, str], no
 
 
 class SqliteStore(
-    SqliteCardsMixin, SqliteDeadlinesMixin, SqliteDirectoryMixin, SqliteRotationMixin
+    SqliteCardsMixin,
+    SqliteDeadlinesMixin,
+    SqliteDirectoryMixin,
+    SqliteRotationMixin,
+    SqliteIdentityMixin,
 ):
     """``Store`` on a local SQLite file."""
 

@@ -125,16 +125,18 @@ class SqliteCardsMixin:
     async def upsert_app(self, app: AppRecord, now: int) -> None:
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO apps (id, name, secret, callback_url, scope, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
+                "INSERT INTO apps (id, name, secret, callback_url, scope, permissions, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
                 " secret = excluded.secret, callback_url = excluded.callback_url,"
-                " scope = excluded.scope, updated_at = excluded.updated_at",
+                " scope = excluded.scope, permissions = excluded.permissions,"
+                " updated_at = excluded.updated_at",
                 (
                     app.app_id,
                     app.name,
                     app.secret,
                     app.callback_url,
                     orjson.dumps(list(app.scope)),
+                    orjson.dumps(list(app.permissions)),
                     now,
                 ),
             )
@@ -144,11 +146,19 @@ class SqliteCardsMixin:
     async def get_app(self, app_id: str) -> AppRecord | None:
         def job(conn: sqlite3.Connection) -> AppRecord | None:
             row = conn.execute(
-                "SELECT id, name, secret, callback_url, scope FROM apps WHERE id = ?", (app_id,)
+                "SELECT id, name, secret, callback_url, scope, permissions FROM apps WHERE id = ?",
+                (app_id,),
             ).fetchone()
             if row is None:
                 return None
-            return AppRecord(row[0], row[1], row[2], row[3], tuple(orjson.loads(row[4])))
+            return AppRecord(
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                tuple(orjson.loads(row[4])),
+                tuple(orjson.loads(row[5])),
+            )
 
         result: AppRecord | None = await self._read(job)
         return result

@@ -219,6 +219,28 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        6,
+        "identity: app permissions, refresh tokens, revocations",
+        """
+        ALTER TABLE apps ADD COLUMN permissions BLOB NOT NULL DEFAULT '[]';
+        CREATE TABLE refresh_tokens (
+            hash        TEXT PRIMARY KEY,
+            user        TEXT NOT NULL,
+            device      TEXT NOT NULL,
+            expires_at  INTEGER NOT NULL,
+            used        INTEGER NOT NULL DEFAULT 0,
+            created_at  INTEGER NOT NULL
+        );
+        CREATE INDEX refresh_tokens_by_device ON refresh_tokens (user, device);
+        CREATE TABLE revocations (
+            user        TEXT NOT NULL,
+            device      TEXT NOT NULL,
+            revoked_at  INTEGER NOT NULL,
+            PRIMARY KEY (user, device)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 
