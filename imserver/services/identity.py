@@ -72,7 +72,7 @@ class IdentityService:
 
     async def check(self, claims: TokenClaims) -> None:
         """Refuse a token issued before a revocation of its user or device."""
-        if claims.issued_at_ms < await self._store.revoked_at(claims.user, claims.device):
+        if claims.issued_at_ms <= await self._store.revoked_at(claims.user, claims.device):
             raise TokenRevoked("this token was revoked; sign in again")
 
     async def _pair(self, user: str, device: str) -> dict[str, Any]:
