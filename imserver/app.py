@@ -45,6 +45,7 @@ from imserver.http.cards_api import (
     add_card_routes,
 )
 from imserver.http.directory_api import DIRECTORY, add_directory_routes
+from imserver.http.governance_api import GOVERNANCE_STORE, GROUPS, add_governance_routes
 from imserver.hub import Hub
 from imserver.metrics import Metrics
 from imserver.ratelimit import RateLimiter
@@ -155,6 +156,9 @@ def build_world(config: Config) -> World:
     http_app[DIRECTORY] = directory
     http_app[DIRECTORY_STORE] = store
     add_directory_routes(http_app)
+    http_app[GROUPS] = groups
+    http_app[GOVERNANCE_STORE] = store
+    add_governance_routes(http_app)
     bus.subscribe(TOPIC_DELIVER, hub.on_deliver)
     bus.subscribe(TOPIC_PRESENCE, hub.on_presence)
     bus.subscribe(TOPIC_CONV_CHANGED, members.on_conv_changed)

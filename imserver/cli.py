@@ -12,6 +12,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from imserver.config import Config, load_config
 from imserver.errors import ConfigError
 
@@ -160,6 +162,46 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_governance_report(args: argparse.Namespace) -> int:
+    """Print the group governance report (JSON or CSV) for the whole tree or one unit."""
+    from imserver.governance import classify, to_csv, to_json
+    from imserver.http.governance_api import rules_from
+    from imserver.store.sqlite import SqliteStore
+
+    config = _load(args.config)
+    query = {
+        k: str(v)
+        for k, v in {
+            "zombie_days": args.zombie_days,
+            "empty_max_members": args.empty_max_members,
+            "duplicate_threshold": args.duplicate_threshold,
+            "min_age_days": args.min_age_days,
+        }.items()
+        if v is not None
+    }
+    rules = rules_from(query)
+
+    async def run() -> str:
+        store = SqliteStore(config.sqlite_file, synchronous=config.store.sqlite_synchronous)
+        await store.open()
+        try:
+            scope = None
+            if args.unit:
+                unit = await store.get_unit(args.unit)
+                if unit is None:
+                    raise SystemExit(f"error: no unit {args.unit!r}")
+                scope = [unit.path]
+            findings = classify(await store.group_stats(scope), int(time.time() * 1000), rules)
+        finally:
+            await store.close()
+        if args.format == "csv":
+            return to_csv(findings)
+        return orjson.dumps(to_json(findings), option=orjson.OPT_INDENT_2).decode()
+
+    sys.stdout.write(asyncio.run(run()) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m imserver", description=__doc__)
     p.add_argument("--config", help="TOML config file (default: config/default.toml)")
@@ -189,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     av = asub.add_parser("verify", help="check the hash chain; names the first broken record")
     av.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     av.set_defaults(func=cmd_audit_verify)
+    g = sub.add_parser("governance", help="work-group governance")
+    gsub = g.add_subparsers(dest="governance_command", required=True)
+    gr = gsub.add_parser("report", help="zombie, empty-shell and duplicate groups")
+    gr.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    gr.add_argument("--unit", help="only groups of this unit's subtree")
+    gr.add_argument("--format", choices=("json", "csv"), default="json")
+    gr.add_argument("--zombie-days", type=int)
+    gr.add_argument("--empty-max-members", type=int)
+    gr.add_argument("--duplicate-threshold", type=float)
+    gr.add_argument("--min-age-days", type=int)
+    gr.set_defaults(func=cmd_governance_report)
+
     k = sub.add_parser("keys", help="field-encryption keys")
     ksub = k.add_subparsers(dest="keys_command", required=True)
     ka = ksub.add_parser("add", help="add a new active key to <data_dir>/field.keys")

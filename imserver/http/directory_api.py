@@ -187,6 +187,11 @@ async def whoami(request: web.Request) -> web.Response:
     )
 
 
+async def read_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object body, or ``invalid_field`` (never a 500 for bad JSON)."""
+    return await _body(request)
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
         body = orjson.loads(await request.read())

@@ -93,6 +93,8 @@ class ChatService:
             kind, roles = entry.conv.kind, entry.roles
             if kind == "notice":
                 raise Forbidden("notice conversations are read-only")
+            if entry.conv.archived:
+                raise Forbidden("this group was archived by an administrator; it is read-only")
         if req.mentions:
             strangers = [u for u in req.mentions if u not in roles]
             if strangers:

@@ -13,7 +13,14 @@ from typing import Any
 
 from imserver.bus.base import TOPIC_CONV_CHANGED, Bus
 from imserver.config import Config
-from imserver.errors import Forbidden, InvalidField, NoSuchUser, NotMember, TooManyMembers
+from imserver.errors import (
+    Forbidden,
+    InvalidField,
+    NoSuchConversation,
+    NoSuchUser,
+    NotMember,
+    TooManyMembers,
+)
 from imserver.protocol import requests as rq
 from imserver.services.caller import Caller
 from imserver.services.chat import ChatService, now_ms
@@ -219,3 +226,43 @@ class GroupService:
             )
             removed += 1
         return removed
+
+    # -- governance (administrators) -------------------------------------------
+    async def archive(self, actor: str, conv: str, reason: str) -> dict[str, Any]:
+        """Make a group read-only; every member is told why."""
+        entry = await self._members.get(conv)
+        if entry is None or entry.conv.kind != "group":
+            raise NoSuchConversation(f"no group {conv}")
+        if entry.conv.archived:
+            return {"conv": conv, "archived": True, "changed": False}
+        await self._apply(
+            Caller(actor, "admin"),
+            entry,
+            MembershipChange(archive=True),
+            {"event": "group_archived", "reason": reason},
+        )
+        return {"conv": conv, "archived": True, "changed": True}
+
+    async def merge(self, actor: str, source: str, target: str) -> dict[str, Any]:
+        """Move ``source``'s members into ``target``, then archive ``source``."""
+        if source == target:
+            raise InvalidField("source and target are the same group", field="target")
+        src = await self._members.get(source)
+        dst = await self._members.get(target)
+        for conv, entry in ((source, src), (target, dst)):
+            if entry is None or entry.conv.kind != "group" or entry.conv.archived:
+                raise NoSuchConversation(f"no live group {conv}")
+        assert src is not None and dst is not None
+        new = tuple(u for u in src.users if u not in dst.roles)
+        if len(dst.roles) + len(new) > self._max_members:
+            raise TooManyMembers(f"the merged group would exceed {self._max_members} members")
+        admin = Caller(actor, "admin")
+        if new:
+            await self._apply(
+                admin,
+                dst,
+                MembershipChange(add=tuple((u, ROLE_MEMBER) for u in new)),
+                {"event": "member_added", "users": list(new), "merged_from": source},
+            )
+        await self.archive(actor, source, f"merged into {dst.conv.name} ({target})")
+        return {"source": source, "target": target, "added": list(new)}

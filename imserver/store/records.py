@@ -68,6 +68,7 @@ class Conversation:
     owner: str | None
     last_seq: int
     created_at: int
+    archived: bool = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -106,6 +107,7 @@ class MembershipChange:
     remove: tuple[str, ...] = ()
     set_roles: tuple[tuple[str, str], ...] = ()  # (user, role)
     rename: str | None = None
+    archive: bool = False
 
 
 @dataclass(slots=True, frozen=True)

@@ -32,6 +32,7 @@ from imserver.store.records import (
 from imserver.store.sqlite_cards import SqliteCardsMixin
 from imserver.store.sqlite_deadlines import SqliteDeadlinesMixin
 from imserver.store.sqlite_directory import SqliteDirectoryMixin
+from imserver.store.sqlite_governance import SqliteGovernanceMixin
 from imserver.store.sqlite_identity import SqliteIdentityMixin
 from imserver.store.sqlite_rotation import SqliteRotationMixin
 from imserver.store.sqlite_schema import migrate
@@ -39,7 +40,9 @@ from imserver.store.sqlite_worker import SqliteThread
 
 log = logging.getLogger(__name__)
 
-_CONV_SELECT = "SELECT id, kind, name, owner, last_seq, created_at FROM conversations WHERE id = ?"
+_CONV_SELECT = (
+    "SELECT id, kind, name, owner, last_seq, created_at, archived FROM conversations WHERE id = ?"
+)
 _ADD_MEMBER = "INSERT OR IGNORE INTO members (conv, user, role, read_seq) VALUES (?, ?, ?, 0)"
 _MSG_COLUMNS = "conv, seq, sender, device, kind, body, ts, client_msg_id, recalled"
 
@@ -50,7 +53,8 @@ def _message(row: tuple[Any, ...]) -> Message:
 
 
 def _conversation(row: tuple[Any, ...]) -> Conversation:
-    return Conversation(*row)
+    conv, kind, name, owner, last_seq, created_at, archived = row
+    return Conversation(conv, kind, name, owner, last_seq, created_at, bool(archived))
 
 
 def _insert_message(conn: sqlite3.Connection, new: NewMessage) -> Message:
@@ -111,6 +115,7 @@ class SqliteStore(
     SqliteDirectoryMixin,
     SqliteRotationMixin,
     SqliteIdentityMixin,
+    SqliteGovernanceMixin,
 ):
     """``Store`` on a local SQLite file."""
 
@@ -264,6 +269,8 @@ class SqliteStore(
         self, conv: str, change: MembershipChange, notice: NewMessage, max_members: int
     ) -> Message:
         def job(conn: sqlite3.Connection) -> Message:
+            if change.archive:
+                conn.execute("UPDATE conversations SET archived = 1 WHERE id = ?", (conv,))
             if change.rename is not None:
                 conn.execute(
                     "UPDATE conversations SET name = ? WHERE id = ?", (change.rename, conv)
