@@ -14,7 +14,7 @@ from imserver.appauth import NonceCache, verify_app_request
 from imserver.config import CardsConfig
 from imserver.directory.model import UNIT_ID_RE
 from imserver.errors import Forbidden, InvalidField, NoSuchCallback, NotAuthenticated, RateLimited
-from imserver.http.api import ADMIN_KEY, IDENTITY, SIGNER, TRAIL, user_claims
+from imserver.http.api import ADMIN_KEY, IDENTITY, SIGNER, TRAIL, json_response, user_claims
 from imserver.protocol.fields import APP_ID_RE, is_user_id
 from imserver.ratelimit import RateLimiter
 from imserver.services.caller import Caller
@@ -64,30 +64,30 @@ async def _app(request: web.Request) -> tuple[AppRecord, Any]:
 async def push_card(request: web.Request) -> web.Response:
     app, body = await _app(request)
     result = await request.app[CARDS].push(app, body)
-    return web.json_response(result, status=200 if result["duplicate"] else 201)
+    return json_response(result, status=200 if result["duplicate"] else 201)
 
 
 async def update_card(request: web.Request) -> web.Response:
     app, body = await _app(request)
     result = await request.app[CARDS].update(app, request.match_info["out_track_id"], body)
-    return web.json_response(result)
+    return json_response(result)
 
 
 async def get_card(request: web.Request) -> web.Response:
     app, _ = await _app(request)
-    return web.json_response(
+    return json_response(
         await request.app[CARDS].get_for_app(app, request.match_info["out_track_id"])
     )
 
 
 async def send_notice(request: web.Request) -> web.Response:
     app, body = await _app(request)
-    return web.json_response(await request.app[CARDS].notice(app, body), status=201)
+    return json_response(await request.app[CARDS].notice(app, body), status=201)
 
 
 async def notice_ding(request: web.Request) -> web.Response:
     app, _ = await _app(request)
-    return web.json_response(
+    return json_response(
         await request.app[CARDS].notice_ding_status(app, request.match_info["notice_id"])
     )
 
@@ -110,7 +110,7 @@ async def act(request: web.Request) -> web.Response:
     result = await request.app[CARDS].act(
         caller, request.match_info["card_id"], action, action_id, body.get("inputs")
     )
-    return web.json_response(result)
+    return json_response(result)
 
 
 async def todo(request: web.Request) -> web.Response:
@@ -121,7 +121,7 @@ async def todo(request: web.Request) -> web.Response:
         raise InvalidField("'limit' must be an integer", field="limit") from None
     if not 1 <= limit <= 200:
         raise InvalidField("'limit' must be 1-200", field="limit")
-    return web.json_response(await request.app[CARDS].todo(caller, limit))
+    return json_response(await request.app[CARDS].todo(caller, limit))
 
 
 # -- admin --------------------------------------------------------------------
@@ -187,7 +187,7 @@ async def admin_upsert_app(request: web.Request) -> web.Response:
         app.app_id,
         {"callback_url": app.callback_url, "scope": list(app.scope)},
     )
-    return web.json_response({"app_id": app.app_id}, status=201)
+    return json_response({"app_id": app.app_id}, status=201)
 
 
 async def admin_list_callbacks(request: web.Request) -> web.Response:
@@ -196,7 +196,7 @@ async def admin_list_callbacks(request: web.Request) -> web.Response:
     if state not in ("pending", "delivered", "failed"):
         raise InvalidField("'state' must be pending, delivered or failed", field="state")
     items = await _store(request).list_callbacks(state, 500)
-    return web.json_response(
+    return json_response(
         {
             "callbacks": [
                 {
@@ -225,21 +225,19 @@ async def admin_retry_callback(request: web.Request) -> web.Response:
     )
     await request.app[CARDS].set_callback_state(item.card_id, "pending")
     request.app[WAKE]()  # type: ignore[operator]
-    return web.json_response(
-        {"card_id": item.card_id, "action_id": item.action_id, "state": "pending"}
-    )
+    return json_response({"card_id": item.card_id, "action_id": item.action_id, "state": "pending"})
 
 
 async def issue_tokens(request: web.Request) -> web.Response:
     """The identity app asks for a user's tokens (signed; needs the "tokens" permission)."""
     app, body = await _app(request)
-    return web.json_response(await request.app[IDENTITY].issue(app, body), status=201)
+    return json_response(await request.app[IDENTITY].issue(app, body), status=201)
 
 
 async def refresh_tokens(request: web.Request) -> web.Response:
     """A client trades its refresh token for a new pair (no other credential)."""
     body = await _json(await request.read())
-    return web.json_response(await request.app[IDENTITY].refresh(body))
+    return json_response(await request.app[IDENTITY].refresh(body))
 
 
 def add_card_routes(app: web.Application) -> None:

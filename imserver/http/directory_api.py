@@ -11,7 +11,7 @@ from aiohttp import web
 from imserver.directory.model import SENSITIVE_PROFILE_KEYS, UNIT_ID_RE
 from imserver.errors import InvalidField, NoSuchUser
 from imserver.http.admin_auth import DIRECTORY_STORE, AdminContext, admin_context
-from imserver.http.api import ADMIN_KEY, IDENTITY, SIGNER, TRAIL
+from imserver.http.api import ADMIN_KEY, IDENTITY, SIGNER, TRAIL, json_response
 from imserver.masking import PII_READ, mask
 from imserver.protocol.fields import is_user_id
 from imserver.services.directory import DirectoryService
@@ -59,7 +59,7 @@ async def sync(request: web.Request) -> web.Response:
         mode,
         {**report.to_json(), "removed_users": report.removed_users[:1000]},
     )
-    return web.json_response({"mode": mode, **report.to_json()})
+    return json_response({"mode": mode, **report.to_json()})
 
 
 async def get_unit(request: web.Request) -> web.Response:
@@ -68,7 +68,7 @@ async def get_unit(request: web.Request) -> web.Response:
     unit = await directory.unit(request.match_info["unit_id"])
     ctx.require(unit)
     depth = _int(request, "depth", 1, 0, 10)
-    return web.json_response({"units": await directory.subtree(unit, depth)})
+    return json_response({"units": await directory.subtree(unit, depth)})
 
 
 async def unit_members(request: web.Request) -> web.Response:
@@ -78,9 +78,7 @@ async def unit_members(request: web.Request) -> web.Response:
     ctx.require(unit)
     limit = _int(request, "limit", 500, 1, 5000)
     after = request.query.get("after", "")
-    return web.json_response(
-        await directory.members(unit, _flag(request, "recursive"), after, limit)
-    )
+    return json_response(await directory.members(unit, _flag(request, "recursive"), after, limit))
 
 
 async def get_user(request: web.Request) -> web.Response:
@@ -104,9 +102,7 @@ async def get_user(request: web.Request) -> web.Response:
     shown = {
         k: mask(v) if k in SENSITIVE_PROFILE_KEYS and not reveal else v for k, v in fields.items()
     }
-    return web.json_response(
-        {"user": user, "name": profile.name, "profile": shown, "units": placement}
-    )
+    return json_response({"user": user, "name": profile.name, "profile": shown, "units": placement})
 
 
 async def grant(request: web.Request) -> web.Response:
@@ -127,10 +123,10 @@ async def grant(request: web.Request) -> web.Response:
     if request.method == "DELETE":
         removed = await store.revoke_admin(user, unit_id)
         await request.app[TRAIL].record(actor, "admin.revoke", user, {"unit": unit_id})
-        return web.json_response({"user": user, "unit": unit_id, "revoked": removed})
+        return json_response({"user": user, "unit": unit_id, "revoked": removed})
     await store.grant_admin(user, unit_id, int(time.time() * 1000))
     await request.app[TRAIL].record(actor, "admin.grant", user, {"unit": unit_id})
-    return web.json_response({"user": user, "unit": unit_id, "granted": True}, status=201)
+    return json_response({"user": user, "unit": unit_id, "granted": True}, status=201)
 
 
 async def scopes(request: web.Request) -> web.Response:
@@ -154,7 +150,7 @@ async def scopes(request: web.Request) -> web.Response:
         user,
         {"scope": scope},
     )
-    return web.json_response({"user": user, "scope": scope, "granted": granted, "changed": changed})
+    return json_response({"user": user, "scope": scope, "granted": granted, "changed": changed})
 
 
 async def revoke(request: web.Request) -> web.Response:
@@ -173,12 +169,12 @@ async def revoke(request: web.Request) -> web.Response:
         if not any(ctx.covers(u) for u in units.values()):
             raise NoSuchUser(f"no user {user!r}")
     await request.app[IDENTITY].revoke(ctx.user or "admin-key", user, device, reason="admin")
-    return web.json_response({"user": user, "device": device, "revoked": True})
+    return json_response({"user": user, "device": device, "revoked": True})
 
 
 async def whoami(request: web.Request) -> web.Response:
     ctx = await _admin(request)
-    return web.json_response(
+    return json_response(
         {
             "super": ctx.super,
             "user": ctx.user,

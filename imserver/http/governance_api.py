@@ -10,7 +10,7 @@ from aiohttp import web
 from imserver.errors import InvalidField, NoSuchConversation
 from imserver.governance import GovernanceRules, classify, to_csv, to_json
 from imserver.http.admin_auth import AdminContext, admin_context
-from imserver.http.api import ADMIN_KEY, SIGNER, TRAIL
+from imserver.http.api import ADMIN_KEY, SIGNER, TRAIL, json_response
 from imserver.http.directory_api import read_body as _body
 from imserver.services.groups import GroupService
 from imserver.store.sqlite_governance import SqliteGovernanceMixin
@@ -67,7 +67,7 @@ async def report(request: web.Request) -> web.StreamResponse:
             charset="utf-8",
             headers={"Content-Disposition": 'attachment; filename="group-governance.csv"'},
         )
-    return web.json_response({"groups": len(groups), "findings": to_json(findings)})
+    return json_response({"groups": len(groups), "findings": to_json(findings)})
 
 
 async def _in_scope(request: web.Request, ctx: AdminContext, conv: Any, field: str) -> str:
@@ -92,7 +92,7 @@ async def archive(request: web.Request) -> web.Response:
     actor = ctx.user or "admin-key"
     result = await request.app[GROUPS].archive(actor, conv, reason)
     await request.app[TRAIL].record(actor, "governance.archive", conv, {"reason": reason})
-    return web.json_response(result)
+    return json_response(result)
 
 
 async def merge(request: web.Request) -> web.Response:
@@ -103,7 +103,7 @@ async def merge(request: web.Request) -> web.Response:
     actor = ctx.user or "admin-key"
     result = await request.app[GROUPS].merge(actor, source, target)
     await request.app[TRAIL].record(actor, "governance.merge", source, {"target": target})
-    return web.json_response(result)
+    return json_response(result)
 
 
 def add_governance_routes(app: web.Application) -> None:
