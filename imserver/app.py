@@ -33,6 +33,7 @@ from imserver.dlp import ClassifiedGuard
 from imserver.field_protection import build_protector
 from imserver.gateway.dispatch import Dispatcher
 from imserver.gateway.server import Gateway
+from imserver.gateway.session import server_frame
 from imserver.http.admin_auth import DIRECTORY_STORE
 from imserver.http.api import IDENTITY, TRAIL, build_http_app
 from imserver.http.cards_api import (
@@ -115,7 +116,9 @@ def build_world(config: Config) -> World:
     protector = build_protector(config)
     store.doc_protector = protector  # sensitive card fields sealed at rest
     bus: Bus = LocalBus()
-    hub = Hub(metrics)
+    # The frame-once fast path needs frames that no per-connection extension
+    # rewrites: with permessage-deflate on, every socket frames for itself.
+    hub = Hub(metrics, framer=None if config.gateway.compression else server_frame)
     signer = TokenSigner(load_or_create_secret(config.auth.secret, config.data_path))
     members = MembershipCache(store)
     trail = AuditTrail(store.audit)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from imserver.metrics import Metrics
@@ -37,14 +37,22 @@ class Socket(Protocol):
     def write(self, data: bytes) -> bool:
         """Queue ``data`` without waiting; False if the socket was closed instead."""
 
+    def write_frame(self, frame: bytes) -> bool:
+        """Queue an already framed message (see ``Hub(framer=...)``)."""
+
     def close(self, code: int, reason: str) -> None: ...
 
 
 class Hub:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(
+        self, metrics: Metrics, framer: Callable[[bytes, bool], bytes] | None = None
+    ) -> None:
         self._by_user: dict[str, dict[str, Socket]] = {}
         self._watchers: defaultdict[str, set[Socket]] = defaultdict(set)
         self._metrics = metrics
+        #: Builds the transport-level frame once per codec per delivery; None:
+        #: sockets frame each message themselves (``write``).
+        self._framer = framer
 
     # -- registry ------------------------------------------------------------
     def register(self, sock: Socket) -> bool:
@@ -100,16 +108,20 @@ class Hub:
         encoded: dict[str, bytes] = {}
         writes = 0
         by_user = self._by_user
+        framer = self._framer
         for user in recipients:
             devices = by_user.get(user)
             if not devices:
                 continue
             for sock in list(devices.values()):
-                name = sock.codec.name
-                data = encoded.get(name)
+                codec = sock.codec
+                data = encoded.get(codec.name)
                 if data is None:
-                    data = encoded[name] = sock.codec.encode(frame)
-                if sock.write(data):
+                    data = codec.encode(frame)
+                    if framer is not None:
+                        data = framer(data, codec.text)
+                    encoded[codec.name] = data
+                if sock.write_frame(data) if framer is not None else sock.write(data):
                     writes += 1
         self._metrics.deliveries.inc(writes)
         return writes

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from imserver.metrics import Metrics
@@ -98,6 +99,30 @@ class Session:
         ws.send_data()
         return True
 
+    def write_frame(self, frame: bytes) -> bool:
+        """Write an already serialised WebSocket frame straight to the transport.
+
+        The fan-out fast path: the hub builds one frame per codec and every
+        socket gets the same bytes, with no per-socket framing. Safe because
+        the server never fragments messages or compresses (``compression`` is
+        off whenever the hub uses this), so websockets keeps no per-message
+        sending state that these writes could disturb.
+        """
+        if self.closed or self.ws.protocol.state is not State.OPEN:
+            return False
+        transport = self._transport
+        if transport.get_write_buffer_size() > self._buffer_limit:
+            log.warning(
+                "closing slow consumer %s/%s: %d bytes unsent",
+                self.user,
+                self.device,
+                transport.get_write_buffer_size(),
+            )
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer: reconnect and sync")
+            return False
+        transport.write(frame)
+        return True
+
     def close(self, code: int, reason: str) -> None:
         """Start closing with ``code``; no more writes reach this socket.
 
@@ -114,3 +139,8 @@ class Session:
         self.close(code, reason)
         if self._close_task is not None:
             await asyncio.shield(self._close_task)
+
+
+def server_frame(data: bytes, text: bool) -> bytes:
+    """One unmasked server-to-client WebSocket data frame (RFC 6455) for ``data``."""
+    return Frame(Opcode.TEXT if text else Opcode.BINARY, data).serialize(mask=False)
