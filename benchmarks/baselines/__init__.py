@@ -1,0 +1,1 @@
+"""Reference servers the scenarios compare imserver against."""

@@ -1,0 +1,88 @@
+"""The benchmark suite's ``--quick`` runs: they must work, not be fast.
+
+Each scenario runs as ``python -m benchmarks SCENARIO --quick`` in a
+subprocess, exactly as a person would run it, with its results written to a
+temporary directory. The numbers are only checked for sanity (something was
+delivered, the ratio is positive): CI machines are too noisy for thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.processes import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def run_quick(scenario: str, results_dir: Path, timeout: float = 80) -> dict[str, Any]:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            scenario,
+            "--quick",
+            "--quiet",
+            "--results-dir",
+            str(results_dir),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"no output; stderr:\n{proc.stderr[-4000:]}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    assert result["scenario"] == scenario
+    for key in ("timestamp", "git", "machine", "options", "metrics", "summary", "files"):
+        assert key in result, key
+    assert result["options"]["quick"] is True
+    assert result["machine"]["nproc"] >= 1
+    json_path = Path(result["files"]["json"])
+    png_path = Path(result["files"]["png"])
+    assert json_path.parent == results_dir and json_path.is_file()
+    assert png_path.parent == results_dir and png_path.stat().st_size > 1000
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(json_path.read_text())
+    assert saved["summary"] == result["summary"]
+    assert "series" in saved  # the plot data lives only in the file
+    return result
+
+
+def test_fanout_quick(tmp_path: Path) -> None:
+    s = run_quick("fanout", tmp_path)["summary"]
+    assert s["members"] == 100
+    assert s["deliveries"] > 0
+    assert s["imserver_deliveries_per_s"] > 0
+    assert s["baseline_deliveries_per_s"] > 0
+    assert s["imserver_cpu_us_per_delivery"] > 0
+    assert s["ratio_cpu_per_delivery"] > 0
+    assert 0 < s["imserver_p50_ms"] <= s["imserver_p99_ms"] <= s["imserver_max_ms"]
+
+
+def test_chat_quick(tmp_path: Path) -> None:
+    result = run_quick("chat", tmp_path)
+    s = result["summary"]
+    assert s["sent"] > 0
+    assert s["deliveries"] == s["sent"]
+    assert s["msgs_per_s"] > 0
+    assert 0 < s["ack_p50_ms"] <= s["ack_p99_ms"]
+    assert 0 < s["delivery_p50_ms"] <= s["delivery_p99_ms"]
+    assert result["metrics"]["errors"] == {}
+
+
+def test_store_quick(tmp_path: Path) -> None:
+    s = run_quick("store", tmp_path)["summary"]
+    assert s["count"] == 5000
+    assert s["msgs_per_s"] > 0
+    assert s["commits"] >= 1
+    assert s["mean_batch"] >= 1
