@@ -164,6 +164,54 @@ def cpu_between(before: CpuSample, after: CpuSample) -> dict[str, float]:
     return out
 
 
+# -- memory and limits of a process -------------------------------------------
+def proc_status_kb(pid: int) -> dict[str, int]:
+    """Memory fields of /proc/<pid>/status in KiB: VmRSS, VmHWM, RssAnon, RssFile, VmSize.
+
+    ``VmRSS`` is what the process holds in RAM (all threads); ``RssAnon`` is
+    its heap and stacks, the part that grows with connections. Kernel memory
+    for sockets (buffers, TCP state) is not in either: the kernel accounts it
+    separately (see ``/proc/net/sockstat``).
+    """
+    out: dict[str, int] = {}
+    wanted = {"VmRSS", "VmHWM", "RssAnon", "RssFile", "VmSize"}
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in wanted:
+                out[name] = int(rest.split()[0])
+    return out
+
+
+def nofile_limits(pid: int) -> tuple[int, int] | None:
+    """(soft, hard) ``Max open files`` of a running process, from /proc/<pid>/limits."""
+    try:
+        with open(f"/proc/{pid}/limits", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    soft, hard = line.split()[3:5]
+                    return (
+                        -1 if soft == "unlimited" else int(soft),
+                        -1 if hard == "unlimited" else int(hard),
+                    )
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def tcp_sockstat() -> dict[str, int]:
+    """The ``TCP:`` line of /proc/net/sockstat (inuse, orphan, tw, alloc, mem in pages)."""
+    try:
+        with open("/proc/net/sockstat", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    parts = line.split()[1:]
+                    return {parts[i]: int(parts[i + 1]) for i in range(0, len(parts) - 1, 2)}
+    except (OSError, ValueError):
+        pass
+    return {}
+
+
 # -- CPU pinning ----------------------------------------------------------------
 @dataclass(slots=True, frozen=True)
 class Pinning:
@@ -243,6 +291,63 @@ def raise_nofile_limit() -> None:
         target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+#: TCP counters that explain slow connects: a full accept queue drops SYNs
+#: (ListenOverflows/ListenDrops) and the client retransmits them after 1 s, 3 s, …
+TCP_EXT_COUNTERS = (
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPSynRetrans",
+    "SyncookiesSent",
+    "TCPReqQFullDoCookies",
+    "TCPReqQFullDrop",
+)
+
+
+def tcp_ext_counters() -> dict[str, int]:
+    """Machine-wide ``TcpExt`` counters from /proc/net/netstat (take deltas)."""
+    try:
+        with open("/proc/net/netstat", encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        if head.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            pairs = dict(zip(head.split()[1:], values.split()[1:], strict=False))
+            return {k: int(pairs[k]) for k in TCP_EXT_COUNTERS if k in pairs}
+    return {}
+
+
+def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in after if k in before}
+
+
+def listen_backlog(port: int) -> int | None:
+    """The accept-queue length of the socket listening on 127.0.0.1:``port`` (``ss``)."""
+    try:
+        out = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=5
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "LISTEN":
+            return int(parts[2])
+    return None
+
+
+def check_fd_budget(need_server: int, need_worker: int) -> dict[str, Any]:
+    """Fail early, with the fix, when the open-files limit cannot hold the sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    if soft != unlimited and soft < max(need_server, need_worker):
+        raise RuntimeError(
+            f"open-files limit {soft} (hard {hard}) is below the {max(need_server, need_worker)}"
+            " sockets needed: raise `ulimit -Hn`, or run fewer --connections or more --procs"
+        )
+    return {"soft": soft, "hard": hard}
 
 
 # -- facts for the result file --------------------------------------------------

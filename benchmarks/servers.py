@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.common import REPO, Pinning, pin_process_tree
+from benchmarks.common import REPO, Pinning, pin_process_tree, raise_nofile_limit
 
 #: Subprotocol both servers are spoken to with (the baseline ignores it).
 SUBPROTOCOL = "imserver.v1.json"
@@ -77,8 +77,11 @@ def imserver_config(
     synchronous: str,
     max_group_members: int,
     secret: str,
+    admin_api_key: str = "",
 ) -> str:
     """The TOML the benchmark runs imserver with (see README: "Server configuration")."""
+    # The admin HTTP API (registering apps) only where a scenario needs it.
+    admin = f'admin_api_key = "{admin_api_key}"\n' if admin_api_key else ""
     return f"""\
 [server]
 host = "127.0.0.1"
@@ -94,7 +97,7 @@ sqlite_synchronous = "{synchronous}"
 [auth]
 secret = "{secret}"
 token_ttl_s = {TOKEN_TTL_S}
-
+{admin}
 [limits]
 # Rate limits have their own tests; a benchmark must never hit them.
 user_requests_per_s = 1e9
@@ -120,7 +123,12 @@ class Provisioned:
 
 
 def provision_imserver(
-    workdir: Path, users: list[str], *, synchronous: str, max_group_members: int
+    workdir: Path,
+    users: list[str],
+    *,
+    synchronous: str,
+    max_group_members: int,
+    admin_api_key: str = "",
 ) -> tuple[Provisioned, int, int]:
     """Write the config, create ``users`` and mint their tokens before the server starts.
 
@@ -145,6 +153,7 @@ def provision_imserver(
             synchronous=synchronous,
             max_group_members=max_group_members,
             secret=secret,
+            admin_api_key=admin_api_key,
         )
     )
     config = load_config(config_path, env={})
@@ -175,11 +184,15 @@ def _child_setup(cpus: frozenset[int]) -> Callable[[], None]:
       even by SIGKILL, so no server outlives an interrupted benchmark.
     * CPU affinity: set before the interpreter starts, so every thread the
       server ever starts (SQLite writer and reader) inherits it.
+    * Open files: the soft ``RLIMIT_NOFILE`` raised to the hard limit (the
+      orchestrator's raised limit is inherited anyway; this makes sure), so
+      ``connect`` can hold 10,000 sockets.
     """
 
     def setup() -> None:
         with contextlib.suppress(Exception):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        raise_nofile_limit()
         if cpus:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(0, cpus)
@@ -275,6 +288,20 @@ def start_baseline(workdir: Path, pinning: Pinning) -> ServerHandle:
     if pinning.enabled:
         handle.pinned = pin_process_tree(handle.pid, pinning.server) and handle.pinned
     return handle
+
+
+def metric_value(http_port: int, name: str, timeout: float = 5.0) -> float | None:
+    """One unlabelled sample from imserver's ``/metrics`` (e.g. ``imserver_connections``)."""
+    url = f"http://127.0.0.1:{http_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            text = r.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError):
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
 
 
 def stop(handle: ServerHandle) -> None:

@@ -82,7 +82,10 @@ def start_worker(
     pinning: Pinning,
     max_lifetime_s: float,
     subprotocol: str,
+    connect_concurrency: int = 50,
+    extra: dict[str, Any] | None = None,
 ) -> Worker:
+    """Start a load generator; ``extra`` adds kind-specific keys to its spec."""
     spec = {
         "kind": kind,
         "port": port,
@@ -90,8 +93,9 @@ def start_worker(
         "cpus": sorted(pinning.load),
         "max_lifetime_s": max_lifetime_s,
         "subprotocol": subprotocol,
-        "connect_concurrency": 50,
+        "connect_concurrency": connect_concurrency,
         "timeout_s": 30.0,
+        **(extra or {}),
     }
     return Worker(name, spec)
 

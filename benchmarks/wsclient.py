@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -84,12 +86,23 @@ class RawWebSocket(asyncio.Protocol):
         *,
         subprotocol: str | None = None,
         wait_s: float = 10.0,
+        local_addr: tuple[str, int] | None = None,
     ) -> RawWebSocket:
+        """Connect and upgrade; ``local_addr`` picks the source address (another
+        127.0.0.x gives another ephemeral port range when one runs short)."""
         loop = asyncio.get_running_loop()
         proto = cls(on_message)
-        await asyncio.wait_for(loop.create_connection(lambda: proto, host, port), wait_s)
-        proto._send_handshake(host, port, subprotocol)
-        await asyncio.wait_for(proto.handshake, wait_s)
+        try:
+            # One budget for TCP connect + upgrade, like websockets' open_timeout.
+            async with asyncio.timeout(wait_s):
+                await loop.create_connection(lambda: proto, host, port, local_addr=local_addr)
+                proto._send_handshake(host, port, subprotocol)
+                await proto.handshake
+        except BaseException:
+            # Timed out (or failed): do not leave a half-open connection behind.
+            if proto.transport is not None:
+                proto.transport.abort()
+            raise
         return proto
 
     def _send_handshake(self, host: str, port: int, subprotocol: str | None) -> None:
@@ -133,6 +146,17 @@ class RawWebSocket(asyncio.Protocol):
             return
         self.transport.write(encode_frame(0x8, struct.pack("!H", code)))
         self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection abruptly, as a network failure would: no close frame,
+        and a TCP reset (``SO_LINGER`` 0) instead of a FIN, so no TIME_WAIT either."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     # -- receiving ------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -197,6 +221,9 @@ class RawWebSocket(asyncio.Protocol):
         self._buf = buf[pos:] if pos < n else b""
 
     def _check_upgrade(self, head: str) -> None:
+        if self.handshake.done():  # the caller gave up waiting (timeout)
+            self._fail(1006)
+            return
         lines = head.split("\r\n")
         if not lines or " 101 " not in lines[0] + " ":
             self.handshake.set_exception(HandshakeError(f"no upgrade: {lines[0] if lines else ''}"))

@@ -93,6 +93,7 @@ class GatewayConfig:
     idle_timeout_s: float = 120.0
     send_buffer_limit_bytes: int = 1024 * 1024
     compression: bool = False
+    listen_backlog: int = 4096  # pending connections the kernel queues (reconnect storms)
 
 
 @dataclass(slots=True, frozen=True)

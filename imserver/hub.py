@@ -50,6 +50,7 @@ class Hub:
         self._by_user: dict[str, dict[str, Socket]] = {}
         self._watchers: defaultdict[str, set[Socket]] = defaultdict(set)
         self._metrics = metrics
+        self._count = 0  # sockets registered; kept, not summed, so connecting stays O(1)
         #: Builds the transport-level frame once per codec per delivery; None:
         #: sockets frame each message themselves (``write``).
         self._framer = framer
@@ -66,9 +67,11 @@ class Hub:
             devices = self._by_user[sock.user] = {}
         old = devices.get(sock.device)
         devices[sock.device] = sock
-        if old is not None and old is not sock:
+        if old is None:
+            self._count += 1
+        elif old is not sock:
             old.close(CLOSE_REPLACED, "replaced by a new connection of the same device")
-        self._metrics.connections.set(self.connection_count())
+        self._metrics.connections.set(self._count)
         return first
 
     def unregister(self, sock: Socket) -> bool:
@@ -84,7 +87,8 @@ class Hub:
         if devices is None or devices.get(sock.device) is not sock:
             return False
         del devices[sock.device]
-        self._metrics.connections.set(self.connection_count())
+        self._count -= 1
+        self._metrics.connections.set(self._count)
         if devices:
             return False
         del self._by_user[sock.user]
@@ -94,7 +98,7 @@ class Hub:
         return user in self._by_user
 
     def connection_count(self) -> int:
-        return sum(len(d) for d in self._by_user.values())
+        return self._count
 
     def sockets(self) -> list[Socket]:
         return [s for d in self._by_user.values() for s in d.values()]

@@ -97,6 +97,10 @@ class Gateway:
             # beyond that the WebSocket layer closes with 1009.
             max_size=self._limits.max_frame_bytes * 4,
             max_queue=64,
+            # asyncio's default backlog (100) overflows when thousands of
+            # clients reconnect at once after a restart; SYN retries then cost
+            # seconds. The kernel caps it at net.core.somaxconn.
+            backlog=self._gw.listen_backlog,
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]

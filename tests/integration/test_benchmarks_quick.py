@@ -86,3 +86,41 @@ def test_store_quick(tmp_path: Path) -> None:
     assert s["msgs_per_s"] > 0
     assert s["commits"] >= 1
     assert s["mean_batch"] >= 1
+
+
+def test_connect_quick(tmp_path: Path) -> None:
+    result = run_quick("connect", tmp_path)
+    s = result["summary"]
+    assert s["connections"] == s["connected"] == 500
+    assert s["connect_rate_per_s"] > 0
+    assert 0 < s["connect_p50_ms"] <= s["connect_p99_ms"]
+    # 500 authenticated sessions must cost the server some memory; the amount is not checked.
+    assert s["rss_idle_mib"] > s["rss_before_mib"]
+    assert s["rss_kib_per_connection"] > 0
+    assert result["metrics"]["server_gauge_idle"] == 500
+    assert result["metrics"]["closes_while_idle"] == {}
+
+
+def test_storm_quick(tmp_path: Path) -> None:
+    result = run_quick("storm", tmp_path)
+    s, m = result["summary"], result["metrics"]
+    assert s["clients"] == s["resynced"] == 300
+    assert s["resync_s"] > 0
+    assert s["messages_sent"] > 0
+    # Not a timing: after the drop and resync every client holds every seq 1..last.
+    assert s["lost"] == 0
+    assert m["check"]["incomplete"] == 0
+    assert m["check"]["beyond"] == 0
+    assert m["check"]["expected"] > 0
+    assert m["publisher"]["errors"] == {}
+    assert m["publisher"]["unacked"] == 0
+
+
+def test_cards_quick(tmp_path: Path) -> None:
+    result = run_quick("cards", tmp_path)
+    s = result["summary"]
+    assert s["cards"] == 20
+    assert result["metrics"]["failure_count"] == 0
+    assert 0 < s["click_to_updated_all_p50_ms"] <= s["click_to_updated_all_p99_ms"]
+    # Per card the update follows the callback, so the medians keep that order.
+    assert 0 < s["click_to_callback_p50_ms"] <= s["click_to_updated_all_p50_ms"]
