@@ -8,14 +8,13 @@ it touches and is checked with :meth:`AdminContext.require`.
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from imserver.directory.model import Unit
 from imserver.errors import Forbidden, NotAuthenticated
-from imserver.http.api import IDENTITY
+from imserver.http.api import ADMIN_KEY, IDENTITY, SIGNER, is_admin_key
 from imserver.store.sqlite_directory import SqliteDirectoryMixin
 from imserver.tokens import TokenSigner
 
@@ -45,7 +44,7 @@ async def admin_context(request: web.Request, admin_key: str, signer: TokenSigne
     if not header.startswith("Bearer "):
         raise NotAuthenticated("send 'Authorization: Bearer <admin key or user token>'")
     given = header[len("Bearer ") :].strip()
-    if admin_key and hmac.compare_digest(given.encode(), admin_key.encode()):
+    if is_admin_key(given, admin_key):
         return AdminContext(True, None, ())
     claims = signer.verify(given)  # TokenInvalid / TokenExpired for anything else
     await request.app[IDENTITY].check(claims)
@@ -53,3 +52,8 @@ async def admin_context(request: web.Request, admin_key: str, signer: TokenSigne
     if not scopes:
         raise Forbidden("you are not an administrator")
     return AdminContext(False, claims.user, tuple(scopes))
+
+
+async def admin_of(request: web.Request) -> AdminContext:
+    """The caller's admin context, with the server's key and signer."""
+    return await admin_context(request, request.app[ADMIN_KEY], request.app[SIGNER])

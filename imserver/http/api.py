@@ -69,6 +69,39 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise
 
 
+def is_admin_key(given: str, key: str) -> bool:
+    """Constant-time comparison with the operator's key (never matches when unset)."""
+    return bool(key) and hmac.compare_digest(given.encode(), key.encode())
+
+
+def require_admin_key(request: web.Request) -> None:
+    """The operator's admin key, or 401 (missing) / 403 (wrong)."""
+    key = request.app[ADMIN_KEY]
+    if not key:
+        raise NotAuthenticated("the admin API is disabled (set auth.admin_api_key)")
+    header = request.headers.get("Authorization", "")
+    given = header[len("Bearer ") :].strip() if header.startswith("Bearer ") else ""
+    if not given:
+        raise NotAuthenticated("send 'Authorization: Bearer <admin key>'")
+    if not is_admin_key(given, key):
+        raise Forbidden("wrong admin key")
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON (empty: ``{}``), or ``invalid_field`` — never a 500."""
+    try:
+        return orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        raise InvalidField("body must be JSON", field="body") from None
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    body = parse_json(await request.read())
+    if not isinstance(body, dict):
+        raise InvalidField("body must be a JSON object", field="body")
+    return body
+
+
 def _bearer(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
@@ -127,16 +160,8 @@ async def download_file(request: web.Request) -> web.StreamResponse:
 
 async def admin_upsert_users(request: web.Request) -> web.Response:
     """Create or rename users. Replaced by the org directory sync (a later issue)."""
-    key = request.app[ADMIN_KEY]
-    if not key:
-        raise NotAuthenticated("the admin API is disabled (set auth.admin_api_key)")
-    if not hmac.compare_digest(_bearer(request).encode(), key.encode()):
-        raise Forbidden("wrong admin key")
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidField("body must be JSON", field="body") from None
-    users = body.get("users") if isinstance(body, dict) else None
+    require_admin_key(request)
+    users = (await read_json_object(request)).get("users")
     if not isinstance(users, list) or not users or len(users) > 10_000:
         raise InvalidField("'users' must be a list of 1-10000 {id, name}", field="users")
     rows: list[tuple[str, str]] = []

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from cards.service import CardService, FullStore
 from imserver.appauth import NonceCache, verify_app_request
 from imserver.config import CardsConfig
 from imserver.directory.model import UNIT_ID_RE
-from imserver.errors import Forbidden, InvalidField, NoSuchCallback, NotAuthenticated, RateLimited
-from imserver.http.api import ADMIN_KEY, IDENTITY, SIGNER, TRAIL, json_response, user_claims
+from imserver.errors import InvalidField, NoSuchCallback, RateLimited
+from imserver.http.api import (
+    IDENTITY,
+    SIGNER,
+    TRAIL,
+    json_response,
+    parse_json,
+    require_admin_key,
+    user_claims,
+)
 from imserver.protocol.fields import APP_ID_RE, is_user_id
 from imserver.ratelimit import RateLimiter
 from imserver.services.caller import Caller
@@ -35,13 +41,6 @@ def _store(request: web.Request) -> FullStore:
     return store
 
 
-async def _json(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError:
-        raise InvalidField("body must be JSON", field="body") from None
-
-
 async def _app(request: web.Request) -> tuple[AppRecord, Any]:
     """The signed-in app and its parsed JSON body."""
     raw = await request.read()
@@ -58,7 +57,7 @@ async def _app(request: web.Request) -> tuple[AppRecord, Any]:
             f"app {app.app_id} sends too many requests",
             details={"retry_after_ms": int(wait * 1000) + 1},
         )
-    return app, await _json(raw)
+    return app, parse_json(raw)
 
 
 async def push_card(request: web.Request) -> web.Response:
@@ -99,7 +98,7 @@ async def _caller(request: web.Request) -> Caller:
 
 async def act(request: web.Request) -> web.Response:
     caller = await _caller(request)
-    body = await _json(await request.read())
+    body = parse_json(await request.read())
     if not isinstance(body, dict):
         raise InvalidField("body must be a JSON object", field="body")
     action, action_id = body.get("action"), body.get("action_id")
@@ -125,17 +124,6 @@ async def todo(request: web.Request) -> web.Response:
 
 
 # -- admin --------------------------------------------------------------------
-def check_admin(request: web.Request, key: str) -> None:
-    if not key:
-        raise NotAuthenticated("the admin API is disabled (set auth.admin_api_key)")
-    header = request.headers.get("Authorization", "")
-    given = header[len("Bearer ") :].strip() if header.startswith("Bearer ") else ""
-    if not given:
-        raise NotAuthenticated("send 'Authorization: Bearer <admin key>'")
-    if not hmac.compare_digest(given.encode(), key.encode()):
-        raise Forbidden("wrong admin key")
-
-
 def parse_app(value: Any, path: str = "app") -> AppRecord:
     """An app definition from the admin API or the apps file."""
     if not isinstance(value, dict):
@@ -178,8 +166,8 @@ def parse_app(value: Any, path: str = "app") -> AppRecord:
 
 
 async def admin_upsert_app(request: web.Request) -> web.Response:
-    check_admin(request, request.app[ADMIN_KEY])
-    app = parse_app(await _json(await request.read()))
+    require_admin_key(request)
+    app = parse_app(parse_json(await request.read()))
     await _store(request).upsert_app(app, int(time.time() * 1000))
     await request.app[TRAIL].record(
         "admin-key",
@@ -191,7 +179,7 @@ async def admin_upsert_app(request: web.Request) -> web.Response:
 
 
 async def admin_list_callbacks(request: web.Request) -> web.Response:
-    check_admin(request, request.app[ADMIN_KEY])
+    require_admin_key(request)
     state = request.query.get("state", "failed")
     if state not in ("pending", "delivered", "failed"):
         raise InvalidField("'state' must be pending, delivered or failed", field="state")
@@ -214,7 +202,7 @@ async def admin_list_callbacks(request: web.Request) -> web.Response:
 
 
 async def admin_retry_callback(request: web.Request) -> web.Response:
-    check_admin(request, request.app[ADMIN_KEY])
+    require_admin_key(request)
     store = _store(request)
     item = await store.get_callback(request.match_info["card_id"], request.match_info["action_id"])
     if item is None:
@@ -236,7 +224,7 @@ async def issue_tokens(request: web.Request) -> web.Response:
 
 async def refresh_tokens(request: web.Request) -> web.Response:
     """A client trades its refresh token for a new pair (no other credential)."""
-    body = await _json(await request.read())
+    body = parse_json(await request.read())
     return json_response(await request.app[IDENTITY].refresh(body))
 
 

@@ -5,22 +5,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from imserver.directory.model import SENSITIVE_PROFILE_KEYS, UNIT_ID_RE
 from imserver.errors import InvalidField, NoSuchUser
-from imserver.http.admin_auth import DIRECTORY_STORE, AdminContext, admin_context
-from imserver.http.api import ADMIN_KEY, IDENTITY, SIGNER, TRAIL, json_response
+from imserver.http.admin_auth import DIRECTORY_STORE, admin_of
+from imserver.http.api import IDENTITY, TRAIL, json_response, read_json_object
 from imserver.masking import PII_READ, mask
 from imserver.protocol.fields import is_user_id
 from imserver.services.directory import DirectoryService
 
 DIRECTORY = web.AppKey("directory", DirectoryService)
-
-
-async def _admin(request: web.Request) -> AdminContext:
-    return await admin_context(request, request.app[ADMIN_KEY], request.app[SIGNER])
 
 
 def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -42,7 +37,7 @@ def _flag(request: web.Request, name: str) -> bool:
 
 async def sync(request: web.Request) -> web.Response:
     """NDJSON body, streamed: ``?mode=full`` (absence removes) or ``incremental``."""
-    ctx = await _admin(request)
+    ctx = await admin_of(request)
     ctx.require_super()
     mode = request.query.get("mode", "incremental")
     if mode not in ("full", "incremental"):
@@ -63,7 +58,7 @@ async def sync(request: web.Request) -> web.Response:
 
 
 async def get_unit(request: web.Request) -> web.Response:
-    ctx = await _admin(request)
+    ctx = await admin_of(request)
     directory = request.app[DIRECTORY]
     unit = await directory.unit(request.match_info["unit_id"])
     ctx.require(unit)
@@ -72,7 +67,7 @@ async def get_unit(request: web.Request) -> web.Response:
 
 
 async def unit_members(request: web.Request) -> web.Response:
-    ctx = await _admin(request)
+    ctx = await admin_of(request)
     directory = request.app[DIRECTORY]
     unit = await directory.unit(request.match_info["unit_id"])
     ctx.require(unit)
@@ -82,7 +77,7 @@ async def unit_members(request: web.Request) -> web.Response:
 
 
 async def get_user(request: web.Request) -> web.Response:
-    ctx = await _admin(request)
+    ctx = await admin_of(request)
     user = request.match_info["user_id"]
     directory = request.app[DIRECTORY]
     placement = await directory.placement(user)
@@ -106,8 +101,8 @@ async def get_user(request: web.Request) -> web.Response:
 
 
 async def grant(request: web.Request) -> web.Response:
-    ctx = await _admin(request)
-    body = await _body(request)
+    ctx = await admin_of(request)
+    body = await read_json_object(request)
     user, unit_id = body.get("user"), body.get("unit")
     if not is_user_id(user):
         raise InvalidField("'user' must be a user id", field="user")
@@ -131,9 +126,9 @@ async def grant(request: web.Request) -> web.Response:
 
 async def scopes(request: web.Request) -> web.Response:
     """Grant (POST) or withdraw (DELETE) a user scope; only ``pii:read`` exists today."""
-    ctx = await _admin(request)
+    ctx = await admin_of(request)
     ctx.require_super()
-    body = await _body(request)
+    body = await read_json_object(request)
     user, scope = body.get("user"), body.get("scope")
     if not is_user_id(user):
         raise InvalidField("'user' must be a user id", field="user")
@@ -155,8 +150,8 @@ async def scopes(request: web.Request) -> web.Response:
 
 async def revoke(request: web.Request) -> web.Response:
     """Sign a user (or one device) out everywhere: tokens refused, sockets closed."""
-    ctx = await _admin(request)
-    body = await _body(request)
+    ctx = await admin_of(request)
+    body = await read_json_object(request)
     user, device = body.get("user"), body.get("device")
     if not is_user_id(user):
         raise InvalidField("'user' must be a user id", field="user")
@@ -173,7 +168,7 @@ async def revoke(request: web.Request) -> web.Response:
 
 
 async def whoami(request: web.Request) -> web.Response:
-    ctx = await _admin(request)
+    ctx = await admin_of(request)
     return json_response(
         {
             "super": ctx.super,
@@ -181,21 +176,6 @@ async def whoami(request: web.Request) -> web.Response:
             "scopes": [{"id": u.id, "name": u.name, "path": u.path} for u in ctx.scopes],
         }
     )
-
-
-async def read_body(request: web.Request) -> dict[str, Any]:
-    """The JSON object body, or ``invalid_field`` (never a 500 for bad JSON)."""
-    return await _body(request)
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise InvalidField("body must be JSON", field="body") from None
-    if not isinstance(body, dict):
-        raise InvalidField("body must be a JSON object", field="body")
-    return body
 
 
 def add_directory_routes(app: web.Application) -> None:

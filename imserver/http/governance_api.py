@@ -9,18 +9,13 @@ from aiohttp import web
 
 from imserver.errors import InvalidField, NoSuchConversation
 from imserver.governance import GovernanceRules, classify, to_csv, to_json
-from imserver.http.admin_auth import AdminContext, admin_context
-from imserver.http.api import ADMIN_KEY, SIGNER, TRAIL, json_response
-from imserver.http.directory_api import read_body as _body
+from imserver.http.admin_auth import AdminContext, admin_of
+from imserver.http.api import TRAIL, json_response, read_json_object
 from imserver.services.groups import GroupService
 from imserver.store.sqlite_governance import SqliteGovernanceMixin
 
 GROUPS = web.AppKey("groups", GroupService)
 GOVERNANCE_STORE = web.AppKey("governance_store", SqliteGovernanceMixin)
-
-
-async def _admin(request: web.Request) -> AdminContext:
-    return await admin_context(request, request.app[ADMIN_KEY], request.app[SIGNER])
 
 
 def _scope(ctx: AdminContext) -> list[str] | None:
@@ -53,7 +48,7 @@ def rules_from(query: Any) -> GovernanceRules:
 
 async def report(request: web.Request) -> web.StreamResponse:
     """Zombie, empty-shell and duplicate groups inside the caller's scope."""
-    ctx = await _admin(request)
+    ctx = await admin_of(request)
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "csv"):
         raise InvalidField("'format' must be json or csv", field="format")
@@ -81,7 +76,7 @@ async def _in_scope(request: web.Request, ctx: AdminContext, conv: Any, field: s
 
 
 async def archive(request: web.Request) -> web.Response:
-    ctx = await _admin(request)
+    ctx = await admin_of(request)
     body = await request.json()
     conv = await _in_scope(
         request, ctx, body.get("conv") if isinstance(body, dict) else None, "conv"
@@ -96,8 +91,8 @@ async def archive(request: web.Request) -> web.Response:
 
 
 async def merge(request: web.Request) -> web.Response:
-    ctx = await _admin(request)
-    body = await _body(request)
+    ctx = await admin_of(request)
+    body = await read_json_object(request)
     source = await _in_scope(request, ctx, body.get("source"), "source")
     target = await _in_scope(request, ctx, body.get("target"), "target")
     actor = ctx.user or "admin-key"
