@@ -166,7 +166,6 @@ class CallbackDispatcher:
             await self._cards.set_callback_state(card.id, state)
             return
         try:
-            await self._cards.check_update_content(card, update)
             await self._cards.apply_update(card, update, check_version=False, callback=state)
         except ImError as e:
             log.warning(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from cards.model import approval_from_json
 from cards.policy import OPEN, actionable_by
-from cards.service import CardService, FullStore, notice_conv
+from cards.service import CardService, FullStore, notice_conv, notice_owner
 from imserver.due_loop import DueLoop
 from imserver.services.chat import ChatService
 from imserver.store.records import CardRecord, NewMessage, Timer
@@ -100,7 +100,7 @@ class DeadlineScheduler:
         ]
         convs = [(notice_conv(card.app_id, u), u, name) for u in users]
         for msg in await self._store.deliver_notice(messages, convs, now):
-            await self._chat.publish_message(msg, (msg.conv.split(":", 2)[2],))
+            await self._chat.publish_message(msg, (notice_owner(msg.conv),))
 
     async def _escalate(self, card: CardRecord, pending: tuple[str, ...], now: int) -> None:
         """Hand the overdue card to ``escalate_to``: they hold it and are told why."""

@@ -83,6 +83,16 @@ def notice_conv(app_id: str, user: str) -> str:
     return f"n:{app_id}:{user}"
 
 
+def notice_owner(conv: str) -> str:
+    """The person whose notice conversation ``n:<app>:<user>`` is."""
+    return conv.split(":", 2)[2]
+
+
+def readers(conv: str, groups: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """Who receives a message an app delivered to ``conv`` (a notice conv or a group)."""
+    return (notice_owner(conv),) if conv.startswith("n:") else groups[conv]
+
+
 class CardService:
     def __init__(
         self,
@@ -314,12 +324,9 @@ class CardService:
             convs,
         )
         if not duplicate:
+            group_members = dict(groups)
             for msg in stored:
-                recipients = (
-                    (msg.conv.split(":", 2)[2],)
-                    if msg.conv.startswith("n:")
-                    else next(ms for g, ms in groups if g == msg.conv)
-                )
+                recipients = readers(msg.conv, group_members)
                 wire = msg.to_wire()
 
                 def frame(view: dict[str, Any], wire: dict[str, Any] = wire) -> dict[str, Any]:
@@ -373,17 +380,7 @@ class CardService:
 
     async def update(self, app: AppRecord, out_track_id: str, body: Any) -> dict[str, Any]:
         card = await self._by_track(app, out_track_id)
-        upd = parse_update(body, card.doc, self._limits)
-        await self._chat.content.check(
-            f"app:{app.app_id}", "card", out_track_id, card_texts({**card.doc, **upd.changes})
-        )
         return await self.apply_update(card, body, check_version=True)
-
-    async def check_update_content(self, card: CardRecord, body: Any) -> None:
-        upd = parse_update(body, card.doc, self._limits)
-        await self._chat.content.check(
-            f"app:{card.app_id}", "card", card.out_track_id, card_texts({**card.doc, **upd.changes})
-        )
 
     async def apply_update(
         self,
@@ -394,9 +391,20 @@ class CardService:
         callback: str | None = None,
         mark_overdue: bool = False,
     ) -> dict[str, Any]:
-        """Apply an app's update (from PATCH or a callback answer) and fan it out."""
-        for _ in range(MAX_SAVE_TRIES):
+        """Apply an app's update (from PATCH or a callback answer) and fan it out.
+
+        New text passes the classified-content guard here, so every way an app
+        can change a card is covered.
+        """
+        for attempt in range(MAX_SAVE_TRIES):
             upd = parse_update(body, card.doc, self._limits)
+            if attempt == 0 and upd.changes:
+                await self._chat.content.check(
+                    f"app:{card.app_id}",
+                    "card",
+                    card.out_track_id,
+                    card_texts({**card.doc, **upd.changes}),
+                )
             if check_version and upd.if_version is not None and upd.if_version != card.version:
                 raise VersionConflict(
                     f"card is at version {card.version}, not {upd.if_version}",
@@ -475,12 +483,9 @@ class CardService:
         convs = [(notice_conv(app.app_id, u), u, app.name or app.app_id) for u in users]
         stored = await self._store.deliver_notice(messages, convs, now)
         reached: set[str] = set()
+        group_members = dict(groups)
         for msg in stored:
-            recipients = (
-                (msg.conv.split(":", 2)[2],)
-                if msg.conv.startswith("n:")
-                else next(ms for g, ms in groups if g == msg.conv)
-            )
+            recipients = readers(msg.conv, group_members)
             reached.update(recipients)
             await self._chat.publish_message(msg, tuple(recipients))
         return {"notice_id": notice_id, "recipients": len(reached)}
