@@ -77,26 +77,28 @@ class Session:
     def send_frame(self, frame: dict[str, Any]) -> bool:
         return self.write(self.codec.encode(frame))
 
-    def write(self, data: bytes) -> bool:
-        if self.closed:
+    def _writable(self) -> bool:
+        """Open, and not over the send-buffer bound (else closed as a slow consumer)."""
+        if self.closed or self.ws.protocol.state is not State.OPEN:
             return False
-        ws = self.ws
-        if ws.protocol.state is not State.OPEN:
-            return False
-        if self._transport.get_write_buffer_size() > self._buffer_limit:
+        unsent = self._transport.get_write_buffer_size()
+        if unsent > self._buffer_limit:
             log.warning(
-                "closing slow consumer %s/%s: %d bytes unsent",
-                self.user,
-                self.device,
-                self._transport.get_write_buffer_size(),
+                "closing slow consumer %s/%s: %d bytes unsent", self.user, self.device, unsent
             )
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer: reconnect and sync")
             return False
+        return True
+
+    def write(self, data: bytes) -> bool:
+        if not self._writable():
+            return False
+        protocol = self.ws.protocol
         if self.codec.text:
-            ws.protocol.send_text(data)
+            protocol.send_text(data)
         else:
-            ws.protocol.send_binary(data)
-        ws.send_data()
+            protocol.send_binary(data)
+        self.ws.send_data()
         return True
 
     def write_frame(self, frame: bytes) -> bool:
@@ -108,19 +110,9 @@ class Session:
         off whenever the hub uses this), so websockets keeps no per-message
         sending state that these writes could disturb.
         """
-        if self.closed or self.ws.protocol.state is not State.OPEN:
+        if not self._writable():
             return False
-        transport = self._transport
-        if transport.get_write_buffer_size() > self._buffer_limit:
-            log.warning(
-                "closing slow consumer %s/%s: %d bytes unsent",
-                self.user,
-                self.device,
-                transport.get_write_buffer_size(),
-            )
-            self.close(CLOSE_SLOW_CONSUMER, "slow consumer: reconnect and sync")
-            return False
-        transport.write(frame)
+        self._transport.write(frame)
         return True
 
     def close(self, code: int, reason: str) -> None:
