@@ -34,6 +34,7 @@ from imserver.store.sqlite_deadlines import SqliteDeadlinesMixin
 from imserver.store.sqlite_directory import SqliteDirectoryMixin
 from imserver.store.sqlite_governance import SqliteGovernanceMixin
 from imserver.store.sqlite_identity import SqliteIdentityMixin
+from imserver.store.sqlite_in_list import select_in
 from imserver.store.sqlite_rotation import SqliteRotationMixin
 from imserver.store.sqlite_schema import migrate
 from imserver.store.sqlite_worker import SqliteThread
@@ -203,20 +204,11 @@ class SqliteStore(
         return result
 
     async def existing_users(self, ids: Iterable[str]) -> set[str]:
-        wanted = list(dict.fromkeys(ids))
+        ids = list(ids)  # read here, not in the store's thread
 
         def job(conn: sqlite3.Connection) -> set[str]:
-            found: set[str] = set()
-            for i in range(0, len(wanted), 500):
-                chunk = wanted[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                found.update(
-                    r[0]
-                    for r in conn.execute(
-                        f"SELECT id FROM users WHERE id IN ({marks}) AND disabled = 0", chunk
-                    )
-                )
-            return found
+            sql = "SELECT id FROM users WHERE id IN ({marks}) AND disabled = 0"
+            return {r[0] for r in select_in(conn, sql, ids)}
 
         result: set[str] = await self._read(job)
         return result

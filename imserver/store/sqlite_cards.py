@@ -25,6 +25,7 @@ from imserver.store.records import (
     NewMessage,
     OutboxItem,
 )
+from imserver.store.sqlite_in_list import select_in
 
 _CARD_COLUMNS = (
     "id, app_id, out_track_id, version, gseq, doc, approval, callback, created_at, updated_at"
@@ -242,18 +243,11 @@ class SqliteCardsMixin:
         return result
 
     async def cards_by_ids(self, ids: Iterable[str]) -> dict[str, CardRecord]:
-        wanted = list(dict.fromkeys(ids))
+        ids = list(ids)  # read here, not in the store's thread
 
         def job(conn: sqlite3.Connection) -> dict[str, CardRecord]:
-            out: dict[str, CardRecord] = {}
-            for i in range(0, len(wanted), 500):
-                chunk = wanted[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                for row in conn.execute(
-                    f"SELECT {_CARD_COLUMNS} FROM cards WHERE id IN ({marks})", chunk
-                ):
-                    out[row[0]] = self._card_record(row)
-            return out
+            sql = f"SELECT {_CARD_COLUMNS} FROM cards WHERE id IN ({{marks}})"
+            return {row[0]: self._card_record(row) for row in select_in(conn, sql, ids)}
 
         result: dict[str, CardRecord] = await self._read(job)
         return result

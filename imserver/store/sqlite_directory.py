@@ -27,6 +27,7 @@ from imserver.directory.model import (
     level_allowed,
 )
 from imserver.errors import InvalidField
+from imserver.store.sqlite_in_list import select_in
 
 Job = Callable[[sqlite3.Connection], Any]
 _UNIT_COLUMNS = "id, parent, name, level, path, sort"
@@ -299,18 +300,11 @@ class SqliteDirectoryMixin:
         return result
 
     async def units_by_ids(self, ids: Iterable[str]) -> dict[str, Unit]:
-        wanted = list(dict.fromkeys(ids))
+        ids = list(ids)  # read here, not in the store's thread
 
         def job(conn: sqlite3.Connection) -> dict[str, Unit]:
-            out: dict[str, Unit] = {}
-            for i in range(0, len(wanted), 500):
-                chunk = wanted[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                for row in conn.execute(
-                    f"SELECT {_UNIT_COLUMNS} FROM units WHERE id IN ({marks})", chunk
-                ):
-                    out[row[0]] = _unit(row)
-            return out
+            sql = f"SELECT {_UNIT_COLUMNS} FROM units WHERE id IN ({{marks}})"
+            return {row[0]: _unit(row) for row in select_in(conn, sql, ids)}
 
         result: dict[str, Unit] = await self._read(job)
         return result
@@ -469,21 +463,11 @@ class SqliteDirectoryMixin:
         return result
 
     async def users_with_scope(self, users: Iterable[str], scope: str) -> set[str]:
-        wanted = list(dict.fromkeys(users))
+        users = list(users)  # read here, not in the store's thread
 
         def job(conn: sqlite3.Connection) -> set[str]:
-            found: set[str] = set()
-            for i in range(0, len(wanted), 500):
-                chunk = wanted[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                found.update(
-                    r[0]
-                    for r in conn.execute(
-                        f"SELECT user FROM user_scopes WHERE scope = ? AND user IN ({marks})",
-                        (scope, *chunk),
-                    )
-                )
-            return found
+            sql = "SELECT user FROM user_scopes WHERE scope = ? AND user IN ({marks})"
+            return {r[0] for r in select_in(conn, sql, users, (scope,))}
 
         result: set[str] = await self._read(job)
         return result
