@@ -109,25 +109,28 @@ class Hub:
 
         ``recipients`` must not repeat a user (callers pass member lists).
         """
+        by_user = self._by_user
+        writes = self._write_all(
+            (sock for user in recipients for sock in list(by_user.get(user, {}).values())), frame
+        )
+        self._metrics.deliveries.inc(writes)
+        return writes
+
+    def _write_all(self, socks: Iterable[Socket], frame: dict[str, Any]) -> int:
+        """Encode (and frame) ``frame`` once per codec; write those bytes to each socket."""
         encoded: dict[str, bytes] = {}
         writes = 0
-        by_user = self._by_user
         framer = self._framer
-        for user in recipients:
-            devices = by_user.get(user)
-            if not devices:
-                continue
-            for sock in list(devices.values()):
-                codec = sock.codec
-                data = encoded.get(codec.name)
-                if data is None:
-                    data = codec.encode(frame)
-                    if framer is not None:
-                        data = framer(data, codec.text)
-                    encoded[codec.name] = data
-                if sock.write_frame(data) if framer is not None else sock.write(data):
-                    writes += 1
-        self._metrics.deliveries.inc(writes)
+        for sock in socks:
+            codec = sock.codec
+            data = encoded.get(codec.name)
+            if data is None:
+                data = codec.encode(frame)
+                if framer is not None:
+                    data = framer(data, codec.text)
+                encoded[codec.name] = data
+            if sock.write_frame(data) if framer is not None else sock.write(data):
+                writes += 1
         return writes
 
     def on_deliver(self, payload: dict[str, Any]) -> None:
@@ -155,13 +158,7 @@ class Hub:
         if not watchers:
             return
         frame = event_frame("presence", {"user": payload["user"], "online": payload["online"]})
-        encoded: dict[str, bytes] = {}
-        for sock in list(watchers):
-            name = sock.codec.name
-            data = encoded.get(name)
-            if data is None:
-                data = encoded[name] = sock.codec.encode(frame)
-            sock.write(data)
+        self._write_all(list(watchers), frame)
 
     # -- housekeeping --------------------------------------------------------
     def close_idle(self, idle_timeout_s: float, now: float | None = None) -> int:
