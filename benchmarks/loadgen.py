@@ -248,6 +248,12 @@ class Agent:
     def on_frame(self, client: Client, frame: dict[str, Any], now_ns: int) -> None:
         """Any other frame (results of pipelined sends, errors, other events)."""
 
+    async def connect_now(self) -> None:
+        """Connect every client before answering (publishers: one or a few sockets)."""
+        await self.connect_all(1)
+        if self.connect_errors:
+            raise RuntimeError(self.connect_errors[0])
+
     async def handle(self, msg: tuple[Any, ...]) -> Any:
         cmd = msg[0]
         if cmd == "connect":
@@ -392,10 +398,7 @@ class Publisher(Agent):
     async def handle(self, msg: tuple[Any, ...]) -> Any:
         cmd = msg[0]
         if cmd == "connect":
-            await self.connect_all(1)
-            if self.connect_errors:
-                raise RuntimeError(self.connect_errors[0])
-            return None
+            return await self.connect_now()
         if cmd == "create_group":
             return await self.create_group(msg[1], msg[2])
         if cmd == "use_conv":
@@ -825,10 +828,7 @@ class GroupPublisher(Agent):
     async def handle(self, msg: tuple[Any, ...]) -> Any:
         cmd = msg[0]
         if cmd == "connect":
-            await self.connect_all(1)
-            if self.connect_errors:
-                raise RuntimeError(self.connect_errors[0])
-            return None
+            return await self.connect_now()
         if cmd == "create_groups":
             return await self.create_groups(msg[1])
         if cmd == "start_sending":
