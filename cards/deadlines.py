@@ -117,11 +117,8 @@ class DeadlineScheduler:
             (conv, boss, name),
         )
         if msg is not None:
-            wire = msg.to_wire()
             fresh = await self._store.get_card(card.id)
-            reveal = bool(await self._cards.revealed([boss]))
-            wire["body"] = {"card_id": card.id, "card": self._cards.view(fresh or card, reveal)}
-            await self._chat.publish_wire(wire, (boss,), kind="card")
+            await self._cards.publish_card_message(fresh or card, msg, (boss,))
         waiting = "、".join(pending) or "—"
         await self._notify(
             card, (boss,), f"督办：{card.doc['title']}", f"已逾期未办理，待办理人：{waiting}。"

@@ -58,6 +58,7 @@ from imserver.store.records import (
     AuditEntry,
     CardChange,
     CardRecord,
+    Message,
     NewCard,
     NewMessage,
     OutboxEntry,
@@ -163,6 +164,18 @@ class CardService:
                     TOPIC_DELIVER,
                     {"recipients": recipients, "frame": build(self.view(card, reveal))},
                 )
+
+    async def publish_card_message(
+        self, card: CardRecord, msg: Message, recipients: tuple[str, ...]
+    ) -> None:
+        """A stored ``card`` message, with the card's view attached, to its readers."""
+        wire = msg.to_wire()
+
+        def frame(view: dict[str, Any]) -> dict[str, Any]:
+            return event_frame("message", {**wire, "body": {"card_id": card.id, "card": view}})
+
+        self._metrics.messages.labels("card").inc()
+        await self._publish_views(card, recipients, frame)
 
     async def _fan_out(self, card: CardRecord, holders: list[str] | None = None) -> None:
         users = holders if holders is not None else await self._store.card_holders(card.id)
@@ -326,16 +339,7 @@ class CardService:
         if not duplicate:
             group_members = dict(groups)
             for msg in stored:
-                recipients = readers(msg.conv, group_members)
-                wire = msg.to_wire()
-
-                def frame(view: dict[str, Any], wire: dict[str, Any] = wire) -> dict[str, Any]:
-                    return event_frame(
-                        "message", {**wire, "body": {"card_id": view["card_id"], "card": view}}
-                    )
-
-                self._metrics.messages.labels("card").inc()
-                await self._publish_views(card, recipients, frame)
+                await self.publish_card_message(card, msg, readers(msg.conv, group_members))
             await self._todo_changed(card.id, set(), set(actionable_by(approval)))
         return {
             "card_id": card.id,
