@@ -65,16 +65,11 @@ class ChatService:
         self.content = content
 
     async def publish_message(self, message: Message, recipients: tuple[str, ...]) -> None:
-        await self.publish_wire(message.to_wire(), recipients, kind=message.kind)
-
-    async def publish_wire(
-        self, wire: dict[str, Any], recipients: tuple[str, ...], *, kind: str
-    ) -> None:
-        """Publish a stored message (as its wire object) to ``recipients``' devices."""
-        self._metrics.messages.labels(kind).inc()
+        """Publish a stored message to every device of ``recipients``."""
+        self._metrics.messages.labels(message.kind).inc()
         await self._bus.publish(
             TOPIC_DELIVER,
-            {"recipients": list(recipients), "frame": event_frame("message", wire)},
+            {"recipients": list(recipients), "frame": event_frame("message", message.to_wire())},
         )
 
     async def _wire(self, messages: list[Message], viewer: str) -> list[dict[str, Any]]:
