@@ -118,7 +118,7 @@ def build_world(config: Config) -> World:
     bus: Bus = LocalBus()
     # The frame-once fast path needs frames that no per-connection extension
     # rewrites: with permessage-deflate on, every socket frames for itself.
-    hub = Hub(metrics, framer=None if config.gateway.compression else server_frame)
+    hub = Hub(metrics, framer=None if config.gateway.compression else server_frame, cork=True)
     signer = TokenSigner(load_or_create_secret(config.auth.secret, config.data_path))
     members = MembershipCache(store)
     trail = AuditTrail(store.audit)

@@ -32,17 +32,38 @@ class _Pending:
     loop: asyncio.AbstractEventLoop
 
 
-def _resolve(p: _Pending, result: Any, error: BaseException | None) -> None:
-    def settle() -> None:
+Outcome = tuple[_Pending, Any, BaseException | None]
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    """Runs on the event loop: hand each job's result or error to its awaiter."""
+    for p, result, error in outcomes:
         if p.future.done():  # the awaiting task was cancelled
-            return
+            continue
         if error is not None:
             p.future.set_exception(error)
         else:
             p.future.set_result(result)
 
-    with contextlib.suppress(RuntimeError):  # loop already closed during shutdown
-        p.loop.call_soon_threadsafe(settle)
+
+def _resolve_all(outcomes: list[Outcome]) -> None:
+    """Settle a whole batch with one wake-up of the event loop.
+
+    One ``call_soon_threadsafe`` per batch rather than per job: fewer
+    cross-thread wake-ups, and every task of a group commit resumes in the same
+    loop iteration, so the hub can cork their fan-outs into one write per
+    socket (imserver/hub.py).
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, mine in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # loop already closed during shutdown
+            loop.call_soon_threadsafe(_settle, mine)
+
+
+def _resolve(p: _Pending, result: Any, error: BaseException | None) -> None:
+    _resolve_all([(p, result, error)])
 
 
 class SqliteThread:
@@ -130,7 +151,7 @@ class SqliteThread:
             _resolve(p, result, None)
 
     def _run_write_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
-        outcomes: list[tuple[_Pending, Any, BaseException | None]] = []
+        outcomes: list[Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for p in batch:
@@ -150,10 +171,8 @@ class SqliteThread:
             log.error("sqlite write batch failed: %s", e)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for p in batch:
-                _resolve(p, None, e)
+            _resolve_all([(p, None, e) for p in batch])
             return
         self.batches += 1
         self.jobs += len(batch)
-        for p, result, error in outcomes:
-            _resolve(p, result, error)
+        _resolve_all(outcomes)
