@@ -296,12 +296,18 @@ class Members(Agent):
 
 
 class Publisher(Agent):
-    """One sender at a paced rate; its acks and its own echoes are recorded."""
+    """Senders at a paced total rate; their acks and their echoes are recorded.
+
+    With several connections (``--publishers``) message *i* goes out on
+    connection *i* mod K: K group members talking at once, so the server sees
+    concurrent sends from different sockets, as in a busy group. Every
+    publisher connection is a group member, so each message is echoed to all K.
+    """
 
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__(spec)
         self.conv: str | None = None
-        self.sent_at: dict[int, int] = {}
+        self.sent_at: dict[tuple[int, int], int] = {}
         self.acks = array("q")
         self.errors: dict[str, int] = {}
         self.sending = False
@@ -317,7 +323,7 @@ class Publisher(Agent):
             st.last_ns = now_ns
 
     def on_frame(self, client: Client, frame: dict[str, Any], now_ns: int) -> None:
-        sent = self.sent_at.pop(frame.get("id"), None)  # type: ignore[arg-type]
+        sent = self.sent_at.pop((client.index, frame.get("id")), None)  # type: ignore[arg-type]
         if sent is None:
             return
         if frame.get("type") == "result":
@@ -345,7 +351,7 @@ class Publisher(Agent):
     async def phase(
         self, phase: int, rate: float, duration: float, size: int, drain_s: float
     ) -> dict[str, Any]:
-        client = self.client
+        clients = self.clients
         count = max(1, round(rate * duration))
         self.acks = array("q")
         self.errors = {}
@@ -363,6 +369,7 @@ class Publisher(Agent):
             now = time.time_ns()
             if i == 0:
                 first_ns = now
+            client = clients[i % len(clients)]
             rid = client.send(
                 {
                     "type": "send",
@@ -372,7 +379,7 @@ class Publisher(Agent):
                     "body": {"text": make_text(phase, i, client.index, size, now)},
                 }
             )
-            self.sent_at[rid] = now
+            self.sent_at[client.index, rid] = now
         last_send_ns = time.time_ns()
         send_span = time.monotonic() - start
         self.sending = False

@@ -275,12 +275,15 @@ def start_imserver(
     return handle
 
 
-def start_baseline(workdir: Path, pinning: Pinning) -> ServerHandle:
+def start_baseline(workdir: Path, pinning: Pinning, *, raw_frames: bool = False) -> ServerHandle:
+    """The ``websockets.broadcast`` baseline, or with ``raw_frames`` the write floor."""
     port = free_port()
+    name = "floor" if raw_frames else "baseline"
+    cmd = [sys.executable, "-m", "benchmarks.baselines.ws_broadcast", "--port", str(port)]
     handle = _spawn(
-        "baseline",
-        [sys.executable, "-m", "benchmarks.baselines.ws_broadcast", "--port", str(port)],
-        workdir / "baseline.log",
+        name,
+        [*cmd, "--raw-frames"] if raw_frames else cmd,
+        workdir / f"{name}.log",
         port,
         pinning,
     )

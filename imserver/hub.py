@@ -176,13 +176,21 @@ class Hub:
         """Encode (and frame) ``frame`` once per codec; write those bytes to each socket."""
         encoded: dict[str, bytes] = {}
         writes = 0
-        framed = self._framer is not None
+        last: Codec | None = None  # sockets mostly share a codec: skip the dict then
+        data = b""
+        if self._framer is None:
+            for sock in socks:
+                if sock.codec is not last:
+                    last = sock.codec
+                    data = encoded.get(last.name) or self._frame_for(last, frame, encoded)
+                if sock.write(data):
+                    writes += 1
+            return writes
         for sock in socks:
-            codec = sock.codec
-            data = encoded.get(codec.name)
-            if data is None:
-                data = self._frame_for(codec, frame, encoded)
-            if sock.write_frame(data) if framed else sock.write(data):
+            if sock.codec is not last:
+                last = sock.codec
+                data = encoded.get(last.name) or self._frame_for(last, frame, encoded)
+            if sock.write_frame(data):
                 writes += 1
         return writes
 

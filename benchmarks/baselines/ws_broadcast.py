@@ -11,6 +11,13 @@ delivery as a multiple of this floor.
 Run: ``python -m benchmarks.baselines.ws_broadcast --port 8800``. It uses the
 same event loop (uvloop when installed) and the same ``websockets`` settings
 that matter for cost (no compression) as imserver.
+
+``--raw-frames`` turns it into the *write floor*: the event is framed once and
+the same bytes go to every connection with one ``transport.write`` each -- no
+``websockets`` framing, no checks, nothing but the loop and the ``send``
+syscall. No Python server that writes each socket once per message can spend
+less per delivery, so ``fanout --floor`` shows how much of a delivery's cost is
+left for any server's own code to save.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.frames import Frame, Opcode
 
 ROOM: set[ServerConnection] = set()
 _SEQ = itertools.count(1)
@@ -64,6 +72,16 @@ def _answer(frame: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     return None, {}
 
 
+RAW_FRAMES = False  # set by --raw-frames: the write floor
+
+
+def write_floor(event: str) -> None:
+    """Frame once, then one ``transport.write`` of the same bytes per connection."""
+    data = Frame(Opcode.TEXT, event.encode()).serialize(mask=False)
+    for ws in ROOM:
+        ws.transport.write(data)
+
+
 async def handler(ws: ServerConnection) -> None:
     ROOM.add(ws)
     try:
@@ -71,7 +89,10 @@ async def handler(ws: ServerConnection) -> None:
             frame = orjson.loads(raw)
             event, result = _answer(frame)
             if event is not None:
-                broadcast(ROOM, event)
+                if RAW_FRAMES:
+                    write_floor(event)
+                else:
+                    broadcast(ROOM, event)
             await ws.send(
                 orjson.dumps({"type": "result", "id": frame.get("id"), "data": result}).decode()
             )
@@ -103,7 +124,12 @@ async def main(port: int) -> None:
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--raw-frames", action="store_true", help="the write floor instead of broadcast"
+    )
     args = parser.parse_args()
+    global RAW_FRAMES
+    RAW_FRAMES = args.raw_frames
     try:
         import uvloop
     except ImportError:

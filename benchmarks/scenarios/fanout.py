@@ -79,7 +79,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="alternate baseline/imserver this many times and keep the median"
         " (default 3, sweep 1; quick 1)",
     )
+    p.add_argument(
+        "--publishers",
+        type=int,
+        default=1,
+        help="sending connections sharing the rate, each a group member (default 1)",
+    )
     p.add_argument("--no-baseline", action="store_true", help="measure imserver only (no ratio)")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run the write floor: the baseline server writing one ready-made frame"
+        " with transport.write per socket (what no Python server can undercut per write)",
+    )
 
 
 def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
@@ -102,12 +114,15 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         "p99_limit_ms": args.p99_limit_ms,
         "synchronous": args.synchronous,
         "sweep": bool(args.sweep),
+        "publishers": max(1, args.publishers),
         "rounds": pick(args.rounds, 1 if args.sweep else 3, 1, q),
     }
     pinning = plan_pinning(not args.no_pin)
     if not pinning.enabled and not args.no_pin:
         progress.note("CPU pinning not available; server and load share CPUs (noisier)")
     targets = ["imserver"] if args.no_baseline else ["baseline", "imserver"]
+    if args.floor:
+        targets.insert(0, "floor")
     # Rounds alternate the servers (A B A B ...) so that slow drifts of the
     # machine (a VM's neighbours, frequency) hit both alike; medians are kept.
     runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
@@ -116,7 +131,11 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             label = target if cfg["rounds"] == 1 else f"{target} round {r + 1}/{cfg['rounds']}"
             runs[target].append(_run_target(target, label, cfg, pinning, progress))
     results = {
-        t: {"points": _combine([run["points"] for run in rs]), "info": rs[-1]["info"]}
+        t: {
+            "points": _combine([run["points"] for run in rs]),
+            "half": _median_half([run["half"] for run in rs if run["half"]]),
+            "info": rs[-1]["info"],
+        }
         for t, rs in runs.items()
     }
 
@@ -124,7 +143,11 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         "config": cfg,
         "pinning": pinning.as_json(),
         **{
-            t: {"points": [_public(p) for p in r["points"]], **r["info"]}
+            t: {
+                "points": [_public(p) for p in r["points"]],
+                "half_saturation": _public(r["half"]) if r["half"] else None,
+                **r["info"],
+            }
             for t, r in results.items()
         },
     }
@@ -135,16 +158,15 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     summary: dict[str, Any] = {"members": members}
     ours = results["imserver"]["points"]
     if args.sweep:
-        summary["imserver_saturation_rate"] = _saturation(ours)
-        summary["imserver_max_sustained_rate"] = _max_sustained(ours)
+        for t, r in results.items():
+            summary[f"{t}_saturation_rate"] = _saturation(r["points"])
+            summary[f"{t}_max_sustained_rate"] = _max_sustained(r["points"])
+            summary.update(_half_summary(t, r["half"]))
     headline = _headline_point(ours, results.get("baseline", {}).get("points"))
     summary.update(_flat("imserver", headline["imserver"]))
     summary["deliveries"] = sum(p["deliveries"] for p in ours)
     if "baseline" in results:
         base = results["baseline"]["points"]
-        if args.sweep:
-            summary["baseline_saturation_rate"] = _saturation(base)
-            summary["baseline_max_sustained_rate"] = _max_sustained(base)
         summary.update(_flat("baseline", headline["baseline"]))
         ratio = _ratio(headline["imserver"], headline["baseline"])
         summary["ratio_cpu_per_delivery"] = ratio
@@ -153,6 +175,13 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         metrics["ratio_by_rate"] = {
             str(a["rate"]): _ratio(a, b) for a in ours for b in base if a["rate"] == b["rate"]
         }
+    if "floor" in results:
+        floor_point = _same_rate(results["floor"]["points"], headline["imserver"]["rate"])
+        summary.update(_flat("floor", floor_point))
+        summary["floor_ratio_to_baseline"] = (
+            _ratio(floor_point, headline["baseline"]) if "baseline" in headline else None
+        )
+        summary["ratio_to_floor"] = _ratio(headline["imserver"], floor_point)
     warnings = [w for r in results.values() for p in r["points"] for w in p["warnings"]]
     if warnings:
         metrics["warnings"] = warnings
@@ -167,7 +196,7 @@ def _run_target(
     """Start ``target``, connect everyone, run a warm-up and each rate; stop it all."""
     n = cfg["members"]
     users = [f"m{i:05d}" for i in range(n)]
-    publisher = "pub"
+    publishers = [f"pub{i:03d}" for i in range(cfg["publishers"])]
     lifetime = 120 + len(cfg["rates"]) * (cfg["duration_s"] + cfg["drain_s"] + 30)
     with tempfile.TemporaryDirectory(prefix=f"imserver-bench-{target}-") as tmp:
         workdir = Path(tmp)
@@ -175,22 +204,22 @@ def _run_target(
         if target == "imserver":
             prov, ws_port, http_port = provision_imserver(
                 workdir,
-                [publisher, *users],
+                [*publishers, *users],
                 synchronous=cfg["synchronous"],
                 max_group_members=max(1000, n + 10),
             )
             tokens = prov.tokens
             server = start_imserver(workdir, prov.config_path, ws_port, http_port, pinning)
         else:
-            tokens = {u: "baseline" for u in [publisher, *users]}
-            server = start_baseline(workdir, pinning)
+            tokens = {u: "baseline" for u in [*publishers, *users]}
+            server = start_baseline(workdir, pinning, raw_frames=target == "floor")
         workers: list[Worker] = []
         try:
             pub = start_worker(
                 f"{target}-publisher",
                 "publisher",
                 port=server.ws_port,
-                users=[(publisher, tokens[publisher])],
+                users=[(p, tokens[p]) for p in publishers],
                 pinning=pinning,
                 max_lifetime_s=lifetime,
                 subprotocol=SUBPROTOCOL,
@@ -214,7 +243,7 @@ def _run_target(
             pub.call(("connect",))
             if target == "imserver":
                 progress.update(f"{label}: creating the group")
-                pub.call(("create_group", users, 500), timeout=120)
+                pub.call(("create_group", [*publishers[1:], *users], 500), timeout=120)
             else:
                 pub.call(("use_conv", "g:baseline"))
             wait_connected(
@@ -235,12 +264,30 @@ def _run_target(
                     progress.note(f"{label} @ {rate:g}/s: {w}")
                 if cfg["sweep"] and point["saturated"]:
                     break
+            half = None
+            if cfg["sweep"] and points and points[-1]["saturated"]:
+                # The issue's latency target is at half the saturation rate:
+                # half of what the saturated step actually delivered.
+                capacity = min(points[-1]["msgs_per_s"], points[-1]["rate"])
+                half_rate = round(capacity / 2, 1)
+                half = _phase(
+                    label,
+                    len(cfg["rates"]) + 1,
+                    half_rate,
+                    cfg["duration_s"],
+                    cfg,
+                    server,
+                    pub,
+                    member_workers,
+                    progress,
+                )
+                half["saturation_msgs_per_s"] = capacity
             info = {"pinned": server.pinned, "server_pid_threads": _threads(server.pid)}
         finally:
             for w in workers:
                 w.stop()
             stop(server)
-    return {"points": points, "info": info}
+    return {"points": points, "half": half, "info": info}
 
 
 def _threads(pid: int) -> int | None:
@@ -297,7 +344,7 @@ def _phase(
     acks = array("q", sent_info["ack_lat_us"])
     member_deliveries = sum(c["count"] for c in collected)
     deliveries = member_deliveries + sent_info["echo"]
-    expected = sent * (cfg["members"] + 1)
+    expected = sent * (cfg["members"] + cfg["publishers"])
     last_ns = max([c["last_ns"] for c in collected] + [sent_info["echo_last_ns"]])
     span_s = max((last_ns - sent_info["first_ns"]) / 1e9, 1e-9)
     server_cpu = cpu_between(server_before, server_after)
@@ -393,6 +440,29 @@ def _combine(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return out
 
 
+def _median_half(halves: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The half-saturation run with the median p99 (rounds may differ in their rate)."""
+    if not halves:
+        return None
+    ordered = sorted(halves, key=lambda p: p["latency"]["p99_ms"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _half_summary(prefix: str, half: dict[str, Any] | None) -> dict[str, Any]:
+    if half is None:
+        return {f"{prefix}_half_saturation_rate": None}
+    return {
+        f"{prefix}_half_saturation_rate": half["rate"],
+        f"{prefix}_half_saturation_p50_ms": half["latency"]["p50_ms"],
+        f"{prefix}_half_saturation_p99_ms": half["latency"]["p99_ms"],
+        f"{prefix}_half_saturation_cpu_us_per_delivery": half["cpu_us_per_delivery"],
+    }
+
+
+def _same_rate(points: list[dict[str, Any]], rate: float) -> dict[str, Any]:
+    return next((p for p in points if p["rate"] == rate), points[0])
+
+
 def _public(point: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in point.items() if k != "cdf_ms"}
 
@@ -450,10 +520,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt = pyplot()
 
     metrics, series = result["metrics"], result["series"]
-    targets = [t for t in ("baseline", "imserver") if t in metrics]
-    colors = {"baseline": "tab:gray", "imserver": "tab:blue"}
+    targets = [t for t in ("floor", "baseline", "imserver") if t in metrics]
+    colors = {"floor": "tab:green", "baseline": "tab:gray", "imserver": "tab:blue"}
     cfg = metrics["config"]
-    title = f"fanout: {cfg['members']} members, {cfg['size']}-byte messages"
+    publishers = cfg.get("publishers", 1)
+    title = f"fanout: {cfg['members']} members, {cfg['size']}-byte messages" + (
+        f", {publishers} publishers" if publishers > 1 else ""
+    )
     if cfg["sweep"]:
         fig, axes = plt.subplots(2, 2, figsize=(12, 9))
         ax_tp, ax_lat, ax_cpu, ax_cdf = axes.flat
@@ -468,9 +541,23 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 r, [p["latency"]["p50_ms"] for p in pts], "x--", color=colors[t], label=f"{t} p50"
             )
             ax_cpu.plot(r, [p["cpu_us_per_delivery"] for p in pts], "o-", color=colors[t], label=t)
+            half = metrics[t].get("half_saturation")
+            if half:
+                ax_lat.plot(
+                    [half["rate"]],
+                    [half["latency"]["p99_ms"]],
+                    "*",
+                    markersize=14,
+                    color=colors[t],
+                    label=f"{t} p99 at half saturation",
+                )
         offered = sorted({p["rate"] for t in targets for p in metrics[t]["points"]})
         ax_tp.plot(
-            offered, [x * (cfg["members"] + 1) for x in offered], ":", color="k", label="offered"
+            offered,
+            [x * (cfg["members"] + publishers) for x in offered],
+            ":",
+            color="k",
+            label="offered",
         )
         for ax, ylabel in (
             (ax_tp, "deliveries/s achieved"),

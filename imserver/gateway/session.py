@@ -49,6 +49,7 @@ class Session:
         "_buffer_limit",
         "_close_task",
         "_metrics",
+        "_protocol",
         "_transport",
         "closed",
         "codec",
@@ -70,6 +71,7 @@ class Session:
         self.watching: set[str] = set()
         self.closed = False
         self._transport = ws.transport
+        self._protocol = ws.protocol
         self._buffer_limit = buffer_limit
         self._metrics = metrics
         self._close_task: asyncio.Task[None] | None = None
@@ -79,7 +81,7 @@ class Session:
 
     def _writable(self) -> bool:
         """Open, and not over the send-buffer bound (else closed as a slow consumer)."""
-        if self.closed or self.ws.protocol.state is not State.OPEN:
+        if self.closed or self._protocol.state is not State.OPEN:
             return False
         unsent = self._transport.get_write_buffer_size()
         if unsent > self._buffer_limit:
@@ -110,9 +112,14 @@ class Session:
         off whenever the hub uses this), so websockets keeps no per-message
         sending state that these writes could disturb.
         """
-        if not self._writable():
+        # _writable() inlined: this runs once per socket per fan-out, and a
+        # Python call costs about as much as the checks themselves.
+        if self.closed or self._protocol.state is not State.OPEN:
             return False
-        self._transport.write(frame)
+        transport = self._transport
+        if transport.get_write_buffer_size() > self._buffer_limit:
+            return self._writable()  # over the bound: closes it as a slow consumer
+        transport.write(frame)
         return True
 
     def close(self, code: int, reason: str) -> None:
