@@ -411,6 +411,9 @@ class Publisher(Agent):
         if cmd == "use_conv":
             self.conv = msg[1]
             return None
+        if cmd == "echo_stats":
+            st = self.stats(msg[1])
+            return {"echo": st.echo, "last_ns": st.last_ns}
         if cmd == "phase":
             return await self.phase(*msg[1:])
         return await super().handle(msg)

@@ -324,14 +324,19 @@ def _phase(
     sent_info = pub.receive()
     sent = sent_info["sent"]
     expected_members = sent * cfg["members"]
+    expected_echo = sent * cfg["publishers"]  # every publisher is a member too
     deadline = time.monotonic() + cfg["drain_s"]
     while True:
         stats = [w.call(("phase_stats", phase)) for w in members]
+        echo = pub.call(("echo_stats", phase))
         got = sum(s["count"] for s in stats)
-        progress.update(label, f"draining {got}/{expected_members}")
-        if got >= expected_members or time.monotonic() > deadline:
+        progress.update(label, f"draining {got + echo['echo']}/{expected_members + expected_echo}")
+        if got >= expected_members and echo["echo"] >= expected_echo:
+            break
+        if time.monotonic() > deadline:
             break
         time.sleep(0.05)
+    sent_info["echo"], sent_info["echo_last_ns"] = echo["echo"], echo["last_ns"]
     server_after = cpu_sample(server.pid)
     load_after = [cpu_sample(w.pid) for w in workers]
     collected = [w.call(("collect", phase)) for w in members]
