@@ -70,8 +70,8 @@ class Hub:
         self._framer = framer
         #: Corking needs ready-made frames it can concatenate, so only with a framer.
         self._cork = cork and framer is not None
+        #: Corked deliveries; non-empty exactly while a flush is scheduled.
         self._pending: list[tuple[list[Socket], dict[str, Any]]] = []
-        self._flush_scheduled = False
 
     # -- registry ------------------------------------------------------------
     def register(self, sock: Socket) -> bool:
@@ -145,16 +145,14 @@ class Hub:
             writes = self._write_all(socks, frame)
             self._metrics.deliveries.inc(writes)
             return writes
-        self._pending.append((socks, frame))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        if not self._pending:
             asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.append((socks, frame))
         return len(socks)
 
     def flush(self) -> int:
         """Write every corked delivery now, one write per socket; returns frames written."""
         pending, self._pending = self._pending, []
-        self._flush_scheduled = False
         if len(pending) == 1:
             writes = self._write_all(*pending[0])
         elif pending:
@@ -178,6 +176,8 @@ class Hub:
         writes = 0
         last: Codec | None = None  # sockets mostly share a codec: skip the dict then
         data = b""
+        # Two copies of one loop on purpose: choosing write/write_frame per
+        # socket would cost an attribute lookup on the hottest line.
         if self._framer is None:
             for sock in socks:
                 if sock.codec is not last:
