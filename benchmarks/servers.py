@@ -109,6 +109,13 @@ max_group_members = {max_group_members}
 send_buffer_limit_bytes = 268435456
 # Members only listen; they must not be closed as idle during a long sweep.
 idle_timeout_s = 86400.0
+# The load generator is one host with thousands of sockets: no connection caps.
+max_connections = 0
+max_connections_per_ip = 0
+
+[http]
+max_connections = 0
+max_connections_per_ip = 0
 
 [cards]
 app_requests_per_s = 1e9

@@ -1,7 +1,8 @@
 """Card deadlines: reminders before ``due_at``, the overdue mark, escalation.
 
 Timers are rows written with the card (``save_card``/``create_card``), so a
-schedule made before a restart still fires after it. This loop claims due
+schedule made before a restart still fires after it. Escalation re-checks the
+app's scope first (``CardService.escalation_outside_scope``). This loop claims due
 timers with a lease, acts only if the card is still open, and marks each
 timer done. Reminders and escalation notices are ``notice`` messages in the
 person's notice conversation with the app: persistent, synced, and pushed
@@ -103,9 +104,22 @@ class DeadlineScheduler:
             await self._chat.publish_message(msg, (notice_owner(msg.conv),))
 
     async def _escalate(self, card: CardRecord, pending: tuple[str, ...], now: int) -> None:
-        """Hand the overdue card to ``escalate_to``: they hold it and are told why."""
+        """Hand the overdue card to ``escalate_to``: they hold it and are told why.
+
+        Only if the app may still reach them: otherwise nobody new gets the
+        card, and the refusal is logged, audited and shown on the card.
+        """
         boss = card.doc.get("escalate_to")
         if not boss or not await self._store.existing_users([boss]):
+            return
+        if await self._cards.escalation_outside_scope(card):
+            log.warning(
+                "card %s of app %s: escalation to %s refused, outside the app's scope",
+                card.id,
+                card.app_id,
+                boss,
+            )
+            await self._cards.refuse_escalation(card, "out_of_scope")
             return
         app = await self._store.get_app(card.app_id)
         name = (app.name if app else "") or card.app_id

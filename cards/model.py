@@ -277,6 +277,7 @@ def render_view(
     approval: ApprovalState,
     callback: str,
     overdue: bool = False,
+    escalation: dict[str, Any] | None = None,
     reveal: bool = False,
 ) -> dict[str, Any]:
     """What a holder sees: the document, its state, and who may act now.
@@ -304,6 +305,9 @@ def render_view(
         "overdue": overdue,
         "urgent": doc.get("urgent", False),
         "escalate_to": doc.get("escalate_to"),
+        # null, or how escalation ended when it did not happen, e.g.
+        # {"to": "bob", "state": "refused", "reason": "out_of_scope", "at": ms}
+        "escalation": escalation,
         "state": approval.state,
         "actionable_by": list(actionable_by(approval)),
         "decisions": [

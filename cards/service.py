@@ -24,6 +24,7 @@ from cards.model import (
     render_view,
 )
 from cards.policy import FINAL_STATES, Act, ApprovalState, Refused, actionable_by, close, decide
+from cards.scope import AppScope, Named, named_in_card, named_in_to, named_in_update
 from imserver.bus.base import TOPIC_DELIVER, Bus
 from imserver.config import Config
 from imserver.directory.model import UNIT_ID_RE
@@ -113,6 +114,8 @@ class CardService:
         self._ding_interval_ms = int(config.chat.ding_interval_s * 1000)
         self._metrics = metrics
         self._clock = clock
+        #: Every principal an app names is checked against its scope here.
+        self.scope = AppScope(store)
         #: Called after an action joins the outbox; the dispatcher sets it.
         self.wake_callbacks: Callable[[], None] = lambda: None
 
@@ -126,6 +129,7 @@ class CardService:
             approval=approval_from_json(card.doc, card.approval),
             callback=card.callback,
             overdue=bool(card.approval.get("overdue")),
+            escalation=card.approval.get("escalation"),
             reveal=reveal,
         )
 
@@ -147,23 +151,35 @@ class CardService:
                     m["body"] = {"card_id": card.id, "card": self.view(card, reveal)}
 
     async def _publish_views(
-        self, card: CardRecord, users: list[str] | tuple[str, ...], build: Any
+        self,
+        card: CardRecord,
+        users: list[str] | tuple[str, ...],
+        build: Any,
+        stored: Message | None = None,
     ) -> None:
         """Publish ``build(view)`` to ``users``: one masked and one clear variant at most.
 
         Each variant is encoded once for all its recipients; only cards with
-        sensitive fields need the second one.
+        sensitive fields need the second one. A ``stored`` message goes out
+        as one payload (``variants``, with its ``conv`` and ``seq``) so a
+        networked bus sees one seq once and can fill it from the store.
         """
         clear: set[str] = set()
         if any(f["sensitive"] for f in card.doc["fields"]):
             clear = await self.revealed(users)
         masked = [u for u in users if u not in clear]
-        for recipients, reveal in ((masked, False), (sorted(clear), True)):
-            if recipients:
-                await self._bus.publish(
-                    TOPIC_DELIVER,
-                    {"recipients": recipients, "frame": build(self.view(card, reveal))},
-                )
+        parts = [
+            {"recipients": recipients, "frame": build(self.view(card, reveal))}
+            for recipients, reveal in ((masked, False), (sorted(clear), True))
+            if recipients
+        ]
+        if stored is not None:
+            await self._bus.publish(
+                TOPIC_DELIVER, {"variants": parts, "conv": stored.conv, "seq": stored.seq}
+            )
+            return
+        for part in parts:
+            await self._bus.publish(TOPIC_DELIVER, part)
 
     async def publish_card_message(
         self, card: CardRecord, msg: Message, recipients: tuple[str, ...]
@@ -175,7 +191,7 @@ class CardService:
             return event_frame("message", {**wire, "body": {"card_id": card.id, "card": view}})
 
         self._metrics.messages.labels("card").inc()
-        await self._publish_views(card, recipients, frame)
+        await self._publish_views(card, recipients, frame, stored=msg)
 
     async def _fan_out(self, card: CardRecord, holders: list[str] | None = None) -> None:
         users = holders if holders is not None else await self._store.card_holders(card.id)
@@ -226,25 +242,11 @@ class CardService:
         unit_targets = self._unit_targets(to.get("units") or [])
         if not users and not group_ids and not unit_targets:
             raise InvalidField("give at least one of to.users, to.groups or to.units", field="to")
-        everyone = "*" in app.scope
-        outside = [u for u in users if not everyone and f"user:{u}" not in app.scope]
-        outside += [g for g in group_ids if not everyone and f"group:{g}" not in app.scope]
         units = await self._store.units_by_ids(uid for uid, _ in unit_targets)
         missing_units = [uid for uid, _ in unit_targets if uid not in units]
         if missing_units:
             raise NoSuchUnit(f"no such unit: {', '.join(missing_units[:10])}")
-        if unit_targets and not everyone:
-            scope_units = await self._store.units_by_ids(
-                e[5:] for e in app.scope if e.startswith("unit:")
-            )
-            for uid, _ in unit_targets:
-                if not any(units[uid].path.startswith(s.path) for s in scope_units.values()):
-                    outside.append(f"unit:{uid}")
-        if outside:
-            raise OutOfScope(
-                f"outside app {app.app_id}'s scope: {', '.join(outside[:10])}",
-                details={"outside": outside[:100]},
-            )
+        await self.scope.check(app, named_in_to(users, group_ids, [uid for uid, _ in unit_targets]))
         missing = set(users) - await self._store.existing_users(users)
         if missing:
             raise NoSuchUser(f"no such user: {', '.join(sorted(missing)[:10])}")
@@ -297,6 +299,7 @@ class CardService:
         holders = list(dict.fromkeys([*users, *(u for _, ms in groups for u in ms)]))
         if len(holders) > self._limits.max_recipients:
             raise TooManyMembers(f"a card may reach at most {self._limits.max_recipients} users")
+        await self.scope.check(app, named_in_card(doc), holders)
         approval = ApprovalState(policy=None)
         if doc["policy"] is not None:
             strangers = [a for a in doc["policy"]["actors"] if a not in holders]
@@ -394,11 +397,15 @@ class CardService:
         check_version: bool,
         callback: str | None = None,
         mark_overdue: bool = False,
+        escalation: dict[str, Any] | None = None,
+        audit: AuditEntry | None = None,
     ) -> dict[str, Any]:
         """Apply an app's update (from PATCH or a callback answer) and fan it out.
 
-        New text passes the classified-content guard here, so every way an app
-        can change a card is covered.
+        New text passes the classified-content guard and every person named
+        passes the app's scope here, so every way an app can change a card is
+        covered. ``escalation`` records how the escalation ended (server-kept,
+        like ``overdue``; shown in the view).
         """
         for attempt in range(MAX_SAVE_TRIES):
             upd = parse_update(body, card.doc, self._limits)
@@ -409,6 +416,7 @@ class CardService:
                     card.out_track_id,
                     card_texts({**card.doc, **upd.changes}),
                 )
+                await self._check_update_scope(card.app_id, upd.changes)
             if check_version and upd.if_version is not None and upd.if_version != card.version:
                 raise VersionConflict(
                     f"card is at version {card.version}, not {upd.if_version}",
@@ -422,16 +430,22 @@ class CardService:
             now = now_ms(self._clock)
             rescheduled = "due_at" in upd.changes or "escalate_to" in upd.changes
             overdue = bool(card.approval.get("overdue")) and not rescheduled
+            kept_escalation = None if rescheduled else card.approval.get("escalation")
             saved = await self._store.save_card(
                 CardChange(
                     card_id=card.id,
                     expected_version=card.version,
                     doc=doc,
-                    approval=_with_flags(approval, overdue=overdue or mark_overdue),
+                    approval=_with_flags(
+                        approval,
+                        overdue=overdue or mark_overdue,
+                        escalation=escalation or kept_escalation,
+                    ),
                     callback=callback or card.callback,
                     pending=actionable_by(approval),
                     now=now,
                     timers=self.timers(doc, now) if rescheduled else None,
+                    audit=audit,
                 )
             )
             if saved is not None:
@@ -442,6 +456,51 @@ class CardService:
             assert fresh is not None
             card = fresh
         raise VersionConflict("the card kept changing; try again")
+
+    async def _check_update_scope(self, app_id: str, changes: dict[str, Any]) -> None:
+        """Refuse an update naming someone outside the app's (current) scope."""
+        named = named_in_update(changes)
+        if not named:
+            return
+        app = await self._store.get_app(app_id)
+        if app is None:
+            raise OutOfScope(f"app {app_id} no longer exists", field=named[0].path)
+        await self.scope.check(app, named)
+
+    async def escalation_outside_scope(self, card: CardRecord) -> bool:
+        """Whether the card's ``escalate_to`` is now outside its app's scope.
+
+        Checked when the escalation fires: the scope, or the members of a
+        scoped unit, may have changed since the card was pushed.
+        """
+        target = card.doc.get("escalate_to")
+        if not target:
+            return False
+        app = await self._store.get_app(card.app_id)
+        named = [Named("escalate_to", "user", target)]
+        return app is None or bool(await self.scope.outside(app, named))
+
+    async def refuse_escalation(self, card: CardRecord, reason: str) -> None:
+        """Record on the card (and in the audit log) that its escalation was refused."""
+        target = card.doc.get("escalate_to")
+        now = now_ms(self._clock)
+        await self.apply_update(
+            card,
+            {},
+            check_version=False,
+            escalation={"to": target, "state": "refused", "reason": reason, "at": now},
+            audit=AuditEntry(
+                "system",
+                "card.escalation_refused",
+                card.id,
+                {
+                    "app_id": card.app_id,
+                    "out_track_id": card.out_track_id,
+                    "escalate_to": target,
+                    "reason": reason,
+                },
+            ),
+        )
 
     async def set_callback_state(self, card_id: str, state: str) -> None:
         card = await self._store.get_card(card_id)
@@ -455,7 +514,10 @@ class CardService:
         title = f.req_string("title", max_len=self._limits.max_title_chars)
         text = f.req_string("text", max_len=self._limits.max_body_chars)
         urgent = f.boolean("urgent")
-        await self._chat.content.check(f"app:{app.app_id}", "notice", "notice", [title, text])
+        # The notice text is markdown the client renders: matched as read, too.
+        await self._chat.content.check(
+            f"app:{app.app_id}", "notice", "notice", [title], markdown=[text]
+        )
         users, groups = await self._recipients(app, body.get("to"))
         now = now_ms(self._clock)
         notice_id = "nt_" + secrets.token_urlsafe(12)
@@ -553,7 +615,11 @@ class CardService:
                     card_id=card.id,
                     expected_version=card.version,
                     doc=card.doc,
-                    approval=_with_flags(new, overdue=bool(card.approval.get("overdue"))),
+                    approval=_with_flags(
+                        new,
+                        overdue=bool(card.approval.get("overdue")),
+                        escalation=card.approval.get("escalation"),
+                    ),
                     callback="pending",
                     pending=actionable_by(new),
                     now=now,
@@ -618,9 +684,13 @@ class CardService:
         }
 
 
-def _with_flags(s: ApprovalState, *, overdue: bool) -> dict[str, Any]:
-    """The stored approval state plus server-kept flags (``overdue``)."""
+def _with_flags(
+    s: ApprovalState, *, overdue: bool, escalation: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The stored approval state plus server-kept flags (``overdue``, ``escalation``)."""
     data = approval_to_json(s)
     if overdue:
         data["overdue"] = True
+    if escalation is not None:
+        data["escalation"] = escalation
     return data

@@ -17,17 +17,20 @@ from aiohttp import web
 from cards.callbacks import CallbackDispatcher
 from cards.deadlines import DeadlineScheduler
 from cards.service import CardService
-from imserver.appauth import NonceCache
-from imserver.apps_file import load_apps_file
+from imserver.apps_file import load_apps_file, register_apps
 from imserver.audit_trail import AuditTrail
 from imserver.bus.base import (
     TOPIC_CONV_CHANGED,
     TOPIC_DELIVER,
+    TOPIC_DIRECTORY,
     TOPIC_PRESENCE,
     TOPIC_REVOKE,
     Bus,
 )
 from imserver.bus.local import LocalBus
+from imserver.bus.redis import RedisBus, RedisBusSettings
+from imserver.bus.redis_ratelimit import SharedRateLimiter
+from imserver.bus.refill import viewer_refill
 from imserver.config import Config
 from imserver.dlp import ClassifiedGuard
 from imserver.field_protection import build_protector
@@ -35,7 +38,7 @@ from imserver.gateway.dispatch import Dispatcher
 from imserver.gateway.server import Gateway
 from imserver.gateway.session import server_frame
 from imserver.http.admin_auth import DIRECTORY_STORE
-from imserver.http.api import IDENTITY, TRAIL, build_http_app
+from imserver.http.api import BUS_HEALTH, IDENTITY, TRAIL, USER_LIMITER, build_http_app
 from imserver.http.cards_api import (
     APP_LIMITER,
     CARD_STORE,
@@ -47,9 +50,13 @@ from imserver.http.cards_api import (
 )
 from imserver.http.directory_api import DIRECTORY, add_directory_routes
 from imserver.http.governance_api import GOVERNANCE_STORE, GROUPS, add_governance_routes
+from imserver.http.guarded_server import GuardedSite
 from imserver.hub import Hub
 from imserver.metrics import Metrics
+from imserver.nonces import MemoryNonceStore, NonceStore
 from imserver.ratelimit import RateLimiter
+from imserver.redis_nonces import RedisNonceStore
+from imserver.services.address_book import AddressBook
 from imserver.services.chat import ChatService
 from imserver.services.content_policy import ContentPolicy
 from imserver.services.ding import DingService
@@ -59,6 +66,7 @@ from imserver.services.groups import GroupService
 from imserver.services.identity import IdentityService
 from imserver.services.membership import MembershipCache
 from imserver.services.presence import LocalPresence, PresenceService
+from imserver.store.postgres import PostgresStore
 from imserver.store.sqlite import SqliteStore
 from imserver.tokens import TokenSigner, load_or_create_secret
 
@@ -68,7 +76,7 @@ log = logging.getLogger("imserver")
 @dataclass
 class World:
     config: Config
-    store: SqliteStore
+    store: SqliteStore | PostgresStore
     bus: Bus
     hub: Hub
     metrics: Metrics
@@ -104,18 +112,57 @@ class World:
         return f"http://{self.config.server.host}:{self.http_port}"
 
 
-def build_world(config: Config) -> World:
-    """Construct every component; nothing is opened or bound yet."""
-    metrics = Metrics()
-    store = SqliteStore(
+def build_store(config: Config) -> SqliteStore | PostgresStore:
+    """The store ``[store] backend`` names; nothing is opened yet.
+
+    ``postgres`` is for several nodes sharing one database; its ``open()``
+    fails with ``StoreUnavailable`` naming the host and the fix when the
+    server cannot be reached.
+    """
+    if config.store.backend == "postgres":
+        return PostgresStore(
+            config.store.dsn,
+            min_pool=config.store.pool_min_size,
+            max_pool=config.store.pool_max_size,
+            group_commit_max=config.store.group_commit_max,
+            audit_algorithm=config.security.audit_algorithm,
+        )
+    return SqliteStore(
         config.sqlite_file,
         synchronous=config.store.sqlite_synchronous,
         group_commit_max=config.store.group_commit_max,
         audit_algorithm=config.security.audit_algorithm,
+        integrity_check=config.store.integrity_check,
     )
+
+
+def build_bus(config: Config, store: SqliteStore | PostgresStore) -> Bus:
+    """The bus ``[bus] backend`` names: in-process, or Redis for several nodes.
+
+    Several nodes need a shared store too (PostgreSQL): the Redis bus fills
+    gaps from it (docs/cluster.md).
+    """
+    if config.bus.backend != "redis":
+        return LocalBus()
+    settings = RedisBusSettings(
+        url=config.bus.redis_url,
+        cluster_nodes=config.bus.redis_cluster_nodes,
+        prefix=config.bus.channel_prefix,
+    )
+    return RedisBus(settings, store)
+
+
+def build_world(config: Config, *, nonce_store: NonceStore | None = None) -> World:
+    """Construct every component; nothing is opened or bound yet.
+
+    ``nonce_store``: where signed app requests' nonces are kept; this node's
+    memory unless given (several nodes must share one, e.g. ``RedisNonceStore``).
+    """
+    metrics = Metrics()
+    store = build_store(config)
     protector = build_protector(config)
     store.doc_protector = protector  # sensitive card fields sealed at rest
-    bus: Bus = LocalBus()
+    bus = build_bus(config, store)
     # The frame-once fast path needs frames that no per-connection extension
     # rewrites: with permessage-deflate on, every socket frames for itself.
     hub = Hub(metrics, framer=None if config.gateway.compression else server_frame, cork=True)
@@ -128,28 +175,48 @@ def build_world(config: Config) -> World:
     content = ContentPolicy(guard, trail)
     chat = ChatService(store, bus, members, config, metrics, content)
     groups = GroupService(store, bus, members, chat, config)
-    presence = PresenceService(hub, bus, LocalPresence(hub), config.limits.presence_subscriptions)
+    presence = PresenceService(
+        hub,
+        bus,
+        bus.presence if isinstance(bus, RedisBus) else LocalPresence(hub),  # cluster-wide
+        config.limits.presence_subscriptions,
+    )
     files = FileService(store, config.data_path / "files", config.limits, content)
     cards = CardService(store, bus, members, chat, config, metrics)
     chat.enricher = cards.enrich
+    if isinstance(bus, RedisBus):
+        bus.refill = viewer_refill(chat.wire_for)  # card messages: the view per viewer
+        if nonce_store is None:  # every node must see every nonce
+            nonce_store = RedisNonceStore(bus.client, config.bus.channel_prefix + "nonce:")
     callbacks = CallbackDispatcher(store, cards, config.cards, metrics)
     cards.wake_callbacks = callbacks.wake
     deadlines = DeadlineScheduler(store, cards, chat)
     dings = DingService(store, bus, members, config.chat)
-    dispatcher = Dispatcher(chat, groups, presence, cards, dings)
+    directory = DirectoryService(store, bus, sealer=protector)
+    address_book = AddressBook(store, directory.sealer)
+    dispatcher = Dispatcher(chat, groups, presence, cards, dings, address_book)
     identity = IdentityService(store, bus, signer, config.auth, trail)
     gateway = Gateway(config, hub, presence, dispatcher, signer, store, metrics, identity)
+    if isinstance(bus, RedisBus):  # one budget per user across every node
+        gateway.limiter = SharedRateLimiter(
+            config.limits.user_requests_per_s,
+            config.limits.user_burst,
+            bus.client,
+            config.bus.channel_prefix,
+        )
     http_app = build_http_app(signer, files, store, metrics, config.auth.admin_api_key)
     http_app[CARDS] = cards
     http_app[CARD_STORE] = store
-    http_app[NONCES] = NonceCache(config.cards.signature_window_s)
+    http_app[NONCES] = nonce_store if nonce_store is not None else MemoryNonceStore()
     http_app[CARDS_CONFIG] = config.cards
     http_app[WAKE] = callbacks.wake
     http_app[IDENTITY] = identity
+    http_app[USER_LIMITER] = gateway.limiter  # one budget per user: sockets and HTTP
     http_app[APP_LIMITER] = RateLimiter(config.cards.app_requests_per_s, config.cards.app_burst)
     http_app[TRAIL] = trail
+    if isinstance(bus, RedisBus):
+        http_app[BUS_HEALTH] = bus.health
     add_card_routes(http_app)
-    directory = DirectoryService(store, bus, sealer=protector)
 
     async def remove_from_groups(users: list[str]) -> None:
         for user in users:
@@ -166,6 +233,7 @@ def build_world(config: Config) -> World:
     bus.subscribe(TOPIC_PRESENCE, hub.on_presence)
     bus.subscribe(TOPIC_CONV_CHANGED, members.on_conv_changed)
     bus.subscribe(TOPIC_REVOKE, hub.on_revoke)
+    bus.subscribe(TOPIC_DIRECTORY, hub.on_directory)
     return World(
         config=config,
         store=store,
@@ -195,8 +263,10 @@ async def start_world(world: World) -> None:
     # Check the apps file before opening anything, so a bad file leaks nothing.
     apps = load_apps_file(world.config.cards.apps_file) if world.config.cards.apps_file else []
     await world.store.open()
-    for app in apps:
-        await world.store.upsert_app(app, int(time.time() * 1000))
+    if apps:  # new or changed apps only, each with its audit record (docs/security.md)
+        await register_apps(
+            world.store, apps, world.config.cards.apps_file, int(time.time() * 1000)
+        )
     await world.bus.start()
     await world.callbacks.start()
     await world.deadlines.start()
@@ -204,7 +274,8 @@ async def start_world(world: World) -> None:
     await world.gateway.start()
     runner = web.AppRunner(world.http_app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.http_port)
+    # Not web.TCPSite: connection caps and a request-head deadline (slowloris).
+    site = GuardedSite(runner, cfg.host, cfg.http_port, world.config.http, world.metrics)
     await site.start()
     world.http_runner = runner
     world.http_port = runner.addresses[0][1]
@@ -233,7 +304,7 @@ async def serve_until_signalled(config: Config) -> None:
         "imserver listening: websocket %s  http %s  (store: %s, bus: %s)",
         world.ws_url,
         world.http_url,
-        config.sqlite_file,
+        world.store.describe if isinstance(world.store, PostgresStore) else config.sqlite_file,
         config.bus.backend,
     )
     stop = asyncio.Event()

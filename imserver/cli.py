@@ -1,4 +1,4 @@
-"""Command line: ``python -m imserver serve | token | user``."""
+"""Command line: ``python -m imserver serve | token | user | audit | store | keys | governance``."""
 
 from __future__ import annotations
 
@@ -10,14 +10,35 @@ import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from imserver.config import Config, load_config
-from imserver.errors import ConfigError
+from imserver.errors import (
+    BusUnavailable,
+    ConfigError,
+    NoDatabaseYet,
+    StoreFileError,
+    StoreRefused,
+    StoreUnavailable,
+)
+
+if TYPE_CHECKING:
+    from imserver.audit import Anchor, VerifyResult
+    from imserver.store.postgres import PostgresStore
+    from imserver.store.sqlite import SqliteStore
 
 DEFAULT_CONFIG = Path("config/default.toml")
+
+# Exit codes (docs/operations.md, "Exit codes"). 1 is a check that ran and
+# found a problem (audit verify, store check); the others say why a command
+# could not do its work at all.
+EXIT_CHECK_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_STORE_REFUSED = 3
+EXIT_NO_DATABASE = 4
+EXIT_STORE_UNAVAILABLE = 5  # store.backend = "postgres" and the database cannot be reached
 
 
 def _load(path: str | None) -> Config:
@@ -48,9 +69,7 @@ def _run(coro: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
 
 
 async def _ensure_user(config: Config, user: str, name: str) -> None:
-    from imserver.store.sqlite import SqliteStore
-
-    store = SqliteStore(config.sqlite_file, synchronous=config.store.sqlite_synchronous)
+    store = _store(config)
     await store.open()
     try:
         await store.upsert_users([(user, name)], int(time.time() * 1000))
@@ -58,11 +77,33 @@ async def _ensure_user(config: Config, user: str, name: str) -> None:
         await store.close()
 
 
+def _store(config: Config) -> SqliteStore | PostgresStore:
+    """The store as the server opens it: same file, durability and start-up checks."""
+    if config.store.backend == "postgres":  # the database the nodes share
+        from imserver.app import build_store
+
+        return build_store(config)
+    from imserver.store.sqlite import SqliteStore
+
+    return SqliteStore(
+        config.sqlite_file,
+        synchronous=config.store.sqlite_synchronous,
+        integrity_check=config.store.integrity_check,
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     _setup_logging(config.server.log_level)
     from imserver.app import serve_until_signalled
 
+    if args.init:
+        from imserver.store.sqlite_file import initialise_empty_store_file
+
+        if initialise_empty_store_file(config.sqlite_file):
+            logging.getLogger("imserver").warning(
+                "--init: removed the empty file %s; starting with a new store", config.sqlite_file
+            )
     _run(serve_until_signalled(config), config.server.use_uvloop)
     return 0
 
@@ -97,26 +138,107 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Check the audit chain; exit 0 if intact, 1 naming the first bad record."""
+def _verify_audit(config: Config, anchor: Anchor | None) -> VerifyResult:
+    """Verify the chain in the configured store; ``StoreFileError`` if there is none to read.
+
+    The file is checked first (header and schema, not its pages), so a missing,
+    foreign or empty file is named as such rather than as an SQL error.
+    """
     import sqlite3
 
     from imserver.audit import verify_database
+    from imserver.errors import StoreDamaged
+    from imserver.store.sqlite_file import check_store_file
+
+    path = config.sqlite_file
+    check_store_file(path, check="off")
+    try:
+        return verify_database(path, anchor)
+    except sqlite3.Error as e:
+        fix = "run `python -m imserver store check`; restore a backup (docs/operations.md)"
+        raise StoreDamaged(path, f"cannot read the audit log ({e})", fix) from None
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Check the audit chain; exit 0 if intact, 1 naming the first bad record."""
+    from imserver.audit import parse_anchor
 
     config = _load(args.config)
     try:
-        result = verify_database(config.sqlite_file)
-    except sqlite3.Error as e:
-        print(f"error: cannot read the audit log in {config.sqlite_file}: {e}", file=sys.stderr)
-        return 2
+        anchor = None if args.head is None else parse_anchor(args.head)
+    except ValueError as e:
+        print(f"error: --head: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    result = _verify_audit(config, anchor)
     if result.ok:
-        print(f"ok: {result.checked} records verified; head hash {result.head_hash}")
+        anchored = "" if anchor is None else f"; anchor {anchor.seq} matches"
+        print(f"ok: {result.checked} records verified; head hash {result.head_hash}{anchored}")
         return 0
     print(
         f"BROKEN at record {result.first_bad_seq}: {result.reason}"
         f" ({result.checked} records before it verified)"
     )
-    return 1
+    return EXIT_CHECK_FAILED
+
+
+def cmd_audit_head(args: argparse.Namespace) -> int:
+    """Print ``SEQ:HASH`` of the verified chain's last record, for keeping outside the server.
+
+    Verifies first: anchoring the head of a chain that is already broken would
+    vouch for the tampering.
+    """
+    result = _verify_audit(_load(args.config), None)
+    if not result.ok:
+        print(
+            f"BROKEN at record {result.first_bad_seq}: {result.reason}; not printing a head",
+            file=sys.stderr,
+        )
+        return EXIT_CHECK_FAILED
+    print(f"{result.checked}:{result.head_hash}")
+    return 0
+
+
+def cmd_store_check(args: argparse.Namespace) -> int:
+    """Full ``integrity_check`` and schema check of the store (or of a backup file)."""
+    from imserver.store.sqlite_file import check_store_file
+
+    path = Path(args.path) if args.path else _load(args.config).sqlite_file
+    try:
+        report = check_store_file(path, check="full")
+    except StoreRefused as e:
+        print(f"BAD: {e}")
+        return EXIT_CHECK_FAILED
+    print(
+        f"ok: {path}: integrity_check ok, schema version {report.schema_version},"
+        f" {report.page_count} pages"
+    )
+    return 0
+
+
+def cmd_store_backup(args: argparse.Namespace) -> int:
+    """Online backup to a new file, checked before it is given its name."""
+    import sqlite3
+
+    from imserver.store.sqlite_backup import backup_store_file
+
+    config = _load(args.config)
+    target = Path(args.path)
+    if not target.parent.is_dir():
+        print(f"error: no directory {target.parent} to write the backup in", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        report = backup_store_file(config.sqlite_file, target)
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (OSError, sqlite3.OperationalError) as e:  # e.g. no permission, disk full
+        print(f"error: cannot write the backup {target}: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(
+        f"ok: backup of {config.sqlite_file} written to {target}: integrity_check ok,"
+        f" schema version {report.schema_version}, {report.page_count} pages"
+    )
+    return 0
 
 
 def cmd_keys_add(args: argparse.Namespace) -> int:
@@ -133,13 +255,12 @@ def cmd_keys_add(args: argparse.Namespace) -> int:
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     """Re-encrypt every sealed value with the active key."""
     from imserver.field_protection import build_protector
-    from imserver.store.sqlite import SqliteStore
 
     config = _load(args.config)
     protector = build_protector(config)
 
     async def run() -> tuple[int, int]:
-        store = SqliteStore(config.sqlite_file, synchronous=config.store.sqlite_synchronous)
+        store = _store(config)
         await store.open()
         try:
             result = await store.rotate_sealed(protector)
@@ -166,7 +287,6 @@ def cmd_governance_report(args: argparse.Namespace) -> int:
     """Print the group governance report (JSON or CSV) for the whole tree or one unit."""
     from imserver.governance import classify, to_csv, to_json
     from imserver.http.governance_api import rules_from
-    from imserver.store.sqlite import SqliteStore
 
     config = _load(args.config)
     query = {
@@ -182,7 +302,7 @@ def cmd_governance_report(args: argparse.Namespace) -> int:
     rules = rules_from(query)
 
     async def run() -> str:
-        store = SqliteStore(config.sqlite_file, synchronous=config.store.sqlite_synchronous)
+        store = _store(config)
         await store.open()
         try:
             scope = None
@@ -202,6 +322,29 @@ def cmd_governance_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_restore(args: argparse.Namespace) -> int:
+    """Replace the (stopped) store with a checked backup; the old file is kept aside."""
+    from imserver.store.sqlite_backup import restore_store_file
+
+    config = _load(args.config)
+    backup = Path(args.path)
+    if not backup.exists():
+        print(f"error: no backup file {backup}", file=sys.stderr)
+        return EXIT_CONFIG
+    report = restore_store_file(backup, config.sqlite_file)
+    print(
+        f"ok: restored {backup} to {config.sqlite_file} (schema version"
+        f" {report.restored.schema_version}, integrity_check ok)"
+    )
+    if report.replaced is not None:
+        print(f"the previous store was moved to {report.replaced} (with its -wal/-shm)")
+    print(
+        "anything stored after the backup was made is gone: have users sign out and in"
+        " again, and note the new audit head (python -m imserver audit head)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m imserver", description=__doc__)
     p.add_argument("--config", help="TOML config file (default: config/default.toml)")
@@ -209,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the WebSocket gateway and HTTP API")
     s.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    s.add_argument(
+        "--init",
+        action="store_true",
+        help="if the database file is empty (0 bytes), replace it with a new store",
+    )
     s.set_defaults(func=cmd_serve)
 
     t = sub.add_parser("token", help="mint a user token for development (creates the user)")
@@ -230,7 +378,27 @@ def build_parser() -> argparse.ArgumentParser:
     asub = a.add_subparsers(dest="audit_command", required=True)
     av = asub.add_parser("verify", help="check the hash chain; names the first broken record")
     av.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    av.add_argument(
+        "--head", metavar="SEQ:HASH", help="a head printed earlier by `audit head`: must be there"
+    )
     av.set_defaults(func=cmd_audit_verify)
+    ah = asub.add_parser("head", help="verify, then print SEQ:HASH of the last record to anchor")
+    ah.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    ah.set_defaults(func=cmd_audit_head)
+    st = sub.add_parser("store", help="the database file")
+    stsub = st.add_subparsers(dest="store_command", required=True)
+    sc = stsub.add_parser("check", help="full integrity check; exit 0 ok, 1 not usable")
+    sc.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sc.add_argument("path", nargs="?", help="a database file (default: the configured store)")
+    sc.set_defaults(func=cmd_store_check)
+    sb = stsub.add_parser("backup", help="online backup to a new file (safe while serving)")
+    sb.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sb.add_argument("path", help="the backup file to create (must not exist)")
+    sb.set_defaults(func=cmd_store_backup)
+    sr = stsub.add_parser("restore", help="replace the stopped store with a backup (kept aside)")
+    sr.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sr.add_argument("path", help="a backup made by `store backup`")
+    sr.set_defaults(func=cmd_store_restore)
     g = sub.add_parser("governance", help="work-group governance")
     gsub = g.add_subparsers(dest="governance_command", required=True)
     gr = gsub.add_parser("report", help="zombie, empty-shell and duplicate groups")
@@ -261,5 +429,11 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    except StoreFileError as e:  # one line naming the file and the fix; no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NO_DATABASE if isinstance(e, NoDatabaseYet) else EXIT_STORE_REFUSED
+    except (StoreUnavailable, BusUnavailable) as e:  # one line naming the host and the fix
+        print(f"error: {e.code}: {e.message}", file=sys.stderr)
+        return EXIT_STORE_UNAVAILABLE
     return code

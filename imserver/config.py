@@ -40,11 +40,19 @@ class StoreConfig:
     sqlite_path: str = ""  # empty: <data_dir>/imserver.db
     sqlite_synchronous: str = "FULL"
     group_commit_max: int = 512
+    integrity_check: str = "quick"  # at start: "quick" (PRAGMA quick_check), "full" or "off"
+    # backend = "postgres": several nodes share one database (docs/operations.md).
+    dsn: str = ""  # postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE; IMSERVER_STORE_DSN
+    pool_min_size: int = 2  # connections per node kept open
+    pool_max_size: int = 10  # readers borrow these; the writer holds one per batch
 
 
 @dataclass(slots=True, frozen=True)
 class BusConfig:
-    backend: str = "local"
+    backend: str = "local"  # or "redis": several nodes (docs/cluster.md)
+    redis_url: str = "redis://127.0.0.1:6379/0"  # one Redis; IMSERVER_BUS_REDIS_URL
+    redis_cluster_nodes: tuple[str, ...] = ()  # "host:port",...: a Redis Cluster instead
+    channel_prefix: str = "imserver:"  # channels and keys; one per deployment on a shared Redis
 
 
 @dataclass(slots=True, frozen=True)
@@ -94,6 +102,23 @@ class GatewayConfig:
     send_buffer_limit_bytes: int = 1024 * 1024
     compression: bool = False
     listen_backlog: int = 4096  # pending connections the kernel queues (reconnect storms)
+    open_timeout_s: float = 10.0  # TCP accept to finished WebSocket handshake (slowloris)
+    max_connections: int = 20000  # open TCP connections on the WebSocket port; 0: no cap
+    max_connections_per_ip: int = 2000  # ... from one source address (NAT!); 0: no cap
+
+
+@dataclass(slots=True, frozen=True)
+class HttpConfig:
+    """Bounds on the HTTP port's connections: a slow or idle client holds one
+    socket for a bounded time, and one address cannot take them all."""
+
+    header_timeout_s: float = 10.0  # connect to complete first request head
+    # Idle time between requests on one connection; longer than common clients'
+    # own idle expiry (aiohttp 15 s) so a client never reuses a socket being closed.
+    keepalive_timeout_s: float = 75.0
+    max_connections: int = 4096  # open TCP connections on the HTTP port; 0: no cap
+    max_connections_per_ip: int = 256  # ... from one source address; 0: no cap
+    listen_backlog: int = 1024  # pending connections the kernel queues
 
 
 @dataclass(slots=True, frozen=True)
@@ -141,6 +166,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     cards: CardsConfig = field(default_factory=CardsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
@@ -294,6 +320,25 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     raise ConfigError(key, f"unsupported type {hint!r}")  # pragma: no cover
 
 
+def _validate_postgres(store: StoreConfig) -> None:
+    """A PostgreSQL store needs a DSN it can parse and a sane pool; SQLite ignores these."""
+    if store.backend != "postgres":
+        return
+    if not store.dsn.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            "store.dsn",
+            "required for backend \"postgres\": postgresql://USER@HOST:PORT/DATABASE"
+            " (or set IMSERVER_STORE_DSN)",
+        )
+    if store.pool_min_size < 0:
+        raise ConfigError("store.pool_min_size", f"must not be negative, got {store.pool_min_size}")
+    if store.pool_max_size < max(1, store.pool_min_size):
+        raise ConfigError(
+            "store.pool_max_size",
+            f"must be at least 1 and at least store.pool_min_size, got {store.pool_max_size}",
+        )
+
+
 def _validate(c: Config) -> None:
     def positive(key: str, value: float) -> None:
         if value <= 0:
@@ -309,17 +354,19 @@ def _validate(c: Config) -> None:
         raise ConfigError("server.http_port", "must differ from server.ws_port")
     if c.server.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("server.log_level", "must be DEBUG, INFO, WARNING or ERROR")
-    if c.store.backend != "sqlite":
+    if c.store.backend not in ("sqlite", "postgres"):
         raise ConfigError(
-            "store.backend", f"unsupported backend {c.store.backend!r} (known: sqlite)"
+            "store.backend", f"unsupported backend {c.store.backend!r} (known: sqlite, postgres)"
         )
+    _validate_postgres(c.store)
     if c.store.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError("store.sqlite_synchronous", "must be OFF, NORMAL, FULL or EXTRA")
     if c.server.shutdown_grace_s < 0:
         raise ConfigError("server.shutdown_grace_s", "must not be negative")
     positive("store.group_commit_max", c.store.group_commit_max)
-    if c.bus.backend != "local":
-        raise ConfigError("bus.backend", f"unsupported backend {c.bus.backend!r} (known: local)")
+    if c.store.integrity_check not in ("quick", "full", "off"):
+        raise ConfigError("store.integrity_check", "must be quick, full or off")
+    _validate_bus(c.bus)
     if c.auth.secret and len(c.auth.secret) < 32:
         raise ConfigError(
             "auth.secret", "must be at least 32 characters (or empty to generate one)"
@@ -340,6 +387,7 @@ def _validate(c: Config) -> None:
         raise ConfigError("limits.max_group_members", "must be at least 2")
     for name in ("ping_interval_s", "ping_timeout_s", "idle_timeout_s"):
         positive(f"gateway.{name}", getattr(c.gateway, name))
+    _validate_connection_bounds(c)
     if c.gateway.send_buffer_limit_bytes < 64 * 1024:
         raise ConfigError("gateway.send_buffer_limit_bytes", "must be at least 65536")
     for f in dataclasses.fields(CardsConfig):
@@ -363,3 +411,50 @@ def _validate(c: Config) -> None:
             raise ConfigError("security.dlp_patterns", str(e)) from None
     if c.chat.recall_window_s < 0:
         raise ConfigError("chat.recall_window_s", "must not be negative")
+
+
+def _validate_bus(bus: BusConfig) -> None:
+    """The Redis bus needs a URL or cluster nodes it can parse; ``local`` ignores them."""
+    if bus.backend not in ("local", "redis"):
+        raise ConfigError(
+            "bus.backend", f"unsupported backend {bus.backend!r} (known: local, redis)"
+        )
+    if bus.backend != "redis":
+        return
+    for node in bus.redis_cluster_nodes:
+        host, _, port = node.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError("bus.redis_cluster_nodes", f"expected host:port, got {node!r}")
+    if not bus.redis_cluster_nodes and not bus.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError(
+            "bus.redis_url",
+            "required for backend \"redis\": redis://HOST:PORT/DB (or set IMSERVER_BUS_REDIS_URL),"
+            " or list bus.redis_cluster_nodes",
+        )
+    if not bus.channel_prefix or any(ch in bus.channel_prefix for ch in "{} "):
+        raise ConfigError("bus.channel_prefix", "must be non-empty, without spaces or braces")
+
+
+def _validate_connection_bounds(c: Config) -> None:
+    """Timeouts must be positive (no "wait forever"); caps are counts, 0 meaning none."""
+    for key, seconds in (
+        ("gateway.open_timeout_s", c.gateway.open_timeout_s),
+        ("http.header_timeout_s", c.http.header_timeout_s),
+        ("http.keepalive_timeout_s", c.http.keepalive_timeout_s),
+    ):
+        if seconds <= 0:
+            raise ConfigError(key, f"must be greater than 0, got {seconds}")
+    for key, count in (
+        ("gateway.max_connections", c.gateway.max_connections),
+        ("gateway.max_connections_per_ip", c.gateway.max_connections_per_ip),
+        ("http.max_connections", c.http.max_connections),
+        ("http.max_connections_per_ip", c.http.max_connections_per_ip),
+    ):
+        if count < 0:
+            raise ConfigError(key, f"must not be negative (0: no cap), got {count}")
+    if c.http.listen_backlog <= 0:
+        raise ConfigError(
+            "http.listen_backlog", f"must be greater than 0, got {c.http.listen_backlog}"
+        )

@@ -53,8 +53,14 @@ Deliberately *not* boundaries (each one is a judgement call, see the comments at
 标注“机密”字样), 《》 (a title: 《秘密》 is a book), 、 and ``/`` (an enumeration
 of levels: 绝密、机密、秘密), and ``?`` (a question about a level is not a mark).
 
-Evasions handled: zero-width and other invisible characters inside a mark,
-full-width forms (NFKC), star variants (☆ ✩ ⭐ … all become ★), up to three
+Evasions handled: every character that renders as nothing inside a mark
+(Default_Ignorable_Code_Point — zero-width characters, variation selectors
+U+FE00-FE0F and U+E0100-E01EF, Mongolian FVS, Khmer inherent vowels, musical
+formatting, tags U+E0000-E007F, combining grapheme joiner — every format
+character (Cf) and non-whitespace controls such as NUL), full-width forms
+(NFKC), star lookalikes (☆ ✶ ✱ ⛤ ✦ ⋆ ⭐ … all become ★), markup in markdown
+fields (``机**密**``, ``机&#23494;``, ``机<b></b>密``: see
+:func:`markdown_visible_text`, used only for fields clients render), up to three
 spaces or tabs between the two characters of a level (``机 密★1年``, ``秘　密``,
 the spaced-out form is also how some templates align two-character headings)
 and the traditional / Japanese forms 機 祕 絕 絶 級. Determined evasion (机-密,
@@ -74,36 +80,57 @@ are meant for logs and diagnostics, not for slicing the original.
 from __future__ import annotations
 
 import codecs
+import html
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PATTERNS", "ClassifiedGuard", "DlpMatch", "normalise"]
+__all__ = [
+    "DEFAULT_PATTERNS",
+    "TEXT_ENCODINGS",
+    "ClassifiedGuard",
+    "DlpMatch",
+    "markdown_visible_text",
+    "normalise",
+    "sniff_text_encoding",
+]
 
 # --------------------------------------------------------------------------- normalise
 
-# Invisible characters an attacker (or a word processor) can put between the
-# characters of a mark. The brief's list (U+200B-U+200D, U+FEFF, U+2060) plus
-# the other default-ignorable format characters with the same effect: soft
-# hyphen, Arabic letter mark, Mongolian vowel separator, LRM/RLM, bidi
-# embeddings and isolates, invisible operators, combining grapheme joiner,
-# variation selectors and the Hangul fillers (which render as nothing).
-_INVISIBLE_RANGES: tuple[tuple[int, int], ...] = (
-    (0x00AD, 0x00AD),
-    (0x034F, 0x034F),
-    (0x061C, 0x061C),
-    (0x115F, 0x1160),
-    (0x180E, 0x180E),
-    (0x200B, 0x200F),
-    (0x202A, 0x202E),
-    (0x2060, 0x2064),
-    (0x2066, 0x206F),
-    (0x3164, 0x3164),
-    (0xFE00, 0xFE0F),
-    (0xFEFF, 0xFEFF),
-    (0xFFA0, 0xFFA0),
+# Every code point with the Unicode property Default_Ignorable_Code_Point, from
+# DerivedCoreProperties.txt (Unicode 15.1; the list has been stable since 14.0
+# added U+180F). Python's unicodedata does not expose the property, and the
+# table is small enough not to need a dependency. A default-ignorable code
+# point renders as nothing when a font lacks it, which is exactly what makes
+# it useful for hiding a mark: 机\U000E0020密★1年 looks like 机密★1年.
+# Reserved (unassigned) ranges are listed too, as the property does, so a
+# future assignment cannot open a gap.
+_DEFAULT_IGNORABLE_RANGES: tuple[tuple[int, int], ...] = (
+    (0x00AD, 0x00AD),  # SOFT HYPHEN
+    (0x034F, 0x034F),  # COMBINING GRAPHEME JOINER
+    (0x061C, 0x061C),  # ARABIC LETTER MARK
+    (0x115F, 0x1160),  # HANGUL CHOSEONG / JUNGSEONG FILLER
+    (0x17B4, 0x17B5),  # KHMER VOWEL INHERENT AQ / AA
+    (0x180B, 0x180F),  # MONGOLIAN FREE VARIATION SELECTORS, VOWEL SEPARATOR
+    (0x200B, 0x200F),  # ZERO WIDTH SPACE .. RIGHT-TO-LEFT MARK
+    (0x202A, 0x202E),  # bidi embeddings and overrides
+    (0x2060, 0x206F),  # WORD JOINER, invisible operators, isolates, deprecated format
+    (0x3164, 0x3164),  # HANGUL FILLER
+    (0xFE00, 0xFE0F),  # VARIATION SELECTOR-1..16
+    (0xFEFF, 0xFEFF),  # ZERO WIDTH NO-BREAK SPACE (BOM)
+    (0xFFA0, 0xFFA0),  # HALFWIDTH HANGUL FILLER
+    (0xFFF0, 0xFFF8),  # reserved
+    (0x1BCA0, 0x1BCA3),  # SHORTHAND FORMAT CONTROLS
+    (0x1D173, 0x1D17A),  # MUSICAL SYMBOL BEGIN BEAM .. END PHRASE
+    (0xE0000, 0xE0FFF),  # tags, VARIATION SELECTOR-17..256, reserved
 )
+
+# General category Cf (format) is read from unicodedata, so it follows the
+# Unicode version of the running Python. Format characters exist only in
+# planes 0, 1 and 14 (planes 2-13 hold ideographs or nothing), so only those
+# are walked: about 135k look-ups once at import instead of 1.1M.
+_FORMAT_SEARCH_RANGES: tuple[range, ...] = (range(0x0000, 0x20000), range(0xE0000, 0xE1000))
 
 # Traditional and Japanese forms of the characters the rules look for, and of
 # the words in a period (長期, 6個月), so 機密★1年 / 密級：祕密 / 絕密★長期 are caught.
@@ -119,16 +146,36 @@ _CHAR_MAP: dict[str, str] = {
     "兩": "两",
 }
 
-# Star lookalikes. NFKC leaves all of these alone, and a mark typed with a
-# white star or an emoji star is still a mark.
-_STARS = "☆✩✪✫✬✭✮✯✰⭐🌟✦✧⋆"
+# Star lookalikes, all folded to ★. NFKC leaves every one of these alone, and
+# a mark typed with a white star, a dingbat star, a pentagram, an asterisk
+# operator or an emoji star is still a mark. Deliberately *not* here: the ASCII
+# ``*`` (and ＊, which NFKC turns into it) — it is Markdown emphasis, so R1
+# counts it as a star only when a period follows (``机密*1年``), while
+# ``这是**机密**文件`` stays an ordinary sentence.
+_STARS = (
+    "☆✩✪✫✬✭✮✯✰⭐⭑⭒🌟🌠✦✧⋆"  # stars
+    "✡✱✲✳✴✵✶✷✸✹✺✻✼✽❂❃❇❈❉❊❋✢✣✤✥"  # dingbat stars, asterisks and sparkles
+    "⛤⛥⛦⛧🔯⍟⯪⯫⯨⯩"  # pentagrams, hexagram, APL circle star, half stars
+    "∗⁎⁑٭⊛꙳"  # asterisk operators, low/two asterisks, Arabic star, Slavonic asterisk
+    "🟀🟁🟂🟃🟄🟅🟆🟇🟈🟉🟊🟋🟌🟍🟎🟏🟐🟑🟒🟓🟔"  # geometric shapes extended stars
+)
+
+
+def _is_hidden(cp: int) -> bool:
+    """True for a control character that is not whitespace (NUL, BEL, DEL, C1)."""
+    ch = chr(cp)
+    return unicodedata.category(ch) == "Cc" and not ch.isspace()
 
 
 def _build_table() -> dict[int, str | None]:
     table: dict[int, str | None] = {}
-    for lo, hi in _INVISIBLE_RANGES:
+    for lo, hi in _DEFAULT_IGNORABLE_RANGES:
         for cp in range(lo, hi + 1):
             table[cp] = None
+    for search in _FORMAT_SEARCH_RANGES:
+        for cp in search:
+            if unicodedata.category(chr(cp)) == "Cf" or _is_hidden(cp):
+                table[cp] = None
     for src, dst in _CHAR_MAP.items():
         table[ord(src)] = dst
     for star in _STARS:
@@ -144,11 +191,17 @@ def normalise(text: str) -> str:
 
     NFKC turns full-width letters, digits, punctuation and the ideographic
     space into their ASCII forms (``（秘密）`` → ``(秘密)``, ``１年`` → ``1年``),
-    so the rules need only one spelling of each. Invisible characters are then
-    removed, traditional/Japanese forms mapped to simplified and star variants
-    mapped to ★. The result may be shorter or longer than the input; nothing
-    maps positions back, because callers only need to know *that* and *what*
-    was found.
+    so the rules need only one spelling of each. Then every code point that
+    renders as nothing is removed — Default_Ignorable_Code_Point (zero-width
+    characters, variation selectors, Mongolian FVS, Khmer inherent vowels,
+    tags, musical formatting, …), every format character (category Cf) and
+    every control character that is not whitespace (NUL, which a text file
+    may carry) — traditional/Japanese forms are mapped to simplified and star
+    lookalikes to ★. Removal runs after NFKC so that what NFKC produces
+    (U+3164 → U+1160) is removed too. The result may be shorter or longer
+    than the input; nothing maps positions back, because callers only need to
+    know *that* and *what* was found. The stored text is never changed: this
+    copy exists only to be matched.
     """
     return unicodedata.normalize("NFKC", text).translate(_TABLE)
 
@@ -225,6 +278,159 @@ DEFAULT_PATTERNS: tuple[str, ...] = (_R1, _R2, _R3, _R4)
 # Finds the level inside a matched snippet ("密级:机密" → 机密). 保密 is not a
 # level because 保 is not in the class.
 _LEVEL_IN = re.compile(f"([绝机秘]){_GAP}密")
+
+
+# --------------------------------------------------------------------------- markdown
+
+# How many rounds of "strip tags, decode entities" a markdown field gets. One
+# round is what a renderer does; a few more undo double encoding
+# (``&amp;#23494;``) for renderers that decode twice. Bounded, so a field of
+# nested ``&amp;amp;…`` costs a fixed number of linear passes.
+_MARKUP_ROUNDS = 4
+
+# HTML comments and tags. ``[^<>]`` keeps each match linear and a bare ``<``
+# (``a < b``) is left alone. Block-level tags end a line when rendered
+# (``机密<br>性质`` shows 机密 on a line of its own), so they become a newline;
+# inline tags (``机<b></b>密``) render as nothing between their neighbours.
+_HTML_TAG = re.compile(r"</?([A-Za-z][A-Za-z0-9]{0,15})(?:\s[^<>]{0,2000})?/?>")
+_BLOCK_TAGS = frozenset(
+    {
+        *("address", "article", "aside", "blockquote", "br", "dd", "details", "div"),
+        *("dl", "dt", "figcaption", "figure", "footer", "h1", "h2", "h3", "h4", "h5"),
+        *("h6", "header", "hr", "li", "main", "nav", "ol", "p", "pre", "section"),
+        *("summary", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul"),
+    }
+)
+
+# Markdown inline syntax a reader does not see: links and images keep their
+# text (``[机](x)密`` reads 机密), backslash escapes keep the escaped
+# character, and emphasis / strike / code markers (* _ ~ `) disappear
+# (``机**密**★1年`` reads 机密★1年). The raw field is scanned as well (see
+# :meth:`ClassifiedGuard.scan_markdown`), so dropping ``*`` or ``_`` can only
+# add matches, never hide the raw ones (``机密*1年``, ``机密_关于…``).
+_MD_LINK = re.compile(r"!?\[([^\[\]\n]{0,1000})\](?:\([^()\n]{0,2000}\)|\[[^\[\]\n]{0,200}\])")
+_MD_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+_MD_MARKERS = re.compile(r"[*_~`]+")
+
+
+def _strip_comments(text: str) -> str:
+    """Drop ``<!-- … -->`` (an unterminated one runs to the end, as in HTML).
+
+    A find loop rather than a lazy regex: linear however many ``<!--`` there are.
+    """
+    parts: list[str] = []
+    pos = 0
+    while (start := text.find("<!--", pos)) != -1:
+        parts.append(text[pos:start])
+        end = text.find("-->", start + 4)
+        pos = len(text) if end == -1 else end + 3
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def _strip_tags(text: str) -> str:
+    def replace(m: re.Match[str]) -> str:
+        return "\n" if m.group(1).lower() in _BLOCK_TAGS else ""
+
+    return _HTML_TAG.sub(replace, _strip_comments(text))
+
+
+def markdown_visible_text(markdown: str) -> str:
+    """What a reader sees of a markdown/HTML field, for matching only.
+
+    Why: a card's ``body_md`` or a notice's text is rendered by the client, so
+    ``机**密**★1年``, ``机&#23494;★1年`` and ``机<b></b>密★1年`` all *show* as
+    机密★1年 while their source contains no mark. This undoes the markup:
+    tags are stripped and entities decoded (repeated, bounded by
+    ``_MARKUP_ROUNDS``, until nothing changes), then links reduced to their
+    text, escapes resolved and emphasis/code markers removed. Over-reading
+    (``&lt;b&gt;`` decoded and then stripped like a tag) can only refuse a
+    contrived text, never let a mark through.
+
+    Plain-text fields (chat messages, names) are *not* passed through this:
+    clients show them literally, so ``&#23494;`` there reads as eight ASCII
+    characters and hides nothing.
+    """
+    text = markdown
+    for _ in range(_MARKUP_ROUNDS):
+        decoded = html.unescape(_strip_tags(text))
+        if decoded == text:
+            break
+        text = decoded
+    text = _MD_LINK.sub(r"\1", text)
+    text = _MD_ESCAPE.sub(r"\1", text)
+    return _MD_MARKERS.sub("", text)
+
+
+# --------------------------------------------------------------------------- text files
+
+# Byte order marks, longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
+_BOMS: tuple[tuple[bytes, str], ...] = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+# Control bytes that text does not contain: everything below 0x20 except
+# tab, line feed, vertical tab, form feed, carriage return, 0x1A (the DOS end
+# of file) and ESC (colour codes in logs), and DEL. NUL is one of them.
+_BINARY_CONTROLS = bytes([*range(0x00, 0x09), *range(0x0E, 0x1A), *range(0x1C, 0x20), 0x7F])
+_TEXT_BYTES = bytes(b for b in range(256) if b not in _BINARY_CONTROLS)
+
+# surrogateescape turns each byte that does not decode into one of these.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+#: Encodings tried, in order, for a sample without a byte order mark. Office
+#: text here is UTF-8 or GB18030/GBK (GB18030 is a superset of GBK and GB2312).
+TEXT_ENCODINGS: tuple[str, ...] = ("utf-8", "gb18030")
+
+
+def _allowed_damage(sample: bytes) -> int:
+    """How many bad bytes a sample may have and still be text: 1 + 0.5 %.
+
+    Why a tolerance at all: a text file with one NUL or one stray 0xFF (a bad
+    copy, a truncated paste, a deliberate "make it binary" byte) is still
+    read by a person as text. A PNG, ZIP or PDF has dozens of bad bytes in
+    its first kilobytes, far over the bound.
+    """
+    return 1 + len(sample) // 200
+
+
+def _damage(sample: bytes, encoding: str) -> int:
+    """Bytes of ``sample`` that do not decode or are binary control bytes.
+
+    The incremental decoder leaves a character cut at the end of the sample
+    undecoded instead of counting it, since the sample is usually a prefix.
+    """
+    decoder = codecs.getincrementaldecoder(encoding)(errors="surrogateescape")
+    decoded = decoder.decode(sample, final=False)
+    controls = len(sample.translate(None, _TEXT_BYTES))  # what is left once text is deleted
+    return len(_UNDECODABLE.findall(decoded)) + controls
+
+
+def sniff_text_encoding(sample: bytes, encodings: Sequence[str] = TEXT_ENCODINGS) -> str | None:
+    """The encoding ``sample`` (the start of a file) reads as text in, or ``None``.
+
+    Why by content: the Content-Type of an upload is whatever the client
+    chose, so ``application/octet-stream`` must not be a way round the scan.
+    A byte order mark decides on its own (Windows Notepad "Unicode" is UTF-16
+    with one, full of NUL bytes). Otherwise the first of ``encodings`` in
+    which at most :func:`_allowed_damage` bytes are undecodable or binary
+    control bytes wins. ``None`` means binary: not scanned as text, so the
+    cost for a real PNG/ZIP/PDF is the look at this sample.
+    """
+    if not sample:
+        return None
+    for bom, encoding in _BOMS:
+        if sample.startswith(bom):
+            return encoding
+    allowed = _allowed_damage(sample)
+    for encoding in encodings:
+        if _damage(sample, encoding) <= allowed:
+            return encoding
+    return None
 
 
 # --------------------------------------------------------------------------- guard
@@ -328,29 +534,38 @@ class ClassifiedGuard:
                 return found
         return None
 
-    def scan_bytes(
-        self, data: bytes, encodings: Sequence[str] = ("utf-8", "gb18030")
-    ) -> DlpMatch | None:
+    def scan_markdown(self, markdown: str) -> DlpMatch | None:
+        """First mark in a markdown/HTML field, as written or as rendered.
+
+        Both readings are scanned: the rendered one (:func:`markdown_visible_text`)
+        catches marks spelt with markup or entities, the raw one keeps what the
+        markup stripping removes (an attribute, ``机密_关于…``) from hiding a mark.
+        """
+        return self.scan(markdown) or self.scan(markdown_visible_text(markdown))
+
+    def scan_bytes(self, data: bytes, encodings: Sequence[str] = TEXT_ENCODINGS) -> DlpMatch | None:
         """Scan the content of a text file whose encoding is not declared.
 
-        Office text files here are UTF-8 or GB18030/GBK. If the data decodes
-        cleanly with one of ``encodings`` (tried in order), only that reading
-        is scanned: decoding UTF-8 as GB18030 yields arbitrary CJK characters
-        that could spell a mark by accident. If none decodes cleanly (a
-        truncated or mixed file), every tolerant decoding (``errors="ignore"``)
-        is scanned, so damage to the file does not hide a mark. A UTF-16 byte
-        order mark (Windows "Unicode" text) puts UTF-16 first.
+        A byte order mark (UTF-8, UTF-16 or UTF-32, LE or BE) names the
+        encoding and only that reading is scanned. Otherwise office text files
+        here are UTF-8 or GB18030/GBK: if the data decodes cleanly with one of
+        ``encodings`` (tried in order), only that reading is scanned: decoding
+        UTF-8 as GB18030 yields arbitrary CJK characters that could spell a
+        mark by accident. If none decodes cleanly (a truncated or mixed file,
+        a stray 0xFF), every tolerant decoding (``errors="ignore"``) is
+        scanned, so damage to the file does not hide a mark. NUL and other
+        control bytes decode and are then removed by :func:`normalise`.
         """
-        order = list(encodings)
-        if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-            order.insert(0, "utf-16")
-        for encoding in order:
+        for bom, encoding in _BOMS:
+            if data.startswith(bom):
+                return self.scan(data.decode(encoding, errors="ignore"))
+        for encoding in encodings:
             try:
                 decoded = data.decode(encoding)
             except UnicodeDecodeError:
                 continue
             return self.scan(decoded)
-        for encoding in order:
+        for encoding in encodings:
             found = self.scan(data.decode(encoding, errors="ignore"))
             if found is not None:
                 return found

@@ -122,6 +122,15 @@ class NonceReplayed(ImError):
     code, http_status = "nonce_replayed", 401
 
 
+class NonceStoreUnavailable(ImError):
+    """The nonce store cannot record a nonce (full of unexpired ones, or unreachable).
+
+    Refusing is the safe side: accepting without recording would allow a replay.
+    """
+
+    code, http_status = "nonce_store_unavailable", 503
+
+
 class OutOfScope(ImError):
     code, http_status = "out_of_scope", 403
 
@@ -178,6 +187,69 @@ class Internal(ImError):
     code, http_status = "internal", 500
 
 
+class StoreUnavailable(ImError):
+    """The database cannot be reached (PostgreSQL down or misconfigured).
+
+    At start-up it stops the server with a message naming the host and the
+    fix; at run time a client's request fails with it and may be retried.
+    """
+
+    code, http_status = "store_unavailable", 503
+
+
+class BusUnavailable(ImError):
+    """The Redis bus cannot be reached at start-up (``[bus] backend = "redis"``).
+
+    The server stops with one line naming the address and the fix. At run
+    time a lost Redis is not an error anyone sees: the bus reconnects and
+    fills what it missed from the store.
+    """
+
+    code, http_status = "bus_unavailable", 503
+
+
+class RouteNotFound(ImError):
+    """No HTTP route at this path."""
+
+    code, http_status = "not_found", 404
+
+
+class MethodNotAllowed(ImError):
+    """The HTTP path exists but not with this method."""
+
+    code, http_status = "method_not_allowed", 405
+
+
+class PayloadTooLarge(ImError):
+    """An HTTP request body over the server's bound for bodies read whole (JSON)."""
+
+    code, http_status = "payload_too_large", 413
+
+
+class BadRequest(ImError):
+    """An HTTP request the server could not parse (request line, headers, framing)."""
+
+    code, http_status = "bad_request", 400
+
+
+class RequestTimeout(ImError):
+    """The client did not finish sending its request head in time (slowloris bound)."""
+
+    code, http_status = "request_timeout", 408
+
+
+class TooManyConnections(ImError):
+    """The port, or the caller's source address, has as many open connections as allowed."""
+
+    code, http_status = "too_many_connections", 503
+
+
+class StorageFull(ImError):
+    """The server's disk (or quota, or file-size limit) is full; nothing was stored."""
+
+    code, http_status = "storage_full", 507
+
+
 class ConfigError(Exception):
     """Raised at start-up for an invalid configuration; names the key and why."""
 
@@ -185,3 +257,73 @@ class ConfigError(Exception):
         super().__init__(f"config error: {key}: {reason}")
         self.key = key
         self.reason = reason
+
+
+class StoreFileError(Exception):
+    """The store's database file cannot be used as it is; found at start-up or by the CLI.
+
+    Not an :class:`ImError`: no client ever sees it — the operator does, as one
+    line naming the file, what is wrong and what to do, and the process exits
+    with a documented code (docs/operations.md). ``code`` is stable, for
+    scripts and log searches; the text may change.
+    """
+
+    code: str = "store_file"
+
+    def __init__(self, path: object, problem: str, fix: str) -> None:
+        super().__init__(f"{self.code}: {path}: {problem}; {fix}")
+        self.path = str(path)
+        self.problem = problem
+        self.fix = fix
+
+
+class NoDatabaseYet(StoreFileError):
+    """No database file at the configured path: the server has never run here."""
+
+    code = "no_database"
+
+    def __init__(self, path: object) -> None:
+        super().__init__(path, "no database yet", "start the server once to create it")
+        self.args = (f"{self.code}: no database yet at {path} (start the server once)",)
+
+
+class StoreRefused(StoreFileError):
+    """A database file exists but is not a usable imserver store; serving it would lie."""
+
+    code = "store_refused"
+
+
+class StoreEmpty(StoreRefused):
+    """A zero-length file: truncated by accident, or put there on purpose (``serve --init``)."""
+
+    code = "store_empty"
+
+
+class StoreNotSqlite(StoreRefused):
+    """The file does not start with the SQLite header: not a database, or overwritten."""
+
+    code = "store_not_sqlite"
+
+
+class StoreForeign(StoreRefused):
+    """A SQLite database, but not one imserver created (no or foreign schema table)."""
+
+    code = "store_foreign"
+
+
+class StoreTooNew(StoreRefused):
+    """Written by a newer imserver: its schema has versions this release does not know."""
+
+    code = "store_too_new"
+
+
+class StoreDamaged(StoreRefused):
+    """SQLite's own integrity check fails, or tables the schema promises are missing."""
+
+    code = "store_damaged"
+
+
+class StoreInUse(StoreRefused):
+    """The file is open in another process (a running server); the command needs it closed."""
+
+    code = "store_in_use"

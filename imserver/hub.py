@@ -122,12 +122,18 @@ class Hub:
         return [s for d in self._by_user.values() for s in d.values()]
 
     # -- fan-out -------------------------------------------------------------
-    def deliver(self, recipients: Iterable[str], frame: dict[str, Any]) -> int:
+    def deliver(
+        self,
+        recipients: Iterable[str],
+        frame: dict[str, Any],
+        skip_device: tuple[str, str] | None = None,
+    ) -> int:
         """Write ``frame`` to every local socket of every recipient.
 
         Returns the number of sockets it goes to: written now, or -- corked --
         at the next :meth:`flush`. ``recipients`` must not repeat a user
-        (callers pass member lists).
+        (callers pass member lists). ``skip_device`` ``(user, device)`` is left
+        out: the device that caused the event already has the answer.
         """
         by_user = self._by_user
         socks = [
@@ -136,6 +142,8 @@ class Hub:
             if (devices := by_user.get(user)) is not None
             for sock in devices.values()
         ]
+        if skip_device is not None:
+            socks = [s for s in socks if (s.user, s.device) != skip_device]
         return self._send(socks, frame)
 
     def _send(self, socks: list[Socket], frame: dict[str, Any]) -> int:
@@ -236,8 +244,19 @@ class Hub:
         return writes
 
     def on_deliver(self, payload: dict[str, Any]) -> None:
-        """Bus handler for ``TOPIC_DELIVER``."""
-        self.deliver(payload["recipients"], payload["frame"])
+        """Bus handler for ``TOPIC_DELIVER``; ``skip_device`` is ``[user, device]`` or absent.
+
+        A stored message whose readers see different frames (a card with
+        sensitive fields: masked and clear) comes as one payload with
+        ``variants`` -- one seq, one publication on a networked bus.
+        """
+        variants = payload.get("variants")
+        if variants is not None:
+            for part in variants:
+                self.deliver(part["recipients"], part["frame"])
+            return
+        skip = payload.get("skip_device")
+        self.deliver(payload["recipients"], payload["frame"], tuple(skip) if skip else None)
 
     # -- presence watching ---------------------------------------------------
     def watch(self, sock: Socket, users: Iterable[str]) -> None:
@@ -281,6 +300,14 @@ class Hub:
         for device, sock in list(devices.items()):
             if payload.get("device") in (None, device):
                 sock.close(CLOSE_REVOKED, "access revoked")
+
+    def on_directory(self, payload: dict[str, Any]) -> None:
+        """Bus handler for ``TOPIC_DIRECTORY``: every local socket hears of the new cursor.
+
+        One small frame per sync, whatever it changed: clients pull the changes
+        with ``directory.changes``, so a 100,000-member sync is not 100,000 events.
+        """
+        self._send(self.sockets(), event_frame("directory", {"cursor": payload["cursor"]}))
 
     def close_all(self, code: int, reason: str) -> None:
         self.flush()  # what was delivered before the close goes out before it

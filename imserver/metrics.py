@@ -34,6 +34,12 @@ class Metrics:
         self.closes = Counter(
             "imserver_connection_closes", "Connections closed by the server", ["reason"], registry=r
         )
+        self.connections_refused = Counter(
+            "imserver_connections_refused",
+            "TCP connections refused over a cap, or cut off before finishing a request head",
+            ["port", "code"],
+            registry=r,
+        )
 
         self.callbacks = Counter(
             "imserver_callbacks", "Callback delivery outcomes", ["outcome"], registry=r

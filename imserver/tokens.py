@@ -19,7 +19,19 @@ from imserver.errors import TokenExpired, TokenInvalid
 from imserver.protocol.fields import is_user_id
 
 ALGORITHM = "HS256"
+#: Clock skew forgiven on ``exp``: a token is accepted until ``exp + LEEWAY_S``,
+#: and a live session lasts exactly as long (docs/protocol.md section 3.1).
 LEEWAY_S = 5
+#: A live session is warned (``auth.expiring``) this long before ``exp`` ...
+EXPIRY_WARNING_S = 60.0
+#: ... or, for tokens shorter than four minutes, this fraction of their lifetime,
+#: so a short token is not warned about from the moment it is used.
+EXPIRY_WARNING_FRACTION = 0.25
+
+
+def expiry_warning_lead_s(lifetime_s: float) -> float:
+    """Seconds before ``exp`` at which a session holding this token is warned."""
+    return max(0.0, min(EXPIRY_WARNING_S, lifetime_s * EXPIRY_WARNING_FRACTION))
 
 
 @dataclass(slots=True, frozen=True)

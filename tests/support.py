@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from imserver.app import World, build_world, start_world, stop_world
 from imserver.config import Config, load_config
 from imserver_sdk import Client
+from tests.postgres_support import fresh_dsn, server_store_backend
 
 
 def make_test_config(data_dir: Path, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
@@ -32,6 +33,9 @@ def make_test_config(data_dir: Path, overrides: dict[str, dict[str, Any]] | None
         "limits": {"user_requests_per_s": 1e6, "user_burst": 1_000_000},
         "cards": {"app_requests_per_s": 1e6, "app_burst": 1_000_000},
     }
+    if server_store_backend() == "postgres":  # IM_TEST_STORE=postgres: same tests, PostgreSQL
+        dsn, _schema = fresh_dsn()  # dropped with the run's database at exit
+        sections["store"].update(backend="postgres", dsn=dsn, pool_min_size=1, pool_max_size=4)
     for name, values in (overrides or {}).items():
         sections.setdefault(name, {}).update(values)
     return load_config(None, env={}, overrides=sections)

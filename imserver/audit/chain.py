@@ -8,15 +8,17 @@ Each record's ``hash`` covers its own fields *and* the previous record's hash,
 so changing, inserting, deleting or reordering any record breaks either that
 record's hash or the link from its successor. What a chain alone cannot show
 is the loss of its *tail* (the last records deleted, or the last record
-rewritten and resealed): to catch that, note the head hash
-(:attr:`VerifyResult.head_hash`) somewhere the database's owner cannot rewrite
-— a printed report, another system's log — and compare later.
+rewritten and resealed): to catch that, note the head
+(``python -m imserver audit head`` prints ``SEQ:HASH``) somewhere the
+database's owner cannot rewrite — a printed report, another system's log —
+and pass it back as an :class:`Anchor` (``audit verify --head SEQ:HASH``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -39,6 +41,10 @@ REASON_LINK: Final = "broken link"
 REASON_GAP: Final = "missing record (gap)"
 REASON_ORDER: Final = "out of order"
 REASON_ALGORITHM: Final = "unknown algorithm"
+REASON_DUPLICATE_KEY: Final = "duplicate key in details"
+REASON_NOT_CANONICAL: Final = "details not in canonical form"
+REASON_ANCHOR_MISSING: Final = "anchored record missing (tail truncated)"
+REASON_ANCHOR_MISMATCH: Final = "differs from the anchored head (rewritten)"
 
 
 def _hash_algorithm(algorithm: str) -> hashes.HashAlgorithm:
@@ -66,6 +72,10 @@ class AuditRecord:
 
     ``details`` holds the JSON form of what was logged (see :func:`seal`), so a
     record read back from storage compares equal to the one that was sealed.
+    ``details_text`` is the stored text ``details`` was parsed from (``None``
+    for a record not read from storage); :func:`verify_chain` requires it to
+    be exactly :func:`canonical_details` of a duplicate-free object, because a
+    parser keeps only one of two equal keys and the hash covers only that one.
     """
 
     seq: int
@@ -77,6 +87,37 @@ class AuditRecord:
     prev_hash: str
     hash: str
     algorithm: str
+    details_text: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """A head noted outside the database (``audit head``): record ``seq`` had ``hash``.
+
+    The chain alone cannot show that its last records were removed, or that
+    the tail was rewritten and resealed; a record that must exist with a
+    known hash can.
+    """
+
+    seq: int
+    hash: str
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.hash}"
+
+
+def parse_anchor(text: str) -> Anchor:
+    """``"SEQ:HASH"`` as printed by ``audit head``; ``ValueError`` saying why if not."""
+    seq_text, sep, hash_text = text.strip().partition(":")
+    hash_text = hash_text.lower()
+    if not sep or not seq_text.isdigit():
+        raise ValueError(f"expected SEQ:HASH as printed by `audit head`, got {text!r}")
+    if len(hash_text) != len(GENESIS) or any(c not in "0123456789abcdef" for c in hash_text):
+        raise ValueError(f"the hash must be {len(GENESIS)} hex digits, got {hash_text!r}")
+    seq = int(seq_text)
+    if seq == 0 and hash_text != GENESIS:
+        raise ValueError("the head of an empty chain (seq 0) is the all-zero hash")
+    return Anchor(seq, hash_text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +180,52 @@ def canonical(
     )
 
 
+def canonical_details(details: dict[str, Any]) -> str:
+    """The one text form of ``details``: what storage keeps and what verification expects.
+
+    Compact orjson with keys sorted at every depth — the same encoding the
+    hash uses inside :func:`canonical` — so the stored text is exactly the
+    hashed object, and any other spelling of it stands out.
+    """
+    return orjson.dumps(details, option=orjson.OPT_SORT_KEYS).decode()
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    unique = dict(pairs)
+    if len(unique) != len(pairs):
+        raise _DuplicateKey
+    return unique
+
+
+def details_text_problem(text: str) -> str | None:
+    """Why a stored details text cannot be trusted, or ``None`` if it is canonical.
+
+    ``{"a": 1, "a": 2}`` parses (keeping one value) and may well match the
+    hash, yet a reader of the raw row sees something else: refuse duplicate
+    keys at every depth. Any text that is not the canonical spelling of what
+    it parses to — reordered keys, spaces, ``NaN`` — was not written by
+    :meth:`~imserver.audit.sqlite_log.SqliteAuditLog.append_in` either.
+    Records written by earlier releases pass: they were stored canonically.
+    """
+    try:
+        parsed = json.loads(text, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey:
+        return REASON_DUPLICATE_KEY
+    except (ValueError, RecursionError):
+        return REASON_NOT_CANONICAL
+    if not isinstance(parsed, dict):
+        return REASON_NOT_CANONICAL
+    try:
+        spelled = canonical_details(parsed)
+    except TypeError:  # e.g. an integer beyond 64 bits: seal() could not have stored it
+        return REASON_NOT_CANONICAL
+    return None if spelled == text else REASON_NOT_CANONICAL
+
+
 def record_hash(record: AuditRecord) -> str:
     """Recompute ``record``'s hash from its fields (ignores ``record.hash``)."""
     return digest(
@@ -188,7 +275,7 @@ def seal(
     return AuditRecord(seq, at, actor, action, target, plain, prev_hash, h, algorithm)
 
 
-def verify_chain(records: Iterable[AuditRecord]) -> VerifyResult:
+def verify_chain(records: Iterable[AuditRecord], anchor: Anchor | None = None) -> VerifyResult:
     """Check ``records`` (in seq order) form an intact chain starting at seq 1.
 
     Streams: only the previous record is kept, so a database cursor over
@@ -201,13 +288,21 @@ def verify_chain(records: Iterable[AuditRecord]) -> VerifyResult:
     3. ``prev_hash`` must equal the previous record's ``hash`` (:data:`GENESIS`
        for seq 1) — "broken link".
     4. Its ``hash`` must equal the recomputed hash — "hash mismatch".
+    5. Its stored details text, when known, must be canonical and free of
+       duplicate keys (:func:`details_text_problem`): the hash may match
+       what a parser made of a doctored text, which is what this catches.
+    6. With an ``anchor``: the record at ``anchor.seq`` must have
+       ``anchor.hash`` ("differs from the anchored head", reported at that
+       seq), and must exist ("anchored record missing (tail truncated)",
+       reported at the first missing seq).
 
     Consequences (tested): editing any field of record *k* — or its stored
     hash — is reported at *k*; rewriting record *k* and resealing it
     consistently is reported at *k + 1* as a broken link (undetectable if *k*
-    is the last record — anchor :attr:`VerifyResult.head_hash` for that).
-    The algorithm may differ from record to record: each states its own, so a
-    deployment can switch from SHA-256 to SM3 without rewriting history.
+    is the last record — unless an anchor at or after *k* is given: anchor
+    :attr:`VerifyResult.head_hash` for that). The algorithm may differ from
+    record to record: each states its own, so a deployment can switch from
+    SHA-256 to SM3 without rewriting history.
     """
     checked = 0
     head = GENESIS
@@ -231,6 +326,14 @@ def verify_chain(records: Iterable[AuditRecord]) -> VerifyResult:
             return bad(REASON_HASH)
         if recomputed != record.hash:
             return bad(REASON_HASH)
+        if record.details_text is not None:
+            problem = details_text_problem(record.details_text)
+            if problem is not None:
+                return bad(problem)
+        if anchor is not None and record.seq == anchor.seq and record.hash != anchor.hash:
+            return bad(REASON_ANCHOR_MISMATCH)
         checked = expected
         head = record.hash
+    if anchor is not None and anchor.seq > checked:
+        return bad(REASON_ANCHOR_MISSING)
     return VerifyResult(True, checked, None, None, head)

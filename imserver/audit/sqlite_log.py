@@ -27,7 +27,16 @@ from typing import Any, ClassVar, Final
 
 import orjson
 
-from imserver.audit.chain import GENESIS, HASHES, AuditRecord, VerifyResult, seal, verify_chain
+from imserver.audit.chain import (
+    GENESIS,
+    HASHES,
+    Anchor,
+    AuditRecord,
+    VerifyResult,
+    canonical_details,
+    seal,
+    verify_chain,
+)
 
 Job = Callable[[sqlite3.Connection], Any]
 Runner = Callable[[Job], Awaitable[Any]]
@@ -95,7 +104,10 @@ def _row_record(row: tuple[Any, ...]) -> AuditRecord:
         # Only an edit outside this module can store non-JSON here. Surface it
         # as data that cannot match its hash instead of crashing verification.
         parsed = {"_unparseable_details": repr(details)}
-    return AuditRecord(seq, at, actor, action, target, parsed, prev_hash, h, algorithm)
+    # The text itself goes along too: verification checks it is the canonical
+    # spelling, which a parsed dict can no longer show (duplicate keys vanish).
+    text = details if isinstance(details, str) else repr(details)
+    return AuditRecord(seq, at, actor, action, target, parsed, prev_hash, h, algorithm, text)
 
 
 def iter_records(conn: sqlite3.Connection, after_seq: int = 0) -> Iterator[AuditRecord]:
@@ -120,18 +132,19 @@ def last_record(conn: sqlite3.Connection) -> AuditRecord | None:
     return None if row is None else _row_record(row)
 
 
-def verify_database(path: Path | str) -> VerifyResult:
+def verify_database(path: Path | str, anchor: Anchor | None = None) -> VerifyResult:
     """Verify the audit chain in the SQLite file at ``path``, read-only.
 
     For ``python -m imserver audit verify``: needs no store threads and cannot
     modify the file (or create it when the path is wrong — that raises
     ``sqlite3.OperationalError``, as does a database without ``audit_log``).
-    Safe while the server runs: WAL readers do not block the writer.
+    Safe while the server runs: WAL readers do not block the writer. With an
+    ``anchor`` (``audit head`` noted earlier) a truncated or rewritten tail fails too.
     """
     uri = Path(path).resolve().as_uri() + "?mode=ro"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0)
     try:
-        return verify_chain(iter_records(conn))
+        return verify_chain(iter_records(conn), anchor)
     finally:
         conn.close()
 
@@ -199,7 +212,7 @@ class SqliteAuditLog:
                 record.actor,
                 record.action,
                 record.target,
-                orjson.dumps(record.details, option=orjson.OPT_SORT_KEYS).decode(),
+                canonical_details(record.details),
                 record.prev_hash,
                 record.hash,
                 record.algorithm,
@@ -242,7 +255,7 @@ class SqliteAuditLog:
         result: AuditRecord | None = await self._read(last_record)
         return result
 
-    async def verify(self) -> VerifyResult:
+    async def verify(self, anchor: Anchor | None = None) -> VerifyResult:
         """Verify the whole chain on the reader thread.
 
         Streams in constant memory but occupies the reader for the duration
@@ -251,7 +264,7 @@ class SqliteAuditLog:
         """
 
         def job(conn: sqlite3.Connection) -> VerifyResult:
-            return verify_chain(iter_records(conn))
+            return verify_chain(iter_records(conn), anchor)
 
         result: VerifyResult = await self._read(job)
         return result

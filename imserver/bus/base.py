@@ -12,7 +12,11 @@ from typing import Any, Protocol
 
 Handler = Callable[[dict[str, Any]], None]
 
-#: A message event for ``recipients`` (user ids): ``{"recipients": [...], "frame": {...}}``.
+#: A message event for ``recipients`` (user ids): ``{"recipients": [...], "frame": {...}}``,
+#: optionally ``"skip_device": [user, device]``. A stored message also carries its
+#: ``"conv"`` and ``"seq"`` (a networked bus routes by conversation and fills gaps
+#: from the store); one whose readers see different frames comes as
+#: ``{"variants": [{"recipients", "frame"}, ...], "conv", "seq"}``.
 TOPIC_DELIVER = "deliver"
 #: A user went online or offline: ``{"user": ..., "online": bool}``.
 TOPIC_PRESENCE = "presence"
@@ -32,3 +36,5 @@ class Bus(Protocol):
 
 #: Close a user's (or one device's) live sockets: ``{"user": ..., "device": ... | None}``.
 TOPIC_REVOKE = "revoke"
+#: A directory sync changed the address book: ``{"cursor": n}`` (the newest change).
+TOPIC_DIRECTORY = "directory"

@@ -8,6 +8,7 @@ from cards.service import CardService
 from imserver.errors import AlreadyAuthenticated
 from imserver.gateway.session import Session
 from imserver.protocol import requests as rq
+from imserver.services.address_book import AddressBook
 from imserver.services.caller import Caller
 from imserver.services.chat import ChatService
 from imserver.services.ding import DingService
@@ -25,8 +26,10 @@ class Dispatcher:
         presence: PresenceService,
         cards: CardService,
         dings: DingService,
+        address_book: AddressBook,
     ) -> None:
         self._dings = dings
+        self._book = address_book
         self._chat = chat
         self._groups = groups
         self._presence = presence
@@ -86,7 +89,15 @@ class Dispatcher:
                 return await self._presence.subscribe(session, req.users)
             case rq.PresenceUnsubscribe():
                 return await self._presence.unsubscribe(session, req.users)
-            case rq.Auth():
+            case rq.DirectoryUsers():
+                return await self._book.users(caller, req.users)
+            case rq.DirectoryUnit():
+                return await self._book.unit(caller, req.unit, req.recursive, req.cursor, req.limit)
+            case rq.DirectorySearch():
+                return await self._book.search(caller, req.q, req.unit, req.cursor, req.limit)
+            case rq.DirectoryChanges():
+                return await self._book.changes(caller, req.since, req.limit)
+            case rq.Auth():  # re-authentication is the gateway's (Gateway._reauthenticate)
                 raise AlreadyAuthenticated("this connection is already authenticated")
             case rq.Ping():  # answered by the gateway with a pong frame
                 return {}

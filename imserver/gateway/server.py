@@ -3,6 +3,12 @@
 A connection's life: negotiate the codec by subprotocol → first frame must be
 ``auth`` within ``auth_timeout_s`` → register with the hub (presence) →
 answer requests one after another until the socket closes → unregister.
+
+Every frame from an authenticated client costs one token of its user's rate
+budget *before* it is decoded, so malformed, unknown, oversized frames and
+pings cannot be used to flood the server; a client that keeps sending while
+refused is closed (4014). A session ends when its token does (4013) unless
+the client sends a fresh ``auth`` on the open socket in time.
 """
 
 from __future__ import annotations
@@ -12,13 +18,23 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.typing import Subprotocol
 
 from imserver.config import Config
-from imserver.errors import ImError, Internal, NotAuthenticated, RateLimited, TokenInvalid
+from imserver.connection_limits import ConnectionLimiter
+from imserver.errors import (
+    AlreadyAuthenticated,
+    ImError,
+    Internal,
+    NotAuthenticated,
+    RateLimited,
+    TokenInvalid,
+)
+from imserver.gateway.admission import limited_connections
 from imserver.gateway.dispatch import Dispatcher
 from imserver.gateway.session import Session
 from imserver.hub import Hub
@@ -29,7 +45,9 @@ from imserver.protocol.frames import (
     CLOSE_AUTH_FAILED,
     CLOSE_AUTH_REQUIRED,
     CLOSE_AUTH_TIMEOUT,
+    CLOSE_RATE_FLOOD,
     CLOSE_RESTARTING,
+    CLOSE_TOKEN_EXPIRED,
     error_frame,
     pong_frame,
     result_frame,
@@ -38,9 +56,18 @@ from imserver.ratelimit import RateLimiter
 from imserver.services.identity import IdentityService
 from imserver.services.presence import PresenceService
 from imserver.store.base import Store
-from imserver.tokens import TokenClaims, TokenSigner
+from imserver.tokens import LEEWAY_S, TokenClaims, TokenSigner
 
 log = logging.getLogger(__name__)
+
+#: A client refused this many frames in a row (it ignores ``retry_after_ms``)
+#: is closed with 4014 -- or twice its burst, if that is more.
+FLOOD_REFUSALS = 100
+
+
+def flood_refusals(burst: int) -> int:
+    """Refused frames in a row after which a flooding connection is closed."""
+    return max(FLOOD_REFUSALS, 2 * burst)
 
 
 def select_subprotocol(
@@ -78,8 +105,15 @@ class Gateway:
         self._store = store
         self._metrics = metrics
         self._server: Server | None = None
-        self._limiter = RateLimiter(config.limits.user_requests_per_s, config.limits.user_burst)
+        #: One budget per user over all their devices; the composition root
+        #: hands the same limiter to the HTTP user routes.
+        self.limiter = RateLimiter(config.limits.user_requests_per_s, config.limits.user_burst)
+        self._flood_refusals = flood_refusals(config.limits.user_burst)
         self._sweeper: asyncio.Task[None] | None = None
+        #: Open sockets on the port, counted from accept (gateway/admission.py).
+        self.connection_limiter = ConnectionLimiter(
+            self._gw.max_connections, self._gw.max_connections_per_ip
+        )
         self.port = 0
 
     async def start(self) -> None:
@@ -101,6 +135,14 @@ class Gateway:
             # clients reconnect at once after a restart; SYN retries then cost
             # seconds. The kernel caps it at net.core.somaxconn.
             backlog=self._gw.listen_backlog,
+            # Slowloris bounds: the handshake must finish this long after the
+            # TCP accept (a trickled upgrade request is aborted), and sockets
+            # over the caps get 503 before their request is read.
+            open_timeout=self._gw.open_timeout_s,
+            create_connection=limited_connections(
+                self.connection_limiter,
+                lambda code: self._metrics.connections_refused.labels("ws", code).inc(),
+            ),
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
@@ -132,10 +174,12 @@ class Gateway:
         if claims is None:
             return
         session.user, session.device = claims.user, claims.device
+        session.watch_expiry(claims.expires_at, claims.expires_at - claims.issued_at)
         await self._presence.connected(session)
         try:
             await self._serve(session)
         finally:
+            session.stop_expiry()
             await self._presence.disconnected(session)
 
     async def _authenticate(self, session: Session) -> TokenClaims | None:
@@ -159,37 +203,81 @@ class Gateway:
             await session.close_and_wait(CLOSE_AUTH_REQUIRED, "authenticate first")
             return None
         try:
-            claims = self._signer.verify(req.token)
-            if not await self._store.existing_users([claims.user]):
-                raise TokenInvalid("token rejected: unknown user")
-            await self._identity.check(claims)
+            claims = await self._verified(req.token)
         except ImError as e:
             session.send_frame(error_frame(rid, e))
             await session.close_and_wait(CLOSE_AUTH_FAILED, e.code)
             return None
-        session.send_frame(
-            result_frame(
-                rid,
-                {
-                    "user": claims.user,
-                    "device": claims.device,
-                    "server_time": int(time.time() * 1000),
-                    "expires_at": claims.expires_at * 1000,
-                    "limits": {
-                        "max_frame_bytes": self._limits.max_frame_bytes,
-                        "max_text_chars": self._limits.max_text_chars,
-                        "max_group_members": self._limits.max_group_members,
-                        "max_file_bytes": self._limits.max_file_bytes,
-                        "recall_window_s": int(self._config.chat.recall_window_s),
-                        "idle_timeout_s": int(self._gw.idle_timeout_s),
-                        "sync_page_messages": self._limits.sync_page_messages,
-                        "sync_page_conversations": self._limits.sync_page_conversations,
-                        "history_page_max": self._limits.history_page_max,
-                    },
-                },
-            )
-        )
+        session.send_frame(result_frame(rid, self._auth_result(claims)))
         return claims
+
+    async def _verified(self, token: str) -> TokenClaims:
+        """The token's claims if it is valid, unrevoked and its user exists."""
+        claims = self._signer.verify(token)
+        if not await self._store.existing_users([claims.user]):
+            raise TokenInvalid("token rejected: unknown user")
+        await self._identity.check(claims)
+        return claims
+
+    async def _reauthenticate(self, session: Session, req: rq.Auth) -> dict[str, Any]:
+        """A fresh token on an open socket extends the session to its expiry.
+
+        Only a token for the session's own user and device will do; any
+        refusal leaves the session as it was (same identity, same expiry).
+        """
+        claims = await self._verified(req.token)
+        if (claims.user, claims.device) != (session.user, session.device):
+            raise AlreadyAuthenticated(
+                f"this connection is authenticated as {session.user}/{session.device}; "
+                "re-authenticate with a token for that user and device"
+            )
+        session.watch_expiry(claims.expires_at, claims.expires_at - claims.issued_at)
+        return self._auth_result(claims)
+
+    def _auth_result(self, claims: TokenClaims) -> dict[str, Any]:
+        limits = self._limits
+        return {
+            "user": claims.user,
+            "device": claims.device,
+            "server_time": int(time.time() * 1000),
+            "expires_at": claims.expires_at * 1000,
+            "limits": {
+                "max_frame_bytes": limits.max_frame_bytes,
+                "max_text_chars": limits.max_text_chars,
+                "max_group_members": limits.max_group_members,
+                "max_file_bytes": limits.max_file_bytes,
+                "recall_window_s": int(self._config.chat.recall_window_s),
+                "idle_timeout_s": int(self._gw.idle_timeout_s),
+                "sync_page_messages": limits.sync_page_messages,
+                "sync_page_conversations": limits.sync_page_conversations,
+                "history_page_max": limits.history_page_max,
+                "requests_per_s": limits.user_requests_per_s,
+                "request_burst": limits.user_burst,
+                "refusals_before_close": self._flood_refusals,
+                "token_leeway_s": LEEWAY_S,
+            },
+        }
+
+    def _refuse(self, session: Session, raw: str | bytes, wait_s: float) -> None:
+        """Answer a frame over the rate budget, or close a client that ignores it.
+
+        The frame is decoded only to echo its ``id`` (so the client knows which
+        request to retry); it is never parsed or dispatched.
+        """
+        self._metrics.errors.labels(RateLimited.code).inc()
+        session.refused_in_row += 1
+        if session.refused_in_row > self._flood_refusals:
+            log.warning("closing %s/%s: flooding while rate limited", session.user, session.device)
+            session.close(CLOSE_RATE_FLOOD, "rate limit ignored: slow down")
+            return
+        rid: rq.RequestId = None
+        with contextlib.suppress(ImError):
+            rid = rq.request_id(session.codec.decode(raw, self._limits.max_frame_bytes))
+        err = RateLimited(
+            "too many requests; slow down",
+            details={"retry_after_ms": int(wait_s * 1000) + 1},
+        )
+        session.send_frame(error_frame(rid, err))
 
     async def _serve(self, session: Session) -> None:
         ws = session.ws
@@ -198,23 +286,31 @@ class Gateway:
         metrics = self._metrics
         try:
             async for raw in ws:
-                session.last_activity = time.monotonic()
+                if session.closed:
+                    continue  # closing (expired, flooding, revoked): answer nothing more
+                now = time.monotonic()
+                session.last_activity = now
+                if session.expired(time.time()):
+                    session.close(CLOSE_TOKEN_EXPIRED, "token expired")
+                    continue
+                wait = self.limiter.take(session.user, now)
+                if wait:
+                    self._refuse(session, raw, wait)
+                    continue
+                session.refused_in_row = 0
                 rid: rq.RequestId = None
                 try:
                     frame = codec.decode(raw, limits.max_frame_bytes)
                     rid = rq.request_id(frame)
                     rid, req = rq.parse_request(frame, limits)
                     metrics.requests.labels(frame["type"]).inc()
-                    wait = self._limiter.take(session.user, time.monotonic())
-                    if wait:
-                        raise RateLimited(
-                            "too many requests; slow down",
-                            details={"retry_after_ms": int(wait * 1000) + 1},
-                        )
                     if isinstance(req, rq.Ping):
                         session.send_frame(pong_frame(rid))
                         continue
-                    data = await self._dispatcher.handle(session, req)
+                    if isinstance(req, rq.Auth):
+                        data = await self._reauthenticate(session, req)
+                    else:
+                        data = await self._dispatcher.handle(session, req)
                 except ImError as e:
                     metrics.errors.labels(e.code).inc()
                     session.send_frame(error_frame(rid, e))

@@ -14,11 +14,12 @@ from aiohttp import web
 
 from imserver.directory.model import Unit
 from imserver.errors import Forbidden, NotAuthenticated
-from imserver.http.api import ADMIN_KEY, IDENTITY, SIGNER, is_admin_key
+from imserver.http.api import ADMIN_KEY, IDENTITY, SIGNER, is_admin_key, take_user_budget
+from imserver.store.postgres.directory import PgDirectoryMixin
 from imserver.store.sqlite_directory import SqliteDirectoryMixin
 from imserver.tokens import TokenSigner
 
-DIRECTORY_STORE = web.AppKey("directory_store", SqliteDirectoryMixin)
+DIRECTORY_STORE: web.AppKey[SqliteDirectoryMixin | PgDirectoryMixin] = web.AppKey("directory_store")
 
 
 @dataclass(slots=True, frozen=True)
@@ -48,6 +49,7 @@ async def admin_context(request: web.Request, admin_key: str, signer: TokenSigne
         return AdminContext(True, None, ())
     claims = signer.verify(given)  # TokenInvalid / TokenExpired for anything else
     await request.app[IDENTITY].check(claims)
+    take_user_budget(request, claims.user)  # a scoped admin spends their user budget
     scopes = await request.app[DIRECTORY_STORE].admin_scopes(claims.user)
     if not scopes:
         raise Forbidden("you are not an administrator")

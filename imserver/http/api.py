@@ -7,14 +7,29 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
 
 from imserver.audit_trail import AuditTrail
-from imserver.errors import Forbidden, ImError, InvalidField, NotAuthenticated, TokenInvalid
+from imserver.errors import (
+    BadRequest,
+    Forbidden,
+    ImError,
+    Internal,
+    InvalidField,
+    MethodNotAllowed,
+    NotAuthenticated,
+    PayloadTooLarge,
+    RateLimited,
+    RequestTimeout,
+    RouteNotFound,
+    TokenInvalid,
+)
 from imserver.metrics import Metrics
 from imserver.protocol.fields import FILE_ID_RE, is_user_id
+from imserver.ratelimit import RateLimiter
 from imserver.services.files import FileService
 from imserver.services.identity import IdentityService
 from imserver.store.base import Store
@@ -31,6 +46,12 @@ METRICS = web.AppKey("metrics", Metrics)
 ADMIN_KEY = web.AppKey("admin_key", str)
 TRAIL = web.AppKey("audit_trail", AuditTrail)  # set by the composition root
 IDENTITY = web.AppKey("identity", IdentityService)
+#: The per-user request budget, shared with the WebSocket gateway (set by the
+#: composition root; absent: HTTP user routes are not limited).
+USER_LIMITER = web.AppKey("user_limiter", RateLimiter)
+#: The networked bus's state for ``/healthz`` (absent: the in-process bus).
+BusHealth = Callable[[], dict[str, Any]]
+BUS_HEALTH: web.AppKey[BusHealth] = web.AppKey("bus_health")
 
 
 def _dumps(obj: Any) -> str:
@@ -54,19 +75,51 @@ def error_response(err: ImError) -> web.Response:
     return json_response({"error": error}, status=err.http_status, headers=headers)
 
 
+#: aiohttp's own refusals (routing, body size, parsing) as errors of our hierarchy.
+_STATUS_ERRORS: dict[int, type[ImError]] = {
+    400: BadRequest,
+    404: RouteNotFound,
+    405: MethodNotAllowed,
+    408: RequestTimeout,
+    413: PayloadTooLarge,
+    500: Internal,
+}
+
+
+def error_for_status(status: int, message: str) -> ImError:
+    """The stable-code error for a status aiohttp chose (any other 4xx: ``bad_request``)."""
+    cls = _STATUS_ERRORS.get(status)
+    if cls is not None:
+        return cls(message)
+    err = BadRequest(message) if status < 500 else Internal(message)
+    err.http_status = status  # keep aiohttp's exact status; the code stays stable
+    return err
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error a route or aiohttp raises becomes ``{"error": {"code", "message"}}``.
+
+    The one place HTTP errors are shaped: a client can always parse the body
+    and branch on ``code``, and an unexpected fault is a logged ``internal``,
+    never aiohttp's plain-text 500 page.
+    """
     try:
         return await handler(request)
     except ImError as e:
         return error_response(e)
     except web.HTTPException as e:
-        if e.status >= 400:
-            code = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large"}.get(
-                e.status, "bad_request"
-            )
-            return json_response({"error": {"code": code, "message": e.reason}}, status=e.status)
-        raise
+        if e.status < 400:
+            raise  # redirects and the like are answers, not errors
+        resp = error_response(error_for_status(e.status, e.reason))
+        if "Allow" in e.headers:  # 405 says which methods would work
+            resp.headers["Allow"] = e.headers["Allow"]
+        return resp
+    except ConnectionError:
+        raise  # the client went away mid-request; nobody to answer
+    except Exception:
+        log.exception("internal error in %s %s", request.method, request.path)
+        return error_response(Internal("internal server error; the request may not have completed"))
 
 
 def is_admin_key(given: str, key: str) -> bool:
@@ -116,7 +169,20 @@ async def user_claims(request: web.Request, signer: TokenSigner) -> TokenClaims:
     if not await store.existing_users([claims.user]):
         raise TokenInvalid("token rejected: unknown user")
     await request.app[IDENTITY].check(claims)
+    take_user_budget(request, claims.user)
     return claims
+
+
+def take_user_budget(request: web.Request, user: str) -> None:
+    """One token of ``user``'s budget -- the same one their sockets draw on -- or 429."""
+    limiter = request.app.get(USER_LIMITER)
+    if limiter is None:
+        return
+    wait = limiter.take(user, time.monotonic())
+    if wait:
+        raise RateLimited(
+            "too many requests; slow down", details={"retry_after_ms": int(wait * 1000) + 1}
+        )
 
 
 async def _user(request: web.Request) -> TokenClaims:
@@ -124,7 +190,16 @@ async def _user(request: web.Request) -> TokenClaims:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    """``ok``; with the Redis bus also its state -- ``degraded`` while Redis is away.
+
+    Degraded is still 200: the node serves its own users and fills what it
+    missed when Redis is back, so a load balancer must not take it out.
+    """
+    bus_health = request.app.get(BUS_HEALTH)
+    if bus_health is None:
+        return json_response({"status": "ok", "bus": {"backend": "local"}})
+    bus = bus_health()
+    return json_response({"status": "ok" if bus["connected"] else "degraded", "bus": bus})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -155,7 +230,49 @@ async def download_file(request: web.Request) -> web.StreamResponse:
     if FILE_ID_RE.fullmatch(file_id) is None:
         raise InvalidField("file id must be a lowercase sha256 hex digest", field="id")
     meta, path = await request.app[FILES].open_for(claims.user, file_id)
-    return web.FileResponse(path, headers={"Content-Type": meta.mime})
+    name = request.query.get("name", "")
+    if not is_file_name(name):
+        name = file_id
+    return web.FileResponse(path, headers=file_headers(meta.mime, name))
+
+
+#: Types a browser may show in place: raster images only (never SVG, HTML,
+#: PDF or text, which can carry script or be sniffed into it).
+INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif"})
+
+
+def is_file_name(name: str) -> bool:
+    """A plain file name: 1-255 characters, no path separators, no control characters."""
+    return (
+        1 <= len(name) <= 255
+        and "/" not in name
+        and "\\" not in name
+        and all(ch >= " " and ch != "\x7f" for ch in name)
+    )
+
+
+def file_headers(mime: str, name: str) -> dict[str, str]:
+    """Headers that stop an uploaded file from ever running as a page of this origin.
+
+    Files are whatever users uploaded, under a type they chose: ``nosniff``
+    makes browsers keep that type (an HTML body stored as image/png stays a
+    broken image), ``attachment`` makes anything but a raster image a
+    download, and the sandboxing CSP gives a file opened anyway no script,
+    no plugins and no same-origin access.
+    """
+    disposition = "inline" if mime in INLINE_TYPES else "attachment"
+    return {
+        "Content-Type": mime,
+        "Content-Disposition": f"{disposition}; {disposition_filename(name)}",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    }
+
+
+def disposition_filename(name: str) -> str:
+    """RFC 6266 ``filename`` (ASCII fallback) and ``filename*`` (UTF-8) parameters."""
+    fallback = "".join(ch if " " <= ch < "\x7f" and ch not in '"%\\' else "_" for ch in name)
+    return f"filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 async def admin_upsert_users(request: web.Request) -> web.Response:

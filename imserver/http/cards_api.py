@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from cards.service import CardService, FullStore
-from imserver.appauth import NonceCache, verify_app_request
+from imserver.appauth import verify_app_request
 from imserver.config import CardsConfig
 from imserver.directory.model import UNIT_ID_RE
 from imserver.errors import InvalidField, NoSuchCallback, RateLimited
@@ -21,6 +22,7 @@ from imserver.http.api import (
     require_admin_key,
     user_claims,
 )
+from imserver.nonces import NonceStore
 from imserver.protocol.fields import APP_ID_RE, is_user_id
 from imserver.ratelimit import RateLimiter
 from imserver.services.caller import Caller
@@ -28,7 +30,9 @@ from imserver.store.records import AppRecord
 
 CARDS = web.AppKey("cards", CardService)
 CARD_STORE = web.AppKey("card_store", object)
-NONCES = web.AppKey("nonces", NonceCache)
+NONCES: web.AppKey[NonceStore] = web.AppKey("nonces")
+#: The clock signed requests' timestamps are checked against (tests move it).
+SIGNING_CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("signing_clock")
 CARDS_CONFIG = web.AppKey("cards_config", CardsConfig)
 WAKE = web.AppKey("wake_callbacks", object)
 APP_LIMITER = web.AppKey("app_limiter", RateLimiter)
@@ -50,6 +54,7 @@ async def _app(request: web.Request) -> tuple[AppRecord, Any]:
         _store(request).get_app,
         request.app[NONCES],
         request.app[CARDS_CONFIG].signature_window_s,
+        now=request.app.get(SIGNING_CLOCK, time.time)(),
     )
     wait = request.app[APP_LIMITER].take(app.app_id, time.monotonic())
     if wait:

@@ -12,10 +12,13 @@ from imserver.governance import GovernanceRules, classify, to_csv, to_json
 from imserver.http.admin_auth import AdminContext, admin_of
 from imserver.http.api import TRAIL, json_response, read_json_object
 from imserver.services.groups import GroupService
+from imserver.store.postgres.governance import PgGovernanceMixin
 from imserver.store.sqlite_governance import SqliteGovernanceMixin
 
 GROUPS = web.AppKey("groups", GroupService)
-GOVERNANCE_STORE = web.AppKey("governance_store", SqliteGovernanceMixin)
+GOVERNANCE_STORE: web.AppKey[SqliteGovernanceMixin | PgGovernanceMixin] = web.AppKey(
+    "governance_store"
+)
 
 
 def _scope(ctx: AdminContext) -> list[str] | None:
@@ -77,11 +80,10 @@ async def _in_scope(request: web.Request, ctx: AdminContext, conv: Any, field: s
 
 async def archive(request: web.Request) -> web.Response:
     ctx = await admin_of(request)
-    body = await request.json()
-    conv = await _in_scope(
-        request, ctx, body.get("conv") if isinstance(body, dict) else None, "conv"
-    )
-    reason = body.get("reason", "governance") if isinstance(body, dict) else "governance"
+    # The shared reader: an empty, non-JSON or non-object body is a 400, not a 500.
+    body = await read_json_object(request)
+    conv = await _in_scope(request, ctx, body.get("conv"), "conv")
+    reason = body.get("reason", "governance")
     if not isinstance(reason, str) or len(reason) > 200:
         raise InvalidField("'reason' must be a string of at most 200 characters", field="reason")
     actor = ctx.user or "admin-key"

@@ -22,6 +22,8 @@ CLOSE_SLOW_CONSUMER = 4008
 CLOSE_REPLACED = 4010
 CLOSE_IDLE_TIMEOUT = 4011
 CLOSE_REVOKED = 4012
+CLOSE_TOKEN_EXPIRED = 4013  # the session's token passed expires_at + leeway; re-auth in time
+CLOSE_RATE_FLOOD = 4014  # kept sending while rate limited (see gateway.server FLOOD_REFUSALS)
 
 
 def result_frame(rid: RequestId, data: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +45,11 @@ def error_frame(rid: RequestId, err: ImError) -> dict[str, Any]:
 
 def event_frame(event: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"type": "event", "event": event, "data": data}
+
+
+def auth_expiring_frame(expires_at_ms: int) -> dict[str, Any]:
+    """Tells a client its token is about to run out, while it can still re-``auth``."""
+    return event_frame("auth.expiring", {"expires_at": expires_at_ms})
 
 
 def pong_frame(rid: RequestId) -> dict[str, Any]:

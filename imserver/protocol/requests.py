@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from imserver.config import LimitsConfig
+from imserver.directory.model import UNIT_ID_RE
+from imserver.directory.pinyin import MAX_QUERY
 from imserver.errors import InvalidField, TextTooLong, UnknownType
 from imserver.protocol.fields import CARD_ID_RE, FILE_ID_RE, Fields
 
@@ -170,6 +172,33 @@ class PresenceUnsubscribe:
     users: tuple[str, ...]
 
 
+@dataclass(slots=True, frozen=True)
+class DirectoryUsers:
+    users: tuple[str, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class DirectoryUnit:
+    unit: str
+    recursive: bool
+    cursor: str | None
+    limit: int
+
+
+@dataclass(slots=True, frozen=True)
+class DirectorySearch:
+    q: str
+    unit: str | None
+    cursor: str | None
+    limit: int
+
+
+@dataclass(slots=True, frozen=True)
+class DirectoryChanges:
+    since: int
+    limit: int
+
+
 Request = (
     Auth
     | Ping
@@ -196,6 +225,10 @@ Request = (
     | Todo
     | DingConfirm
     | DingStatusReq
+    | DirectoryUsers
+    | DirectoryUnit
+    | DirectorySearch
+    | DirectoryChanges
 )
 
 
@@ -409,6 +442,59 @@ def _ding_status(f: Fields, _: LimitsConfig) -> DingStatusReq:
     return DingStatusReq(conv=f.conv_id(), seq=f.req_integer("seq", minimum=1))
 
 
+#: Address-book bounds (docs/protocol.md 4.13): small pages keep every answer cheap.
+DIRECTORY_MAX_IDS = 200
+DIRECTORY_UNIT_PAGE = (100, 500)  # (default, maximum) people per page
+DIRECTORY_SEARCH_PAGE = (20, 100)
+DIRECTORY_CHANGES_PAGE = (500, 1000)
+MAX_CURSOR_CHARS = 512
+
+
+def _unit_id(f: Fields, name: str, *, required: bool = True) -> str | None:
+    value = f.string(name, required=required, max_len=64)
+    if value is not None and UNIT_ID_RE.fullmatch(value) is None:
+        raise InvalidField(f"'{name}' must be a unit id (1-64 of A-Z a-z 0-9 _ . -)", field=name)
+    return value
+
+
+def _page_limit(f: Fields, bounds: tuple[int, int]) -> int:
+    return f.integer("limit", required=False, minimum=1, maximum=bounds[1]) or bounds[0]
+
+
+def _directory_users(f: Fields, _: LimitsConfig) -> DirectoryUsers:
+    return DirectoryUsers(users=f.user_list("users", max_items=DIRECTORY_MAX_IDS))
+
+
+def _directory_unit(f: Fields, _: LimitsConfig) -> DirectoryUnit:
+    unit = _unit_id(f, "unit")
+    assert unit is not None
+    return DirectoryUnit(
+        unit=unit,
+        recursive=f.boolean("recursive"),
+        cursor=f.string("cursor", required=False, max_len=MAX_CURSOR_CHARS),
+        limit=_page_limit(f, DIRECTORY_UNIT_PAGE),
+    )
+
+
+def _directory_search(f: Fields, _: LimitsConfig) -> DirectorySearch:
+    q = f.req_string("q", max_len=MAX_QUERY).strip()
+    if not q:
+        raise InvalidField("'q' must not be blank", field="q")
+    return DirectorySearch(
+        q=q,
+        unit=_unit_id(f, "unit", required=False),
+        cursor=f.string("cursor", required=False, max_len=MAX_CURSOR_CHARS),
+        limit=_page_limit(f, DIRECTORY_SEARCH_PAGE),
+    )
+
+
+def _directory_changes(f: Fields, _: LimitsConfig) -> DirectoryChanges:
+    return DirectoryChanges(
+        since=f.integer("since", required=False) or 0,
+        limit=_page_limit(f, DIRECTORY_CHANGES_PAGE),
+    )
+
+
 _PARSERS: dict[str, Callable[[Fields, LimitsConfig], Request]] = {
     "auth": _auth,
     "ping": _ping,
@@ -435,6 +521,10 @@ _PARSERS: dict[str, Callable[[Fields, LimitsConfig], Request]] = {
     "todo": _todo,
     "ding.confirm": _ding_confirm,
     "ding.status": _ding_status,
+    "directory.users": _directory_users,
+    "directory.unit": _directory_unit,
+    "directory.search": _directory_search,
+    "directory.changes": _directory_changes,
 }
 
 REQUEST_TYPES = tuple(_PARSERS)

@@ -67,10 +67,21 @@ class ChatService:
     async def publish_message(self, message: Message, recipients: tuple[str, ...]) -> None:
         """Publish a stored message to every device of ``recipients``."""
         self._metrics.messages.labels(message.kind).inc()
+        # conv and seq let a networked bus route by conversation and fill gaps
+        # from the store (bus/redis.py); the hub ignores them.
         await self._bus.publish(
             TOPIC_DELIVER,
-            {"recipients": list(recipients), "frame": event_frame("message", message.to_wire())},
+            {
+                "recipients": list(recipients),
+                "frame": event_frame("message", message.to_wire()),
+                "conv": message.conv,
+                "seq": message.seq,
+            },
         )
+
+    async def wire_for(self, messages: list[Message], viewer: str) -> list[dict[str, Any]]:
+        """Stored messages as ``viewer`` sees them (a networked bus's gap fill uses this)."""
+        return await self._wire(messages, viewer)
 
     async def _wire(self, messages: list[Message], viewer: str) -> list[dict[str, Any]]:
         out = [m.to_wire() for m in messages]
@@ -111,6 +122,9 @@ class ChatService:
             if meta is None or not await self._store.file_visible_to(file_id, caller.user):
                 raise NoSuchFile(f"no file {file_id}; upload it first")
             req.body["file"]["size"] = meta.size  # the stored size is the truth
+            # So is the stored type, recorded from the upload: a client-chosen
+            # ``mime`` would be free text shown to every member, past the guard.
+            req.body["file"]["mime"] = meta.mime
         now = now_ms(self._clock)
         result = await self._store.append_message(
             NewMessage(
@@ -231,23 +245,31 @@ class ChatService:
         return {"messages": await self._wire(messages, caller.user), "more": more}
 
     async def read(self, caller: Caller, req: rq.Read) -> dict[str, Any]:
+        """Move the cursor; tell the reader's other devices (and a 1:1 peer) only if it moved.
+
+        The reading device learns the cursor from the result, so the event
+        skips it; a ``read`` that moves nothing (a lower ``seq``) emits nothing.
+        """
         entry = await self._members.require_member(req.conv, caller.user)
-        cursor = await self._store.set_read_cursor(req.conv, caller.user, req.seq)
+        cursor = await self._store.move_read_cursor(req.conv, caller.user, req.seq)
         conv = await self._store.get_conversation(req.conv)
-        last_seq = conv.last_seq if conv is not None else cursor
+        last_seq = conv.last_seq if conv is not None else cursor.seq
+        if cursor.moved:
+            await self._publish_read(caller, entry.conv.kind, req.conv, cursor.seq)
+        return {"conv": req.conv, "read_seq": cursor.seq, "unread": max(0, last_seq - cursor.seq)}
+
+    async def _publish_read(self, caller: Caller, kind: str, conv: str, seq: int) -> None:
         recipients = [caller.user]
-        if entry.conv.kind == "dm":
-            recipients.append(_peer(req.conv, caller.user))
+        if kind == "dm":
+            recipients.append(_peer(conv, caller.user))
         await self._bus.publish(
             TOPIC_DELIVER,
             {
                 "recipients": recipients,
-                "frame": event_frame(
-                    "read", {"conv": req.conv, "user": caller.user, "seq": cursor}
-                ),
+                "frame": event_frame("read", {"conv": conv, "user": caller.user, "seq": seq}),
+                "skip_device": [caller.user, caller.device],
             },
         )
-        return {"conv": req.conv, "read_seq": cursor, "unread": max(0, last_seq - cursor)}
 
     async def read_status(self, caller: Caller, req: rq.ReadStatus) -> dict[str, Any]:
         await self._members.require_member(req.conv, caller.user)

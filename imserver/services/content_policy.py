@@ -1,7 +1,10 @@
 """The classified-content guard at every door where text comes in (严禁传输涉密信息).
 
-Messages, group names, file names, text files, cards and notices pass
-through :meth:`ContentPolicy.check` before anything is stored. A hit is
+Messages, group names, file names and the name of a file message, text
+files (recognised by content, whatever their Content-Type), cards (every
+string a person reads, ``body_md`` also as rendered), notices and the reason
+an administrator gives for archiving a group pass through
+:meth:`ContentPolicy.check` before anything is stored. A hit is
 refused with ``classified_content`` (naming the mark, so the person knows
 why) and the attempt is written to the audit log.
 """
@@ -14,24 +17,50 @@ from pathlib import Path
 from typing import Any
 
 from imserver.audit_trail import AuditTrail
-from imserver.dlp import ClassifiedGuard, DlpMatch
+from imserver.dlp import ClassifiedGuard, DlpMatch, markdown_visible_text
 from imserver.errors import ClassifiedContent
 
 
 class ContentPolicy:
+    """The one place that applies the guard, so every door refuses and audits alike."""
+
     def __init__(self, guard: ClassifiedGuard | None, trail: AuditTrail) -> None:
         self._guard = guard  # None: the check is switched off in config
         self._trail = trail
 
-    async def check(self, actor: str, where: str, target: str, texts: Iterable[str]) -> None:
+    async def check(
+        self,
+        actor: str,
+        where: str,
+        target: str,
+        texts: Iterable[str],
+        *,
+        markdown: Iterable[str] = (),
+    ) -> None:
+        """Refuse (and audit) if any of ``texts`` or ``markdown`` carries a mark.
+
+        ``texts`` are shown as plain text by clients and are matched as
+        written (after :func:`imserver.dlp.normalise`). ``markdown`` are
+        fields clients render (a card's ``body_md``, a notice's text), so each
+        is matched both as written and as a reader sees it, markup and
+        entities undone.
+        """
         if self._guard is None:
             return
-        found = self._guard.scan_many(texts)
+        guard = self._guard
+        found = guard.scan_many(texts)
+        if found is None:
+            found = next(filter(None, map(guard.scan_markdown, markdown)), None)
         if found is not None:
             await self._refuse(actor, where, target, found)
 
     async def check_file(self, actor: str, target: str, path: Path) -> None:
-        """Scan a stored text file (in a thread: it may be megabytes)."""
+        """Scan a stored text file (in a thread: it may be megabytes).
+
+        The caller decides *whether* a file is text (by content, see
+        :func:`imserver.services.files.looks_like_text`); this reads it in
+        whichever encoding it decodes in (:meth:`ClassifiedGuard.scan_bytes`).
+        """
         if self._guard is None:
             return
         guard = self._guard
@@ -54,8 +83,14 @@ class ContentPolicy:
 
 
 def card_texts(doc: dict[str, Any]) -> list[str]:
-    """Every string a person would read on a card."""
-    texts = [doc.get("title", ""), doc.get("body_md", "")]
+    """Every string a person would read on a card.
+
+    ``body_md`` is markdown the client renders, so it is given twice: as
+    written and as read (:func:`markdown_visible_text`), which is what
+    ``机**密**★1年`` or ``机&#23494;★1年`` look like on screen.
+    """
+    body_md = doc.get("body_md", "")
+    texts = [doc.get("title", ""), body_md, markdown_visible_text(body_md)]
     texts += [x for f in doc.get("fields", []) for x in (f["label"], f["value"])]
     if doc.get("status"):
         texts.append(doc["status"]["text"])

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from imserver.bus.base import TOPIC_REVOKE, Bus
+from imserver.bus.base import TOPIC_DIRECTORY, TOPIC_REVOKE, Bus
 from imserver.directory.model import (
     MemberOp,
     SyncOp,
@@ -83,6 +83,10 @@ class DirectoryStore(Protocol):
 
     async def unit_leaders(self, unit_ids: Any) -> dict[str, list[str]]: ...
 
+    async def directory_cursor(self) -> int: ...
+
+    async def count_unit_members(self) -> None: ...
+
 
 async def ndjson_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, bytes]]:
     """(line number, line) from a byte stream, without holding more than one line."""
@@ -121,6 +125,18 @@ class DirectoryService:
         self.on_removed = on_removed
 
     async def sync(self, chunks: AsyncIterator[bytes], *, full: bool) -> SyncReport:
+        """Apply a sync; then, if it changed anything, one ``directory`` event to everyone."""
+        before = await self._store.directory_cursor()
+        try:
+            return await self._apply(chunks, full=full)
+        finally:
+            # Also after a failed sync: the batches before the bad line are applied.
+            after = await self._store.directory_cursor()
+            if after != before:
+                await self._store.count_unit_members()
+                await self._bus.publish(TOPIC_DIRECTORY, {"cursor": after})
+
+    async def _apply(self, chunks: AsyncIterator[bytes], *, full: bool) -> SyncReport:
         gen = await self._store.begin_directory_sync()
         report = SyncReport()
         batch: list[tuple[int, SyncOp, dict[str, str] | None, str]] = []

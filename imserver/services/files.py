@@ -7,41 +7,59 @@ upload streams to a temporary file, so a large file is never held in memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
+import logging
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from imserver.config import LimitsConfig
-from imserver.errors import FileTooLarge, FileTypeNotAllowed, NoSuchFile
+from imserver.dlp import sniff_text_encoding
+from imserver.errors import FileTooLarge, FileTypeNotAllowed, NoSuchFile, StorageFull
 from imserver.services.content_policy import ContentPolicy
 from imserver.store.base import Store
 from imserver.store.records import FileMeta
 
 SNIFF_BYTES = 8192
 
+log = logging.getLogger(__name__)
+
+#: errno values that mean "no room": disk full, quota used up, file-size limit.
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@contextlib.contextmanager
+def no_room_is_storage_full() -> Iterator[None]:
+    """A full disk (or quota, or RLIMIT_FSIZE) is ``storage_full`` (507), not a bare 500.
+
+    The client learns that retrying now will not help; operators get a log line.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in NO_ROOM_ERRNOS:
+            raise
+        log.error("file storage is full, upload refused: %s", e)
+        raise StorageFull("the server's file storage is full; nothing was stored") from e
+
 
 def looks_like_text(path: str) -> bool:
-    """Whatever the client called it: no NUL bytes, and the start decodes as text.
+    """Whatever the client called it: does the start of the file read as text?
 
-    The content guard must not depend on the Content-Type a client chose.
+    The content guard must not depend on the Content-Type a client chose, nor
+    on a single byte: a byte order mark (UTF-16 text is full of NULs), or
+    UTF-8 / GB18030 with at most a little damage (one NUL, one stray 0xFF)
+    is text; see :func:`imserver.dlp.sniff_text_encoding`. Only the first
+    ``SNIFF_BYTES`` are read, so deciding costs the same for any file size.
     """
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
-    if not head or b"\x00" in head:
-        return False
-    for encoding in ("utf-8", "gb18030"):
-        try:
-            head.decode(encoding)
-        except UnicodeDecodeError as e:
-            if e.start >= len(head) - 4:  # a character cut at the sniff boundary
-                return True
-            continue
-        return True
-    return False
+    return sniff_text_encoding(head) is not None
 
 
 class FileService:
@@ -73,17 +91,21 @@ class FileService:
     ) -> FileMeta:
         """Stream ``chunks`` to disk; refuse past ``max_file_bytes`` leaving nothing behind.
 
-        The name, and the content of text files, pass the classified-content
-        guard; a refused file is removed again (the same bytes could only
+        The name, and the content of text files (``text/*``, or text by its
+        bytes whatever the Content-Type: :func:`looks_like_text`), pass the
+        classified-content guard; a refused file is removed again (the same bytes could only
         have been stored before if they had passed, so nothing else is lost).
         """
         mime = self.check_type(mime)
         await self._content.check(user, "file.name", name, [name])
-        fd, tmp_name = await asyncio.to_thread(self._temp_file)
+        with no_room_is_storage_full():
+            fd, tmp_name = await asyncio.to_thread(self._temp_file)
         digest = hashlib.sha256()
         size = 0
         try:
-            with os.fdopen(fd, "wb") as out:
+            # Outermost, so a failing flush in the file's own close is caught too;
+            # the finally below removes the partial temporary file.
+            with no_room_is_storage_full(), os.fdopen(fd, "wb") as out:
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > self._limits.max_file_bytes:

@@ -82,7 +82,8 @@ class GroupService:
         recipients = dict.fromkeys(entry.users)
         recipients.update(dict.fromkeys(u for u, _ in change.add))
         self._members.invalidate(conv)
-        await self._bus.publish(TOPIC_CONV_CHANGED, {"conv": conv})
+        # ``after``: members new to a node get the conversation from the notice on.
+        await self._bus.publish(TOPIC_CONV_CHANGED, {"conv": conv, "after": msg.seq - 1})
         await self._chat.publish_message(msg, tuple(recipients))
 
     async def create(self, caller: Caller, req: rq.GroupCreate) -> dict[str, Any]:
@@ -235,6 +236,8 @@ class GroupService:
             raise NoSuchConversation(f"no group {conv}")
         if entry.conv.archived:
             return {"conv": conv, "archived": True, "changed": False}
+        # The reason is shown to every member in the group_archived notice.
+        await self._chat.content.check(actor, "governance.reason", conv, [reason])
         await self._apply(
             Caller(actor, "admin"),
             entry,
@@ -257,6 +260,9 @@ class GroupService:
         if len(dst.roles) + len(new) > self._max_members:
             raise TooManyMembers(f"the merged group would exceed {self._max_members} members")
         admin = Caller(actor, "admin")
+        reason = f"merged into {dst.conv.name} ({target})"
+        # Checked before anyone is moved, so a refusal leaves both groups as they were.
+        await self._chat.content.check(actor, "governance.reason", source, [reason])
         if new:
             await self._apply(
                 admin,
@@ -264,5 +270,5 @@ class GroupService:
                 MembershipChange(add=tuple((u, ROLE_MEMBER) for u in new)),
                 {"event": "member_added", "users": list(new), "merged_from": source},
             )
-        await self.archive(actor, source, f"merged into {dst.conv.name} ({target})")
+        await self.archive(actor, source, reason)
         return {"source": source, "target": target, "added": list(new)}

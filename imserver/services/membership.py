@@ -37,6 +37,19 @@ def dm_parties(conv: str) -> tuple[str, str]:
     return a, b
 
 
+def private_parties(conv: str) -> tuple[str, ...] | None:
+    """Who alone may be in ``conv`` when its id names them: a 1:1 or a notice conversation.
+
+    ``dm:<a>:<b>`` belongs to ``a`` and ``b``, ``n:<app>:<user>`` to ``user``;
+    group ids name nobody (None).
+    """
+    if conv.startswith("dm:"):
+        return dm_parties(conv)
+    if conv.startswith("n:") and conv.count(":") == 2:
+        return (conv.split(":", 2)[2],)
+    return None
+
+
 def dm_id(a: str, b: str) -> str:
     lo, hi = sorted((a, b))
     return f"dm:{lo}:{hi}"
@@ -63,10 +76,17 @@ class MembershipCache:
         return entry
 
     async def require_member(self, conv: str, user: str) -> ConvMembers:
-        """The conversation's members if ``user`` is one; else a stable error."""
+        """The conversation's members if ``user`` is one; else a stable error.
+
+        Someone else's 1:1 or notice conversation is ``not_member`` whether it
+        exists or not (as ``send`` answers), so nobody learns who talks to whom.
+        """
+        parties = private_parties(conv)
+        if parties is not None and user not in parties:
+            raise NotMember(f"you are not a member of {conv}")
         entry = await self.get(conv)
         if entry is None:
-            if conv.startswith("dm:") and user in dm_parties(conv):
+            if conv.startswith("dm:"):
                 raise NoSuchConversation(f"no messages with {conv} yet")
             raise NoSuchConversation(f"no conversation {conv}")
         if user not in entry.roles:

@@ -26,6 +26,7 @@ from imserver.store.records import (
     NewCard,
     NewMessage,
     OutboxItem,
+    ReadCursor,
     Timer,
 )
 
@@ -97,6 +98,14 @@ class Store(Protocol):
     # -- read cursors --------------------------------------------------------
     async def set_read_cursor(self, conv: str, user: str, seq: int) -> int:
         """Move the cursor forward to ``min(seq, last_seq)``; return the cursor."""
+
+    async def move_read_cursor(self, conv: str, user: str, seq: int) -> ReadCursor:
+        """``set_read_cursor``, also telling whether the cursor moved.
+
+        ``moved`` is decided atomically with the write, so of two devices
+        reading the same message at once exactly one sees it move (and only
+        that one's ``read`` emits an event).
+        """
 
     # -- files ---------------------------------------------------------------
     async def record_file(self, meta: FileMeta, uploader: str) -> None: ...

@@ -79,6 +79,14 @@ class Member:
 
 
 @dataclass(slots=True, frozen=True)
+class ReadCursor:
+    """A member's read cursor after a ``read``; ``moved`` is false if it stayed put."""
+
+    seq: int
+    moved: bool
+
+
+@dataclass(slots=True, frozen=True)
 class ConvState:
     """One conversation as one member sees it."""
 

@@ -28,10 +28,12 @@ from imserver.store.records import (
     MembershipChange,
     Message,
     NewMessage,
+    ReadCursor,
 )
 from imserver.store.sqlite_cards import SqliteCardsMixin
 from imserver.store.sqlite_deadlines import SqliteDeadlinesMixin
 from imserver.store.sqlite_directory import SqliteDirectoryMixin
+from imserver.store.sqlite_file import check_store_file, create_store_file
 from imserver.store.sqlite_governance import SqliteGovernanceMixin
 from imserver.store.sqlite_identity import SqliteIdentityMixin
 from imserver.store.sqlite_in_list import select_in
@@ -127,9 +129,13 @@ class SqliteStore(
         synchronous: str = "FULL",
         group_commit_max: int = 512,
         audit_algorithm: str = "sha256",
+        integrity_check: str = "quick",
     ) -> None:
         self._path = path
         self._synchronous = synchronous.upper()
+        #: How thoroughly the file is checked before the writer opens it
+        #: (``store.integrity_check``; imserver/store/sqlite_file.py).
+        self._integrity_check = integrity_check
         self._writer = SqliteThread(
             "sqlite-writer", self._connect_writer, batch=group_commit_max, write=True
         )
@@ -150,14 +156,37 @@ class SqliteStore(
         return conn
 
     def _connect_writer(self) -> sqlite3.Connection:
+        """Create the file if missing; refuse it if it is not a sound store; then migrate.
+
+        The checks run before the first write, so a refused file is left
+        exactly as found — the operator's evidence and restore source.
+        """
+        if not self._path.exists():
+            create_store_file(self._path, self._prepare)
+            log.info("sqlite store %s: created a new store", self._path)
+        report = check_store_file(self._path, check=self._integrity_check)
+        log.info(
+            "sqlite store %s: schema version %d, %s integrity check: %s",
+            self._path,
+            report.schema_version,
+            report.check,
+            report.integrity,
+        )
         conn = self._connect()
+        try:
+            self._prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         applied = migrate(conn)
         create_schema(conn)  # the audit table and its append-only triggers
         if applied:
             log.info("sqlite store %s: applied schema migrations %s", self._path, applied)
-        return conn
 
     def _connect_reader(self) -> sqlite3.Connection:
         conn = self._connect()
@@ -413,18 +442,24 @@ class SqliteStore(
 
     # -- read cursors --------------------------------------------------------
     async def set_read_cursor(self, conv: str, user: str, seq: int) -> int:
-        def job(conn: sqlite3.Connection) -> int:
+        return (await self.move_read_cursor(conv, user, seq)).seq
+
+    async def move_read_cursor(self, conv: str, user: str, seq: int) -> ReadCursor:
+        def job(conn: sqlite3.Connection) -> ReadCursor:
+            before = conn.execute(
+                "SELECT read_seq FROM members WHERE conv = ? AND user = ?", (conv, user)
+            ).fetchone()
+            if before is None:
+                raise NotMember(f"you are not a member of {conv}")
             row = conn.execute(
                 "UPDATE members SET read_seq = max(read_seq,"
                 " min(?, (SELECT last_seq FROM conversations WHERE id = ?)))"
                 " WHERE conv = ? AND user = ? RETURNING read_seq",
                 (seq, conv, conv, user),
             ).fetchone()
-            if row is None:
-                raise NotMember(f"you are not a member of {conv}")
-            return int(row[0])
+            return ReadCursor(int(row[0]), int(row[0]) > int(before[0]))
 
-        result: int = await self._write(job)
+        result: ReadCursor = await self._write(job)
         return result
 
     # -- files ---------------------------------------------------------------

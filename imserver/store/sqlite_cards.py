@@ -18,6 +18,7 @@ from imserver.audit.sqlite_log import SqliteAuditLog
 from imserver.store.records import (
     ROLE_MEMBER,
     AppRecord,
+    AuditEntry,
     CardChange,
     CardRecord,
     Message,
@@ -123,8 +124,13 @@ class SqliteCardsMixin:
         return replace(card, doc=p.open_doc(card.id, card.doc))
 
     # -- apps ----------------------------------------------------------------
-    async def upsert_app(self, app: AppRecord, now: int) -> None:
+    async def upsert_app(self, app: AppRecord, now: int, audit: AuditEntry | None = None) -> None:
+        """Register or replace ``app``; ``audit``, if given, commits with it (or neither does)."""
+
         def job(conn: sqlite3.Connection) -> None:
+            if audit is not None:
+                a = audit
+                self.audit.append_in(conn, now, a.actor, a.action, a.target, a.details)
             conn.execute(
                 "INSERT INTO apps (id, name, secret, callback_url, scope, permissions, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name,"

@@ -26,7 +26,11 @@ from imserver.directory.model import (
     UnitOp,
     level_allowed,
 )
+from imserver.directory.pinyin import name_keys
 from imserver.errors import InvalidField
+from imserver.store.sqlite_address_book import SqliteAddressBookMixin
+from imserver.store.sqlite_directory_changes import MEMBER, UNIT, ChangeRecorder
+from imserver.store.sqlite_directory_keys import index_name, recount_unit_members
 from imserver.store.sqlite_in_list import select_in
 
 Job = Callable[[sqlite3.Connection], Any]
@@ -62,7 +66,9 @@ def _fail(line: int, key: str, why: str) -> InvalidField:
     return InvalidField(f"line {line}: {key} {why}", field=f"line[{line}].{key}")
 
 
-def _remove_units(conn: sqlite3.Connection, paths: list[str], rep: SyncReport) -> None:
+def _remove_units(
+    conn: sqlite3.Connection, paths: list[str], rep: SyncReport, changes: ChangeRecorder
+) -> None:
     for path in paths:
         ids = [
             r[0]
@@ -70,9 +76,20 @@ def _remove_units(conn: sqlite3.Connection, paths: list[str], rep: SyncReport) -
                 "SELECT id FROM units WHERE path >= ? AND path < ?", (path, path + END)
             )
         ]
+        changes.note(UNIT, ids)
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
+            # Their members lose a unit: their address-book entries change.
+            changes.note(
+                MEMBER,
+                [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT DISTINCT user FROM unit_members WHERE unit IN ({marks})", chunk
+                    )
+                ],
+            )
             rep.memberships_removed += conn.execute(
                 f"DELETE FROM unit_members WHERE unit IN ({marks})", chunk
             ).rowcount
@@ -82,18 +99,21 @@ def _remove_units(conn: sqlite3.Connection, paths: list[str], rep: SyncReport) -
             ).rowcount
 
 
-def _disable_user(conn: sqlite3.Connection, user: str, rep: SyncReport) -> None:
+def _disable_user(
+    conn: sqlite3.Connection, user: str, rep: SyncReport, changes: ChangeRecorder
+) -> None:
     cur = conn.execute("UPDATE users SET disabled = 1 WHERE id = ? AND disabled = 0", (user,))
-    rep.memberships_removed += conn.execute(
-        "DELETE FROM unit_members WHERE user = ?", (user,)
-    ).rowcount
+    left = conn.execute("DELETE FROM unit_members WHERE user = ?", (user,)).rowcount
+    rep.memberships_removed += left
     conn.execute("DELETE FROM admin_grants WHERE user = ?", (user,))
+    if cur.rowcount or left:
+        changes.note(MEMBER, [user])
     if cur.rowcount:
         rep.members_removed += 1
         rep.removed_users.append(user)
 
 
-class SqliteDirectoryMixin:
+class SqliteDirectoryMixin(SqliteAddressBookMixin):
     _write: Callable[[Job], Awaitable[Any]]
     _read: Callable[[Job], Awaitable[Any]]
 
@@ -126,18 +146,22 @@ class SqliteDirectoryMixin:
 
         def job(conn: sqlite3.Connection) -> SyncReport:
             rep = SyncReport()
+            changes = ChangeRecorder()
             for line, op, profile, digest in ops:
                 rep.lines += 1
                 if isinstance(op, UnitOp):
-                    self._apply_unit(conn, line, op, gen, now, rep)
+                    self._apply_unit(conn, line, op, gen, now, rep, changes)
                 elif isinstance(op, MemberOp):
-                    self._apply_member(conn, line, op, profile or {}, digest, gen, now, rep, full)
+                    self._apply_member(
+                        conn, line, op, profile or {}, digest, gen, now, rep, full, changes
+                    )
                 elif isinstance(op, RemoveUnitOp):
                     row = conn.execute("SELECT path FROM units WHERE id = ?", (op.id,)).fetchone()
                     if row is not None:
-                        _remove_units(conn, [row[0]], rep)
+                        _remove_units(conn, [row[0]], rep, changes)
                 elif isinstance(op, RemoveMemberOp):
-                    _disable_user(conn, op.user, rep)
+                    _disable_user(conn, op.user, rep, changes)
+            changes.flush(conn)
             return rep
 
         result: SyncReport = await self._write(job)
@@ -145,7 +169,13 @@ class SqliteDirectoryMixin:
 
     @staticmethod
     def _apply_unit(
-        conn: sqlite3.Connection, line: int, op: UnitOp, gen: int, now: int, rep: SyncReport
+        conn: sqlite3.Connection,
+        line: int,
+        op: UnitOp,
+        gen: int,
+        now: int,
+        rep: SyncReport,
+        changes: ChangeRecorder,
     ) -> None:
         row = conn.execute(f"SELECT {_UNIT_COLUMNS} FROM units WHERE id = ?", (op.id,)).fetchone()
         old = _unit(row) if row is not None else None
@@ -171,6 +201,7 @@ class SqliteDirectoryMixin:
                 (op.id, op.parent, op.name, op.level, path, op.sort, gen, now),
             )
             rep.units_created += 1
+            changes.note(UNIT, [op.id])
             return
         if old.level != op.level:
             for child, level in conn.execute(
@@ -187,8 +218,19 @@ class SqliteDirectoryMixin:
                 (path, len(old.path) + 1, old.path, old.path + END),
             )
             rep.units_moved += 1
+            # Every unit below has a new path: local copies must hear of each.
+            changes.note(
+                UNIT,
+                [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT id FROM units WHERE path >= ? AND path < ?", (path, path + END)
+                    )
+                ],
+            )
         elif (old.name, old.level, old.sort) != (op.name, op.level, op.sort):
             rep.units_updated += 1
+            changes.note(UNIT, [op.id])
         conn.execute(
             "UPDATE units SET parent = ?, name = ?, level = ?, sort = ?, sync_gen = ?,"
             " updated_at = ? WHERE id = ?",
@@ -206,6 +248,7 @@ class SqliteDirectoryMixin:
         now: int,
         rep: SyncReport,
         full: bool,
+        changes: ChangeRecorder,
     ) -> None:
         for i, m in enumerate(op.units):
             row = conn.execute("SELECT sync_gen FROM units WHERE id = ?", (m.unit,)).fetchone()
@@ -215,15 +258,28 @@ class SqliteDirectoryMixin:
                 # The sweep would remove the unit and silently drop this membership.
                 raise _fail(line, f"units[{i}].unit", f"{m.unit!r} is not in this full sync")
         row = conn.execute(
-            "SELECT name, profile_digest, disabled FROM users WHERE id = ?", (op.user,)
+            "SELECT name, profile_digest, disabled, py_full FROM users WHERE id = ?", (op.user,)
         ).fetchone()
+        changed = False
         if row is None:
+            keys = name_keys(op.name)
+            index_name(conn, op.user, op.name, fresh=True)
             conn.execute(
                 "INSERT INTO users (id, name, created_at, disabled, profile, profile_digest,"
-                " sync_gen) VALUES (?, ?, ?, 0, ?, ?, ?)",
-                (op.user, op.name, now, orjson.dumps(profile), digest, gen),
+                " sync_gen, py_initials, py_full) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
+                (
+                    op.user,
+                    op.name,
+                    now,
+                    orjson.dumps(profile),
+                    digest,
+                    gen,
+                    keys.initials,
+                    keys.full,
+                ),
             )
             rep.members_created += 1
+            changed = True
         else:
             if (row[0], row[1], row[2]) != (op.name, digest, 0):
                 conn.execute(
@@ -232,6 +288,15 @@ class SqliteDirectoryMixin:
                     (op.name, orjson.dumps(profile), digest, op.user),
                 )
                 rep.members_updated += 1
+                changed = True
+            if row[0] != op.name or not row[3]:
+                # Search keys follow the name; rows from before migration 8 get theirs now.
+                keys = name_keys(op.name)
+                conn.execute(
+                    "UPDATE users SET py_initials = ?, py_full = ? WHERE id = ?",
+                    (keys.initials, keys.full, op.user),
+                )
+                index_name(conn, op.user, op.name, fresh=False)
             conn.execute("UPDATE users SET sync_gen = ? WHERE id = ?", (gen, op.user))
         have = {
             r[0]: (r[1], bool(r[2]))
@@ -243,12 +308,15 @@ class SqliteDirectoryMixin:
         for unit in have.keys() - want.keys():
             conn.execute("DELETE FROM unit_members WHERE unit = ? AND user = ?", (unit, op.user))
             rep.memberships_removed += 1
+            changed = True
         changed_titles = False
         for unit, (title, leader) in want.items():
             if unit not in have:
                 rep.memberships_added += 1
+                changed = True
             elif have[unit] != (title, leader):
                 changed_titles = True
+                changed = True
             conn.execute(
                 "INSERT INTO unit_members (unit, user, title, leader, sync_gen)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (unit, user) DO UPDATE SET"
@@ -257,12 +325,15 @@ class SqliteDirectoryMixin:
             )
         if changed_titles and row is not None and (row[0], row[1], row[2]) == (op.name, digest, 0):
             rep.members_updated += 1
+        if changed:
+            changes.note(MEMBER, [op.user])
 
     async def sweep_directory(self, gen: int) -> SyncReport:
         """End of a full sync: remove what the sync did not mention."""
 
         def job(conn: sqlite3.Connection) -> SyncReport:
             rep = SyncReport()
+            changes = ChangeRecorder()
             stale = [
                 r[0] for r in conn.execute("SELECT path FROM units WHERE sync_gen != ?", (gen,))
             ]
@@ -272,7 +343,16 @@ class SqliteDirectoryMixin:
             for p in stale:
                 if not tops or not p.startswith(tops[-1]):
                     tops.append(p)
-            _remove_units(conn, tops, rep)
+            _remove_units(conn, tops, rep, changes)
+            changes.note(
+                MEMBER,
+                [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT DISTINCT user FROM unit_members WHERE sync_gen != ?", (gen,)
+                    )
+                ],
+            )
             rep.memberships_removed += conn.execute(
                 "DELETE FROM unit_members WHERE sync_gen != ?", (gen,)
             ).rowcount
@@ -282,11 +362,16 @@ class SqliteDirectoryMixin:
                 "SELECT id FROM users WHERE sync_gen != 0 AND sync_gen != ? AND disabled = 0",
                 (gen,),
             ).fetchall():
-                _disable_user(conn, user, rep)
+                _disable_user(conn, user, rep, changes)
+            changes.flush(conn)
             return rep
 
         result: SyncReport = await self._write(job)
         return result
+
+    async def count_unit_members(self) -> None:
+        """Refresh ``units.members`` (after a sync that changed the directory)."""
+        await self._write(recount_unit_members)
 
     # -- queries -------------------------------------------------------------
     async def get_unit(self, unit_id: str) -> Unit | None:

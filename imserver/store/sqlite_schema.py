@@ -248,6 +248,41 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE conversations ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
         """,
     ),
+    (
+        8,
+        "address book: pinyin and name-character search keys, change log, unit head counts",
+        """
+        ALTER TABLE users ADD COLUMN py_initials TEXT NOT NULL DEFAULT '';
+        ALTER TABLE users ADD COLUMN py_full TEXT NOT NULL DEFAULT '';
+        CREATE INDEX users_by_name ON users (name, id);
+        CREATE INDEX users_by_initials ON users (py_initials, id);
+        CREATE INDEX users_by_pinyin ON users (py_full, id);
+        CREATE TABLE directory_changes (
+            kind  TEXT NOT NULL CHECK (kind IN ('unit', 'member')),
+            id    TEXT NOT NULL,
+            seq   INTEGER NOT NULL,
+            PRIMARY KEY (kind, id)
+        ) WITHOUT ROWID;
+        CREATE UNIQUE INDEX directory_changes_by_seq ON directory_changes (seq);
+        INSERT INTO directory_changes (kind, id, seq)
+            SELECT 'unit', id, ROW_NUMBER() OVER (ORDER BY path) FROM units;
+        INSERT INTO directory_changes (kind, id, seq)
+            SELECT 'member', id, (SELECT COUNT(*) FROM units) + ROW_NUMBER() OVER (ORDER BY id)
+            FROM users WHERE sync_gen != 0;
+        INSERT INTO counters VALUES ('directory_change', (SELECT COUNT(*) FROM directory_changes));
+        CREATE TABLE user_name_chars (
+            ch    TEXT NOT NULL,
+            user  TEXT NOT NULL,
+            PRIMARY KEY (ch, user)
+        ) WITHOUT ROWID;
+        ALTER TABLE units ADD COLUMN members INTEGER NOT NULL DEFAULT 0;
+        UPDATE units SET members = (
+            SELECT COUNT(DISTINCT m.user) FROM units d JOIN unit_members m ON m.unit = d.id
+            JOIN users us ON us.id = m.user
+            WHERE d.path >= units.path AND d.path < units.path || char(127) AND us.disabled = 0
+        );
+        """,
+    ),
 ]
 
 

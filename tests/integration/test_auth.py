@@ -332,6 +332,10 @@ async def test_auth_result_carries_user_device_and_limits(
         "sync_page_messages": cfg.limits.sync_page_messages,
         "sync_page_conversations": cfg.limits.sync_page_conversations,
         "history_page_max": 7,
+        "requests_per_s": cfg.limits.user_requests_per_s,
+        "request_burst": cfg.limits.user_burst,
+        "refusals_before_close": max(100, 2 * cfg.limits.user_burst),
+        "token_leeway_s": 5,
     }
     assert h.world.hub.is_online("alice")
 

@@ -337,11 +337,12 @@ async def test_refused_text_upload_does_not_delete_an_earlier_identical_file(
     server: Harness, http: aiohttp.ClientSession
 ) -> None:
     """Files are stored by content hash. Bytes that were stored unscanned (binary:
-    a NUL byte, so not sniffed as text) and are then uploaded again as text/plain
-    are refused, but the refusal must not unlink the copy another upload still
-    points at."""
+    a PNG header full of NUL and non-UTF-8 bytes, so not sniffed as text — one
+    NUL alone no longer makes a file binary, issue #12) and are then uploaded
+    again as text/plain are refused, but the refusal must not unlink the copy
+    another upload still points at."""
     await server.users("alice", "bob")
-    data = "机密★1年\n附件\n".encode() + b"\x00binary"
+    data = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" * 8 + "机密★1年\n附件\n".encode()
     status, meta = await upload(http, server, "alice", data, "附件.bin", "application/pdf")
     assert status == 201, meta
     status, body = await upload(http, server, "bob", data, "附件.txt", "text/plain")
@@ -670,12 +671,13 @@ async def test_audit_verify_cli_on_a_real_server_database(tmp_path: Path) -> Non
     assert "BROKEN at record 4" in again.stdout and "gap" in again.stdout, again.stdout
 
 
-def test_audit_verify_cli_without_a_database_exits_2(tmp_path: Path) -> None:
+def test_audit_verify_cli_without_a_database_exits_4(tmp_path: Path) -> None:
+    """Issue #12 item 13: say there is no database yet (exit 4), not an SQL error."""
     cfg = tmp_path / "missing.toml"
     cfg.write_text(f'[server]\ndata_dir = "{(tmp_path / "nowhere").as_posix()}"\n')
     proc = run_cli("audit", "verify", "--config", str(cfg))
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "cannot read the audit log" in proc.stderr
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "no database yet at" in proc.stderr and "start the server once" in proc.stderr
     assert not (tmp_path / "nowhere" / "imserver.db").exists()
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from imserver.errors import NoSuchMessage, NotMember, TooManyMembers
 from imserver.store.base import Store
+from imserver.store.postgres import PostgresStore
 from imserver.store.records import (
     ROLE_ADMIN,
     ROLE_MEMBER,
@@ -30,8 +31,14 @@ from imserver.store.records import (
 )
 from imserver.store.sqlite import SqliteStore
 from imserver.store.sqlite_schema import MIGRATIONS
+from tests.postgres_support import (
+    PostgresUnavailable,
+    applied_migrations,
+    drop_schema,
+    fresh_dsn,
+)
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 DM = "dm:alice:bob"
 GROUP = "g:group0001"
@@ -80,6 +87,19 @@ async def store_factory(
                 conn.close()
 
         factory = StoreFactory("sqlite", open_sqlite, sqlite_migrations)
+    elif request.param == "postgres":
+        try:
+            dsn, schema = fresh_dsn()  # an empty schema of this run's own database
+        except PostgresUnavailable as e:
+            pytest.fail(str(e))
+
+        async def open_postgres() -> ContractStore:
+            store = PostgresStore(dsn, min_pool=1, max_pool=4)
+            await store.open()
+            return store
+
+        factory = StoreFactory("postgres", open_postgres, lambda: applied_migrations(dsn))
+        request.addfinalizer(lambda: drop_schema(schema))
     else:  # pragma: no cover
         raise AssertionError(f"unknown store backend {request.param}")
     yield factory

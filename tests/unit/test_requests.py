@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imserver.config import LimitsConfig
+from imserver.directory.model import UNIT_ID_RE
 from imserver.errors import ImError, InvalidField, TextTooLong, UnknownType
 from imserver.protocol import requests as rq
 from imserver.protocol.fields import CONV_ID_RE, FILE_ID_RE, is_user_id
@@ -151,12 +152,25 @@ VALID: list[tuple[dict[str, Any], rq.Request]] = [
         },
         rq.Send(GROUP, None, "u1", "text", {"text": "紧急", "urgent": True}, urgent=True),
     ),
+    ({"type": "directory.users", "users": ["a", "b", "a"]}, rq.DirectoryUsers(("a", "b"))),
+    ({"type": "directory.unit", "unit": "nc-xh"}, rq.DirectoryUnit("nc-xh", False, None, 100)),
+    (
+        {"type": "directory.unit", "unit": "jx", "recursive": True, "cursor": "Wy", "limit": 500},
+        rq.DirectoryUnit("jx", True, "Wy", 500),
+    ),
+    ({"type": "directory.search", "q": " 张三 "}, rq.DirectorySearch("张三", None, None, 20)),
+    (
+        {"type": "directory.search", "q": "zs", "unit": "nc", "cursor": "Wy", "limit": 100},
+        rq.DirectorySearch("zs", "nc", "Wy", 100),
+    ),
+    ({"type": "directory.changes"}, rq.DirectoryChanges(0, 500)),
+    ({"type": "directory.changes", "since": 7, "limit": 1000}, rq.DirectoryChanges(7, 1000)),
 ]
 
 
 def test_valid_examples_cover_every_request_type() -> None:
     assert {frame["type"] for frame, _ in VALID} == set(REQUEST_TYPES)
-    assert len(REQUEST_TYPES) == 25
+    assert len(REQUEST_TYPES) == 29
 
 
 @pytest.mark.parametrize(
@@ -662,6 +676,19 @@ def _check_promised_types(rid: object, req: rq.Request) -> None:
             assert _is_int(limit, 1, 200)
         case rq.DingConfirm(conv=conv, seq=seq) | rq.DingStatusReq(conv=conv, seq=seq):
             assert _is_conv(conv) and _is_int(seq, 1)
+        case rq.DirectoryUsers(users=users):
+            assert _users_ok(users, allow_empty=False) and len(users) <= 200
+        case rq.DirectoryUnit(unit=unit, recursive=recursive, cursor=cursor, limit=limit):
+            assert isinstance(unit, str) and UNIT_ID_RE.fullmatch(unit)
+            assert isinstance(recursive, bool) and _is_int(limit, 1, 500)
+            assert cursor is None or (isinstance(cursor, str) and 1 <= len(cursor) <= 512)
+        case rq.DirectorySearch(q=q, unit=unit, cursor=cursor, limit=limit):
+            assert isinstance(q, str) and q and q == q.strip() and len(q) <= 64
+            assert unit is None or (isinstance(unit, str) and UNIT_ID_RE.fullmatch(unit))
+            assert cursor is None or (isinstance(cursor, str) and 1 <= len(cursor) <= 512)
+            assert _is_int(limit, 1, 100)
+        case rq.DirectoryChanges(since=since, limit=limit):
+            assert _is_int(since, 0) and _is_int(limit, 1, 1000)
         case _:  # pragma: no cover
             raise AssertionError(f"unexpected request {req!r}")
 

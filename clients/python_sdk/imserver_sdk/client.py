@@ -11,6 +11,13 @@ the same ``client_msg_id`` (the server makes that idempotent) so callers get
 exactly-once *storage* without doing anything. Message events are deduplicated
 by ``(conv, seq)`` through :class:`~imserver_sdk.dedupe.SeqTracker`, because the
 server only promises at-least-once delivery.
+
+Every request first takes a slot from a :class:`~imserver_sdk.pacing.RequestPacer`
+set to the budget the server announced, and a ``rate_limited`` answer is
+retried after the server's ``retry_after_ms`` (requests are safe to repeat:
+sends by ``client_msg_id``, the rest read or set state). When the server warns
+with ``auth.expiring`` and the token is a provider callable, the client fetches
+a fresh token and re-authenticates on the open socket.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from websockets.typing import Subprotocol
 from .codec import Codec, get_codec
 from .dedupe import SeqStatus, SeqTracker
 from .errors import ClientClosed, CodecError, ProtocolError, ServerError
+from .pacing import RequestPacer
 
 __all__ = ["Ack", "Client", "Event", "TokenProvider"]
 
@@ -52,6 +60,14 @@ NO_RECONNECT_CODES: Final = frozenset({4002, 4010})
 NO_RESEND_CODES: Final = NO_RECONNECT_CODES | {1009}
 #: Error codes of a failed ``auth`` request.
 AUTH_ERROR_CODES: Final = frozenset({"token_invalid", "token_expired"})
+#: The session outlived its token. With a fixed token string reconnecting can
+#: only be refused, so the client stops; with a provider it reconnects.
+CLOSE_TOKEN_EXPIRED: Final = 4013
+#: Times one request is resent after ``rate_limited`` before the error is
+#: raised; retrying also stops once ``request_timeout`` has passed since the
+#: first refusal. Several devices of one user share one budget, so a request
+#: may well be refused a few times in a row while they all stay within it.
+RATE_LIMIT_RETRIES: Final = 50
 
 _ABNORMAL_CLOSE: Final = 1006
 
@@ -191,6 +207,8 @@ class Client:
         self._pinger: asyncio.Task[None] | None = None
         self._bg_sync: asyncio.Task[None] | None = None
         self._bg_sync_again = False
+        self._pacer = RequestPacer()
+        self._reauth: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -334,7 +352,11 @@ class Client:
         self._closing = True
         self._mark_finished()
         current = asyncio.current_task()
-        tasks = [t for t in (self._supervisor, self._pinger, self._bg_sync) if t is not None]
+        tasks = [
+            t
+            for t in (self._supervisor, self._pinger, self._bg_sync, self._reauth)
+            if t is not None
+        ]
         for task in tasks:
             if task is not current:
                 task.cancel()
@@ -408,12 +430,21 @@ class Client:
         except BaseException:
             await self._shutdown(conn)
             raise
+        self._adopt_auth_result(data)
+        return conn
+
+    def _adopt_auth_result(self, data: dict[str, Any]) -> None:
+        """Keep what an auth result says: who we are, the limits, the request budget."""
         self.user = _opt_str(data.get("user"))
         self.device = _opt_str(data.get("device"))
         limits = data.get("limits")
         self.limits = dict(limits) if isinstance(limits, dict) else {}
         self.auth_info = dict(data)
-        return conn
+        rate, burst = self.limits.get("requests_per_s"), self.limits.get("request_burst")
+        self._pacer.configure(
+            float(rate) if isinstance(rate, int | float) and not isinstance(rate, bool) else None,
+            burst if isinstance(burst, int) and not isinstance(burst, bool) else None,
+        )
 
     async def _shutdown(self, conn: _Connection) -> None:
         """Close a connection we are abandoning and wait for its reader."""
@@ -467,7 +498,20 @@ class Client:
                 conn.close_code,
                 conn.close_reason,
             )
-            if self._closing or not self.reconnect or conn.close_code in NO_RECONNECT_CODES:
+            expired_for_good = conn.close_code == CLOSE_TOKEN_EXPIRED and isinstance(
+                self._token, str
+            )
+            if (
+                self._closing
+                or not self.reconnect
+                or conn.close_code in NO_RECONNECT_CODES
+                or expired_for_good
+            ):
+                if expired_for_good:
+                    log.warning(
+                        "imserver_sdk: token expired and no token provider was given; "
+                        "pass a callable as `token` to stay connected"
+                    )
                 self._mark_finished()
             self._notify_state()
         conn.fail_pending()
@@ -501,10 +545,20 @@ class Client:
                 log.warning("imserver_sdk: event frame without name: %r", frame)
                 return
             payload: dict[str, Any] = data if isinstance(data, dict) else {}
-            if name == "message":
+            if name == "auth.expiring":
+                self._schedule_reauth(conn)
+                self._events.put_nowait(Event(name, payload))
+            elif name == "message":
                 status = self._ingest(payload)
                 if status is SeqStatus.GAP and self.auto_sync:
                     self._schedule_sync()
+            elif name == "resync":
+                # The server's node may have missed events (its bus reconnected,
+                # or a backlog was too long): resume as after a reconnect. Also
+                # queued, so the app can refresh what sync does not carry (cards).
+                if self.auto_sync:
+                    self._schedule_sync()
+                self._events.put_nowait(Event(name, payload))
             else:
                 self._events.put_nowait(Event(name, payload))
         else:
@@ -539,6 +593,31 @@ class Client:
                 held[target] = {**held[target], "recalled": True, "body": {}}
         self._events.put_nowait(Event("message", msg))
         return status
+
+    # --------------------------------------------------------- re-auth in place
+
+    def _schedule_reauth(self, conn: _Connection) -> None:
+        """``auth.expiring`` arrived: refresh in place if we can get a fresh token."""
+        if isinstance(self._token, str):
+            return  # nothing to refresh with: the server closes with 4013 at expiry
+        if self._reauth is not None and not self._reauth.done():
+            return
+        self._reauth = asyncio.create_task(self._reauthenticate(conn), name="imserver-sdk-reauth")
+
+    async def _reauthenticate(self, conn: _Connection) -> None:
+        """Send ``auth`` with a fresh token on the open socket; on failure let it expire.
+
+        A failure is only logged: the server then closes with 4013 and the
+        supervisor reconnects, asking the provider again.
+        """
+        try:
+            token = await self._get_token()
+            data = await self._roundtrip(conn, "auth", {"token": token}, self.request_timeout)
+        except (ServerError, ClientClosed, TimeoutError, TypeError) as exc:
+            log.warning("imserver_sdk: re-authentication failed: %r", exc)
+            return
+        if conn is self._conn:
+            self._adopt_auth_result(data)
 
     # ------------------------------------------------------ supervisor & ping
 
@@ -661,7 +740,41 @@ class Client:
         fields: dict[str, Any],
         wait_s: float | None,
     ) -> dict[str, Any]:
-        """Send one request on ``conn`` and wait for its answer by ``id``."""
+        """Send one request on ``conn`` and wait for its answer, paced and retried.
+
+        The request waits for its slot in the server's budget; a
+        ``rate_limited`` answer holds back every request of this client for
+        the server's ``retry_after_ms`` (plus a little jitter, so devices of
+        one user do not retry in step) and then resends it, up to
+        ``RATE_LIMIT_RETRIES`` times and for at most ``request_timeout`` after
+        the first refusal. ``wait_s`` bounds each wait for an answer.
+        """
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        give_up_at = float("inf")
+        while True:
+            await self._pacer.wait()
+            try:
+                return await self._send_and_wait(conn, type_, fields, wait_s)
+            except ServerError as exc:
+                if exc.code != "rate_limited" or attempt >= RATE_LIMIT_RETRIES:
+                    raise
+                give_up_at = min(give_up_at, loop.time() + self.request_timeout)
+                if loop.time() >= give_up_at:
+                    raise
+                attempt += 1
+                hint = exc.retry_after_s
+                delay = hint if hint is not None else self.backoff_initial * 2.0**attempt
+                self._pacer.pause(delay + random.uniform(0.0, 0.01 + delay * 0.1))
+
+    async def _send_and_wait(
+        self,
+        conn: _Connection,
+        type_: str,
+        fields: dict[str, Any],
+        wait_s: float | None,
+    ) -> dict[str, Any]:
+        """Send one request frame on ``conn`` and wait for its answer by ``id``."""
         if conn.closed.is_set():
             raise ClientClosed(conn.close_code, conn.close_reason)
         rid = next(self._ids)
@@ -926,6 +1039,58 @@ class Client:
 
     async def presence_unsubscribe(self, users: Iterable[str]) -> dict[str, Any]:
         return await self.request("presence.unsubscribe", users=list(users))
+
+    # ----------------------------------------------------------- address book
+
+    async def users(self, users: Iterable[str]) -> dict[str, Any]:
+        """Profiles of up to 200 users: ``{"users": [...], "missing": [ids]}``.
+
+        Phone and ID numbers come masked unless you hold ``pii:read`` (or it is you).
+        """
+        return await self.request("directory.users", users=list(users))
+
+    async def unit(
+        self,
+        unit: str,
+        *,
+        recursive: bool = False,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """One unit: ``{"unit", "ancestors", "children", "members", "cursor"}``.
+
+        ``ancestors`` and ``children`` come with the first page only; pass the
+        answer's ``cursor`` back (same ``unit`` and ``recursive``) for the next.
+        """
+        return await self._call(
+            "directory.unit", unit=unit, recursive=recursive, cursor=cursor, limit=limit
+        )
+
+    async def search(
+        self,
+        q: str,
+        *,
+        unit: str | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """People by name, pinyin initials (``zs``) or full pinyin, best match first.
+
+        ``unit`` limits it to people in that unit's subtree. Returns
+        ``{"members": [...], "cursor"}``; ``cursor`` is None on the last page.
+        """
+        return await self._call("directory.search", q=q, unit=unit, cursor=cursor, limit=limit)
+
+    async def directory_changes(
+        self, since: int = 0, *, limit: int | None = None
+    ) -> dict[str, Any]:
+        """What changed after change number ``since`` (0: everything), oldest first.
+
+        Returns ``{"units", "removed_units", "members", "removed_members",
+        "cursor", "more"}``: apply it, keep ``cursor``, call again while
+        ``more``. A ``directory`` event (``{"cursor": n}``) says there is news.
+        """
+        return await self._call("directory.changes", since=since, limit=limit)
 
     # ----------------------------------------------------------------- events
 

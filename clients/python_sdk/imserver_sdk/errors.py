@@ -34,10 +34,18 @@ class ServerError(ImserverError):
     to inspect ``code`` and decide whether to retry.
     """
 
-    def __init__(self, code: str, message: str = "", field: str | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str = "",
+        field: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         self.code = code
         self.message = message
         self.field = field
+        #: Machine-readable extras, e.g. ``{"retry_after_ms": 150}`` on ``rate_limited``.
+        self.details: dict[str, Any] = dict(details) if details else {}
         text = f"{code}: {message}" if message else code
         if field:
             text += f" (field {field})"
@@ -53,15 +61,25 @@ class ServerError(ImserverError):
         code = frame.get("code")
         message = frame.get("message")
         field = frame.get("field")
+        details = frame.get("details")
         return cls(
             code if isinstance(code, str) else "unknown",
             message if isinstance(message, str) else "",
             field if isinstance(field, str) else None,
+            details if isinstance(details, Mapping) else None,
         )
+
+    @property
+    def retry_after_s(self) -> float | None:
+        """The server's retry hint in seconds (``details.retry_after_ms``), if it gave one."""
+        value = self.details.get("retry_after_ms")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            return None
+        return float(value) / 1000.0
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keep the exception picklable (e.g. across multiprocessing in tests).
-        return (type(self), (self.code, self.message, self.field))
+        return (type(self), (self.code, self.message, self.field, self.details or None))
 
 
 class ClientClosed(ImserverError):

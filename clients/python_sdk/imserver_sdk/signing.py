@@ -44,9 +44,10 @@ DEFAULT_WINDOW_S = 300.0
 # The documented nonce alphabet and length; checking it on both ends means a
 # sloppy signer is caught in its own tests rather than by a 401 in production.
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
-# Plain decimal seconds only: "1.5e9" or " 17" would parse as numbers but are
-# not what the contract specifies, and accepting them invites signer bugs.
-_TIMESTAMP_RE = re.compile(r"-?[0-9]{1,15}")
+# Plain decimal seconds only, exactly as the server checks them: "1.5e9", " 17"
+# or "-5" would parse as numbers but are not what the contract specifies. The
+# class is ASCII on purpose: str.isdigit() and \d also accept "²" or "٣".
+_TIMESTAMP_RE = re.compile(r"[0-9]{1,15}")
 # Exactly what hexdigest() produces. Checking the shape first also keeps
 # non-ASCII input away from hmac.compare_digest, which rejects it with TypeError.
 _SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")

@@ -471,3 +471,42 @@ def test_request_while_never_connected_raises_client_closed() -> None:
         await cl.close()
 
     run(main())
+
+
+def test_a_resync_event_runs_sync_and_is_passed_on() -> None:
+    """The server's node missed events (its bus reconnected): resume as after a reconnect."""
+
+    async def script(c: FakeConn) -> None:
+        await c.auth()
+        await c.serve_empty_sync()
+        await c.event("resync", {"reason": "bus_reconnected"})
+        req = await c.expect("sync")  # without the event, no second sync would come
+        await c.result(
+            req,
+            {
+                "conversations": [
+                    {
+                        "conv": "g:1",
+                        "kind": "group",
+                        "name": "n",
+                        "peer": None,
+                        "last_seq": 1,
+                        "read_seq": 0,
+                        "unread": 1,
+                        "messages": [msg("g:1", 1)],
+                        "more": False,
+                    }
+                ],
+                "more": False,
+            },
+        )
+
+    async def main() -> None:
+        async with FakeServer(script) as srv, fast_client(srv.url) as cl:
+            first = await cl.next_event()
+            assert (first.name, first.data) == ("resync", {"reason": "bus_reconnected"})
+            missed = await cl.next_event()
+            assert (missed.name, missed.data["seq"]) == ("message", 1)
+            assert not srv.errors
+
+    run(main())

@@ -1,0 +1,189 @@
+"""The Redis connections of the bus: one client for commands, one pub/sub link per shard.
+
+Everything uses *sharded* pub/sub (``SPUBLISH`` / ``SSUBSCRIBE``, Redis >= 7.0):
+on a single Redis it behaves like plain pub/sub; on a Redis Cluster a channel
+lives on the one master that owns its hash slot, so a published message
+crosses one shard instead of being broadcast to every cluster node. Each
+master this node needs gets its own subscriber connection (a ``Link``).
+
+The links do not reconnect by themselves (redis-py's silent resubscribe is
+switched off with a zero-retry policy): a reconnect must be *noticed*,
+because whatever was published meanwhile is gone and the bus fills it from
+the store. Any read error on any link sets ``lost``; the bus then tears all
+links down, reconnects with backoff and resubscribes everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+#: A quiet subscriber link is pinged after this long, and lost without an answer.
+PING_AFTER_S = 10.0
+PONG_TIMEOUT_S = 10.0
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+Client = Redis | RedisCluster
+OnMessage = Callable[[str, bytes], None]
+
+
+def parse_node(spec: str) -> tuple[str, int]:
+    """``"host:port"`` -> ``(host, port)``; the config checks the form."""
+    host, _, port = spec.rpartition(":")
+    return host, int(port)
+
+
+def make_client(url: str, cluster_nodes: tuple[str, ...]) -> Client:
+    """The command client: a Redis Cluster when nodes are listed, else one Redis."""
+    if cluster_nodes:
+        nodes = [ClusterNode(*parse_node(n)) for n in cluster_nodes]
+        return RedisCluster(startup_nodes=nodes, socket_connect_timeout=3.0)
+    return Redis.from_url(url, socket_connect_timeout=3.0)
+
+
+def describe(url: str, cluster_nodes: tuple[str, ...]) -> str:
+    """Where the bus connects, for logs and errors (no password)."""
+    if cluster_nodes:
+        return "Redis Cluster " + ", ".join(cluster_nodes)
+    tail = url.rsplit("@", 1)[-1]
+    return tail if "://" in tail else url.split("://", 1)[0] + "://" + tail
+
+
+@dataclass(slots=True)
+class Link:
+    """One subscriber connection, to one Redis (or one cluster master)."""
+
+    redis: Redis
+    pubsub: PubSub
+    channels: set[str] = field(default_factory=set)
+    reader: asyncio.Task[None] | None = None
+
+
+class Links:
+    """Subscriber connections, created on demand per shard, dropped together."""
+
+    def __init__(self, client: Client, on_message: OnMessage, name: str, url: str) -> None:
+        self._client = client
+        self._name = name
+        self._url = url  # a single Redis: its one link connects here
+        self._on_message = on_message
+        self._links: dict[str, Link] = {}
+        #: Set when a link fails; the bus waits on it to reconnect.
+        self.lost = asyncio.Event()
+
+    def _link(self, channel: str) -> Link:
+        """The link for ``channel``: the one Redis, or the master owning its slot."""
+        if isinstance(self._client, RedisCluster):
+            node = self._client.get_node_from_key(channel)
+            if node is None:
+                raise RedisError(f"no cluster node owns the slot of {channel!r}")
+            name = f"{node.host}:{node.port}"
+        else:
+            name = "single"
+        link = self._links.get(name)
+        if link is None:
+            retry = Retry(NoBackoff(), 0)
+            if isinstance(self._client, RedisCluster):
+                host, port = parse_node(name)
+                redis = Redis(host=host, port=port, retry=retry, client_name=self._name)
+            else:
+                redis = Redis.from_url(self._url, retry=retry, client_name=self._name)
+            link = Link(redis, redis.pubsub())
+            self._links[name] = link
+        return link
+
+    async def subscribe(self, channels: list[str]) -> None:
+        """``SSUBSCRIBE``: one command per hash slot on a cluster, one in all on a single Redis."""
+        cluster = isinstance(self._client, RedisCluster)
+        by_link: dict[int, tuple[Link, list[str]]] = {}
+        for channel in channels:
+            link = self._link(channel)
+            slot = key_slot(channel.encode()) if cluster else 0
+            by_link.setdefault(slot, (link, []))[1].append(channel)
+        for link, names in by_link.values():
+            await link.pubsub.ssubscribe(*names)
+            link.channels.update(names)
+            if link.reader is None:
+                link.reader = asyncio.create_task(self._read(link), name="redis-bus-reader")
+
+    async def unsubscribe(self, channels: list[str]) -> None:
+        for channel in channels:
+            for link in self._links.values():
+                if channel in link.channels:
+                    link.channels.discard(channel)
+                    await link.pubsub.sunsubscribe(channel)
+
+    async def _read(self, link: Link) -> None:
+        """Hand every message to the bus; any sign of a broken link sets ``lost``.
+
+        A connection can die silently (a partition drops packets without a
+        reset): after ``PING_AFTER_S`` without traffic the link pings, and no
+        answer within ``PONG_TIMEOUT_S`` counts as lost. A ``sunsubscribe``
+        the node did not ask for (a cluster slot moved to another master) is
+        lost too: the reconnect subscribes on the new owner and fills.
+        """
+        clock = asyncio.get_running_loop().time
+        last_heard = clock()
+        pinged = False
+        try:
+            while True:
+                message = await link.pubsub.get_message(timeout=1.0)
+                now = clock()
+                if message is None:
+                    if not pinged and now - last_heard > PING_AFTER_S:
+                        await link.pubsub.ping()
+                        pinged = True
+                    elif pinged and now - last_heard > PING_AFTER_S + PONG_TIMEOUT_S:
+                        raise RedisConnectionError("no answer to PING on the subscriber link")
+                    continue
+                last_heard, pinged = now, False
+                kind = _text(message["type"])
+                if kind == "smessage":
+                    self._on_message(_text(message["channel"]), message["data"])
+                elif kind == "sunsubscribe" and _text(message["channel"]) in link.channels:
+                    raise RedisConnectionError(f"unsubscribed by Redis: {message['channel']!r}")
+        except asyncio.CancelledError:
+            raise
+        except (RedisError, OSError) as e:
+            log.warning("redis bus: subscriber connection lost: %s", e)
+            self.lost.set()
+        except Exception:  # a bug in a handler must not silently end the reader
+            log.exception("redis bus: reader failed")
+            self.lost.set()
+
+    async def close(self) -> None:
+        """Drop every link (the bus resubscribes on fresh ones)."""
+        links, self._links = list(self._links.values()), {}
+        for link in links:
+            if link.reader is not None:
+                link.reader.cancel()
+        for link in links:
+            if link.reader is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):  # torn down
+                    await link.reader
+            try:
+                await link.pubsub.aclose()  # type: ignore[no-untyped-call]
+                await link.redis.aclose()
+            except (RedisError, OSError) as e:
+                log.debug("redis bus: closing a link: %s", e)
+
+    def count(self) -> int:
+        return len(self._links)

@@ -1,0 +1,50 @@
+"""The schema's history: every migration version and what it means, for every backend.
+
+Why one list: a database migrated to version *n* must mean the same thing
+whichever engine holds it, so a PostgreSQL node and a SQLite file can be
+compared (and data moved between them) by version alone. Each backend keeps
+only its own SQL for each version (``store/sqlite_schema.py``,
+``store/postgres/schema.py``) and checks it covers exactly this list.
+
+Append new versions here first; never edit or reorder a released one.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SCHEMA_HISTORY: Final[tuple[tuple[int, str], ...]] = (
+    (1, "users, conversations, members, messages, files"),
+    (2, "notice conversations, apps, cards, card holders and todo, callback outbox"),
+    (3, "card deadline timers, DING confirmations"),
+    (4, "organisation directory: units, unit members, user status, admin grants"),
+    (5, "user scopes (pii:read)"),
+    (6, "identity: app permissions, refresh tokens, revocations"),
+    (7, "archived groups (governance)"),
+    (
+        8,
+        "address book: pinyin and name-character search keys, change log, unit head counts",
+    ),
+)
+"""``(version, description)`` in the order they apply."""
+
+SCHEMA_VERSION: Final = SCHEMA_HISTORY[-1][0]
+"""The version a freshly opened store of this release is at."""
+
+
+def with_sql(sql_by_version: dict[int, str]) -> list[tuple[int, str, str]]:
+    """``(version, description, sql)`` for a backend whose SQL is ``sql_by_version``.
+
+    Raises ``ValueError`` at import time if the backend lacks a version or has
+    one the history does not know, so the backends cannot drift apart silently.
+    """
+    known = [version for version, _ in SCHEMA_HISTORY]
+    if sorted(sql_by_version) != known:
+        missing = sorted(set(known) - set(sql_by_version))
+        extra = sorted(set(sql_by_version) - set(known))
+        raise ValueError(
+            f"migrations out of step with SCHEMA_HISTORY: missing {missing}, extra {extra}"
+        )
+    return [
+        (version, description, sql_by_version[version]) for version, description in SCHEMA_HISTORY
+    ]

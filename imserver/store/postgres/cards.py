@@ -1,0 +1,428 @@
+"""PostgreSQL side of ``CardStore``: apps, cards, todo rows, the callback outbox.
+
+Across nodes: ``save_card`` is an ``UPDATE … WHERE version = $n``; a second
+node's update of the same card waits for the first to commit, re-reads the
+row and finds the version moved, so exactly one of N concurrent approvers
+wins. ``claim_callbacks`` takes due rows ``FOR UPDATE SKIP LOCKED`` and
+leases them (``lease_until``): two nodes never hold one callback, and a dead
+node's lease simply runs out and the row is claimable again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
+from typing import Any, Final
+
+import asyncpg
+
+from imserver.store.postgres.audit import PostgresAuditLog
+from imserver.store.postgres.jobs import PgConn, PgJob
+from imserver.store.records import (
+    ROLE_MEMBER,
+    AppRecord,
+    AuditEntry,
+    CardChange,
+    CardRecord,
+    Message,
+    NewCard,
+    NewMessage,
+    OutboxItem,
+)
+from imserver.store.rows import (
+    APP_COLUMNS,
+    CARD_COLUMNS,
+    OUTBOX_COLUMNS,
+    app_from_row,
+    card_from_row,
+    dump_json,
+    outbox_from_row,
+    qualified,
+)
+from imserver.store.sqlite_cards import DocProtector  # the interface, not SQLite code
+
+_CARD_BY_TRACK: Final = f"SELECT {CARD_COLUMNS} FROM cards WHERE app_id = $1 AND out_track_id = $2"
+
+
+async def next_gseq(conn: PgConn) -> int:
+    """The next global card-change number (the counter row is locked until commit)."""
+    value: int = await conn.fetchval(
+        "UPDATE counters SET value = value + 1 WHERE name = 'card_gseq' RETURNING value"
+    )
+    return value
+
+
+async def set_pending(conn: PgConn, card_id: str, users: Iterable[str], due_at: int | None) -> None:
+    await conn.execute("DELETE FROM card_pending WHERE card_id = $1", card_id)
+    await conn.executemany(
+        'INSERT INTO card_pending ("user", card_id, due_at) VALUES ($1, $2, $3)',
+        [(u, card_id, due_at) for u in users],
+    )
+
+
+async def set_timers(conn: PgConn, card_id: str, timers: Iterable[tuple[str, int]]) -> None:
+    await conn.execute("DELETE FROM timers WHERE card_id = $1 AND NOT done", card_id)
+    await conn.executemany(
+        "INSERT INTO timers (card_id, kind, fire_at) VALUES ($1, $2, $3)",
+        [(card_id, kind, at) for kind, at in timers],
+    )
+
+
+async def ensure_notice_conv(conn: PgConn, conv: str, user: str, name: str, now: int) -> None:
+    await conn.execute(
+        "INSERT INTO conversations (id, kind, name, owner, last_seq, created_at)"
+        " VALUES ($1, 'notice', $2, NULL, 0, $3) ON CONFLICT DO NOTHING",
+        conv,
+        name,
+        now,
+    )
+    await conn.execute(
+        'INSERT INTO members (conv, "user", role, read_seq) VALUES ($1, $2, $3, 0)'
+        " ON CONFLICT DO NOTHING",
+        conv,
+        user,
+        ROLE_MEMBER,
+    )
+
+
+class _VersionMoved(Exception):
+    """Raised inside a write job so its savepoint (and the gseq bump) is rolled back."""
+
+
+class PgCardsMixin:
+    """Card storage; needs ``_write``/``_read``, ``_insert`` and ``audit`` from the store."""
+
+    _write: Callable[[PgJob], Awaitable[Any]]
+    _read: Callable[[PgJob], Awaitable[Any]]
+    _insert: Callable[[PgConn, NewMessage], Awaitable[Message]]
+    audit: PostgresAuditLog
+    #: Seals sensitive card fields at rest (``FieldProtector``); None: stored clear.
+    doc_protector: DocProtector | None = None
+
+    def _seal_doc(self, card_id: str, doc: dict[str, Any]) -> dict[str, Any]:
+        p = self.doc_protector
+        return doc if p is None else p.seal_doc(card_id, doc)
+
+    def _card_record(self, row: asyncpg.Record) -> CardRecord:
+        card = card_from_row(row)
+        p = self.doc_protector
+        return card if p is None else replace(card, doc=p.open_doc(card.id, card.doc))
+
+    # -- apps ----------------------------------------------------------------
+    async def upsert_app(self, app: AppRecord, now: int, audit: AuditEntry | None = None) -> None:
+        """Register or replace ``app``; ``audit``, if given, commits with it (or neither does)."""
+
+        async def job(conn: PgConn) -> None:
+            if audit is not None:
+                a = audit
+                await self.audit.append_in(conn, now, a.actor, a.action, a.target, a.details)
+            await conn.execute(
+                "INSERT INTO apps (id, name, secret, callback_url, scope, permissions, updated_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET"
+                " name = excluded.name, secret = excluded.secret,"
+                " callback_url = excluded.callback_url, scope = excluded.scope,"
+                " permissions = excluded.permissions, updated_at = excluded.updated_at",
+                app.app_id,
+                app.name,
+                app.secret,
+                app.callback_url,
+                dump_json(list(app.scope)),
+                dump_json(list(app.permissions)),
+                now,
+            )
+
+        await self._write(job)
+
+    async def get_app(self, app_id: str) -> AppRecord | None:
+        async def job(conn: PgConn) -> AppRecord | None:
+            row = await conn.fetchrow(f"SELECT {APP_COLUMNS} FROM apps WHERE id = $1", app_id)
+            return None if row is None else app_from_row(row)
+
+        result: AppRecord | None = await self._read(job)
+        return result
+
+    # -- cards ---------------------------------------------------------------
+    async def create_card(
+        self, card: NewCard, messages: list[NewMessage], notice_convs: list[tuple[str, str, str]]
+    ) -> tuple[CardRecord, list[Message], bool]:
+        """Store a card, its holders, todo rows and delivery messages at once.
+
+        A second card with the same ``(app_id, out_track_id)`` — from this node
+        or another — returns the existing card with ``True`` and writes nothing.
+        """
+        track = card.doc["out_track_id"]
+
+        async def job(conn: PgConn) -> tuple[CardRecord, list[Message], bool]:
+            row = await conn.fetchrow(_CARD_BY_TRACK, card.app_id, track)
+            if row is not None:
+                return self._card_record(row), [], True
+            gseq = await next_gseq(conn)  # locks the counter: racing creators queue here
+            inserted = await conn.fetchval(
+                f"INSERT INTO cards ({CARD_COLUMNS})"
+                " VALUES ($1, $2, $3, 1, $4, $5, $6, 'ok', $7, $7)"
+                " ON CONFLICT (app_id, out_track_id) DO NOTHING RETURNING id",
+                card.id,
+                card.app_id,
+                track,
+                gseq,
+                dump_json(self._seal_doc(card.id, card.doc)),
+                dump_json(card.approval),
+                card.now,
+            )
+            if inserted is None:  # another node created it after our lookup
+                raise _TrackTaken
+            await conn.executemany(
+                'INSERT INTO card_holders ("user", card_id) VALUES ($1, $2) ON CONFLICT DO NOTHING',
+                [(u, card.id) for u in card.holders],
+            )
+            await set_pending(conn, card.id, card.pending, card.doc.get("due_at"))
+            await set_timers(conn, card.id, card.timers)
+            for conv, user, name in notice_convs:
+                await ensure_notice_conv(conn, conv, user, name, card.now)
+            stored = [await self._insert(conn, m) for m in messages]
+            record = CardRecord(
+                card.id,
+                card.app_id,
+                track,
+                1,
+                gseq,
+                card.doc,
+                card.approval,
+                "ok",
+                card.now,
+                card.now,
+            )
+            return record, stored, False
+
+        try:
+            result: tuple[CardRecord, list[Message], bool] = await self._write(job)
+        except _TrackTaken:
+            existing = await self.get_card_by_track(card.app_id, track)
+            assert existing is not None
+            return existing, [], True
+        return result
+
+    async def get_card(self, card_id: str) -> CardRecord | None:
+        async def job(conn: PgConn) -> CardRecord | None:
+            row = await conn.fetchrow(f"SELECT {CARD_COLUMNS} FROM cards WHERE id = $1", card_id)
+            return None if row is None else self._card_record(row)
+
+        result: CardRecord | None = await self._read(job)
+        return result
+
+    async def get_card_by_track(self, app_id: str, out_track_id: str) -> CardRecord | None:
+        async def job(conn: PgConn) -> CardRecord | None:
+            row = await conn.fetchrow(_CARD_BY_TRACK, app_id, out_track_id)
+            return None if row is None else self._card_record(row)
+
+        result: CardRecord | None = await self._read(job)
+        return result
+
+    async def cards_by_ids(self, ids: Iterable[str]) -> dict[str, CardRecord]:
+        wanted = list(dict.fromkeys(ids))
+
+        async def job(conn: PgConn) -> dict[str, CardRecord]:
+            rows = await conn.fetch(
+                f"SELECT {CARD_COLUMNS} FROM cards WHERE id = ANY($1::text[])", wanted
+            )
+            return {row[0]: self._card_record(row) for row in rows}
+
+        result: dict[str, CardRecord] = await self._read(job)
+        return result
+
+    async def save_card(self, change: CardChange) -> CardRecord | None:
+        """Write a new version if the card is still at ``expected_version``; else None.
+
+        The todo rows, timers, audit record and callback outbox entry commit
+        in the same transaction as the new version, or not at all.
+        """
+
+        async def job(conn: PgConn) -> CardRecord:
+            # Version check first: a loser waits on the card's row lock, then
+            # finds the version moved without ever touching the gseq counter.
+            row = await conn.fetchrow(
+                "UPDATE cards SET version = version + 1, doc = $1, approval = $2,"
+                " callback = $3, updated_at = $4 WHERE id = $5 AND version = $6"
+                f" RETURNING {CARD_COLUMNS}",
+                dump_json(self._seal_doc(change.card_id, change.doc)),
+                dump_json(change.approval),
+                change.callback,
+                change.now,
+                change.card_id,
+                change.expected_version,
+            )
+            if row is None:
+                raise _VersionMoved
+            gseq = await next_gseq(conn)
+            await conn.execute("UPDATE cards SET gseq = $1 WHERE id = $2", gseq, change.card_id)
+            await set_pending(conn, change.card_id, change.pending, change.doc.get("due_at"))
+            if change.timers is not None:
+                await set_timers(conn, change.card_id, change.timers)
+            if change.audit is not None:
+                a = change.audit
+                await self.audit.append_in(conn, change.now, a.actor, a.action, a.target, a.details)
+            if change.outbox is not None:
+                o = change.outbox
+                await conn.execute(
+                    "INSERT INTO outbox (app_id, card_id, action_id, payload, state,"
+                    " attempts, next_at, created_at) VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5)"
+                    " ON CONFLICT DO NOTHING",
+                    o.app_id,
+                    o.card_id,
+                    o.action_id,
+                    dump_json(o.payload),
+                    change.now,
+                )
+            return replace(self._card_record(row), gseq=gseq)
+
+        try:
+            result: CardRecord = await self._write(job)
+        except _VersionMoved:
+            return None
+        return result
+
+    async def card_holders(self, card_id: str) -> list[str]:
+        async def job(conn: PgConn) -> list[str]:
+            rows = await conn.fetch('SELECT "user" FROM card_holders WHERE card_id = $1', card_id)
+            return [r[0] for r in rows]
+
+        result: list[str] = await self._read(job)
+        return result
+
+    async def cards_changed_for(self, user: str, after_gseq: int, limit: int) -> list[CardRecord]:
+        async def job(conn: PgConn) -> list[CardRecord]:
+            rows = await conn.fetch(
+                f"SELECT {qualified(CARD_COLUMNS, 'c')}"
+                " FROM card_holders h JOIN cards c ON c.id = h.card_id"
+                ' WHERE h."user" = $1 AND c.gseq > $2 ORDER BY c.gseq LIMIT $3',
+                user,
+                after_gseq,
+                limit,
+            )
+            return [self._card_record(r) for r in rows]
+
+        result: list[CardRecord] = await self._read(job)
+        return result
+
+    async def todo_cards(self, user: str, limit: int) -> tuple[list[CardRecord], int]:
+        """Pending cards for ``user``, soonest deadline first (none last); and the total."""
+
+        async def job(conn: PgConn) -> tuple[list[CardRecord], int]:
+            total = await conn.fetchval('SELECT count(*) FROM card_pending WHERE "user" = $1', user)
+            rows = await conn.fetch(
+                f"SELECT {qualified(CARD_COLUMNS, 'c')}"
+                ' FROM card_pending p JOIN cards c ON c.id = p.card_id WHERE p."user" = $1'
+                " ORDER BY p.due_at IS NULL, p.due_at, c.created_at LIMIT $2",
+                user,
+                limit,
+            )
+            return [self._card_record(r) for r in rows], int(total)
+
+        result: tuple[list[CardRecord], int] = await self._read(job)
+        return result
+
+    async def deliver_notice(
+        self, messages: list[NewMessage], notice_convs: list[tuple[str, str, str]], now: int
+    ) -> list[Message]:
+        async def job(conn: PgConn) -> list[Message]:
+            for conv, user, name in notice_convs:
+                await ensure_notice_conv(conn, conv, user, name, now)
+            return [await self._insert(conn, m) for m in messages]
+
+        result: list[Message] = await self._write(job)
+        return result
+
+    # -- callback outbox -----------------------------------------------------
+    async def claim_callbacks(self, now: int, lease_ms: int, limit: int) -> list[OutboxItem]:
+        """Due pending callbacks, leased so no other worker or node sends them meanwhile."""
+
+        async def job(conn: PgConn) -> list[OutboxItem]:
+            rows = await conn.fetch(
+                f"UPDATE outbox SET lease_until = $2 WHERE id IN ("
+                " SELECT id FROM outbox WHERE state = 'pending' AND next_at <= $1"
+                " AND lease_until <= $1 ORDER BY next_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)"
+                f" RETURNING {OUTBOX_COLUMNS}",
+                now,
+                now + lease_ms,
+                limit,
+            )
+            items = [outbox_from_row(r) for r in rows]
+            return sorted(items, key=lambda item: (item.next_at, item.id))
+
+        result: list[OutboxItem] = await self._write(job)
+        return result
+
+    async def next_callback_due(self) -> int | None:
+        async def job(conn: PgConn) -> int | None:
+            at = await conn.fetchval(
+                "SELECT min(greatest(next_at, lease_until)) FROM outbox WHERE state = 'pending'"
+            )
+            return None if at is None else int(at)
+
+        result: int | None = await self._read(job)
+        return result
+
+    async def finish_callback(
+        self, item_id: int, *, state: str, attempts: int, next_at: int, error: str
+    ) -> None:
+        async def job(conn: PgConn) -> None:
+            await conn.execute(
+                "UPDATE outbox SET state = $1, attempts = $2, next_at = $3, lease_until = 0,"
+                " last_error = $4 WHERE id = $5",
+                state,
+                attempts,
+                next_at,
+                error[:500],
+                item_id,
+            )
+
+        await self._write(job)
+
+    async def get_callback(self, card_id: str, action_id: str) -> OutboxItem | None:
+        async def job(conn: PgConn) -> OutboxItem | None:
+            row = await conn.fetchrow(
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE card_id = $1 AND action_id = $2",
+                card_id,
+                action_id,
+            )
+            return None if row is None else outbox_from_row(row)
+
+        result: OutboxItem | None = await self._read(job)
+        return result
+
+    async def list_callbacks(self, state: str, limit: int) -> list[OutboxItem]:
+        async def job(conn: PgConn) -> list[OutboxItem]:
+            rows = await conn.fetch(
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = $1 ORDER BY id LIMIT $2",
+                state,
+                limit,
+            )
+            return [outbox_from_row(r) for r in rows]
+
+        result: list[OutboxItem] = await self._read(job)
+        return result
+
+    async def pending_callbacks(self, card_id: str) -> int:
+        async def job(conn: PgConn) -> int:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM outbox WHERE card_id = $1 AND state = 'pending'", card_id
+            )
+            return int(n)
+
+        result: int = await self._read(job)
+        return result
+
+    async def retry_callback(self, item_id: int, now: int) -> None:
+        async def job(conn: PgConn) -> None:
+            await conn.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_at = $1, lease_until = 0"
+                " WHERE id = $2",
+                now,
+                item_id,
+            )
+
+        await self._write(job)
+
+
+class _TrackTaken(Exception):
+    """Raised inside a write job when another node created the same card first."""

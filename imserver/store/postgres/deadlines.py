@@ -1,0 +1,180 @@
+"""PostgreSQL side of ``DeadlineStore``: card timers and DING confirmations.
+
+Timers are claimed like callbacks: ``FOR UPDATE SKIP LOCKED`` plus a lease,
+so a reminder fires on one node only and a dead node's claimed timers fire
+elsewhere once its lease runs out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from imserver.store.postgres.cards import ensure_notice_conv
+from imserver.store.postgres.jobs import PgConn, PgJob
+from imserver.store.records import DingDue, DingStatus, Message, NewMessage, Timer
+
+
+class PgDeadlinesMixin:
+    """Card timers (reminders, overdue, escalation) and DING confirmations."""
+
+    _write: Callable[[PgJob], Awaitable[Any]]
+    _read: Callable[[PgJob], Awaitable[Any]]
+    _insert: Callable[[PgConn, NewMessage], Awaitable[Message]]
+
+    async def claim_timers(self, now: int, lease_ms: int, limit: int) -> list[Timer]:
+        async def job(conn: PgConn) -> list[Timer]:
+            rows = await conn.fetch(
+                "UPDATE timers SET lease_until = $2 WHERE id IN ("
+                " SELECT id FROM timers WHERE NOT done AND fire_at <= $1 AND lease_until <= $1"
+                " ORDER BY fire_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)"
+                " RETURNING id, card_id, kind, fire_at",
+                now,
+                now + lease_ms,
+                limit,
+            )
+            return sorted((Timer(*r) for r in rows), key=lambda t: (t.fire_at, t.id))
+
+        result: list[Timer] = await self._write(job)
+        return result
+
+    async def finish_timer(self, timer_id: int) -> None:
+        async def job(conn: PgConn) -> None:
+            await conn.execute("UPDATE timers SET done = TRUE WHERE id = $1", timer_id)
+
+        await self._write(job)
+
+    async def next_timer_due(self) -> int | None:
+        async def job(conn: PgConn) -> int | None:
+            at = await conn.fetchval(
+                "SELECT min(greatest(fire_at, lease_until)) FROM timers WHERE NOT done"
+            )
+            return None if at is None else int(at)
+
+        result: int | None = await self._read(job)
+        return result
+
+    async def add_card_holder(
+        self, card_id: str, user: str, message: NewMessage, notice_conv: tuple[str, str, str]
+    ) -> Message | None:
+        """Give ``user`` the card (escalation); None if they already held it."""
+
+        async def job(conn: PgConn) -> Message | None:
+            status = await conn.execute(
+                'INSERT INTO card_holders ("user", card_id) VALUES ($1, $2) ON CONFLICT DO NOTHING',
+                user,
+                card_id,
+            )
+            if status == "INSERT 0 0":
+                return None
+            conv, who, name = notice_conv
+            await ensure_notice_conv(conn, conv, who, name, message.ts)
+            return await self._insert(conn, message)
+
+        result: Message | None = await self._write(job)
+        return result
+
+    async def confirm_ding(self, conv: str, seq: int, user: str, now: int) -> str | None:
+        """Record the confirmation; the DING's sender, or None if there was nothing to confirm."""
+
+        async def job(conn: PgConn) -> str | None:
+            sender = await conn.fetchval(
+                "UPDATE dings SET confirmed_at = coalesce(confirmed_at, $1), next_at = NULL"
+                ' WHERE conv = $2 AND seq = $3 AND "user" = $4 RETURNING sender',
+                now,
+                conv,
+                seq,
+                user,
+            )
+            return None if sender is None else str(sender)
+
+        result: str | None = await self._write(job)
+        return result
+
+    async def ding_status(self, conv: str, seq: int) -> DingStatus | None:
+        async def job(conn: PgConn) -> DingStatus | None:
+            rows = await conn.fetch(
+                'SELECT "user", sender, confirmed_at FROM dings WHERE conv = $1 AND seq = $2'
+                ' ORDER BY "user"',
+                conv,
+                seq,
+            )
+            if not rows:
+                return None
+            return DingStatus(
+                rows[0][1],
+                [r[0] for r in rows if r[2] is not None],
+                [r[0] for r in rows if r[2] is None],
+            )
+
+        result: DingStatus | None = await self._read(job)
+        return result
+
+    async def card_ding_status(
+        self, card_id: str, sender: str | None = None
+    ) -> tuple[list[str], list[str]]:
+        """(confirmed, unconfirmed) users of the DING rows of a card or notice id."""
+
+        async def job(conn: PgConn) -> tuple[list[str], list[str]]:
+            rows = await conn.fetch(
+                'SELECT "user", confirmed_at FROM dings WHERE card_id = $1'
+                ' AND ($2::text IS NULL OR sender = $2) ORDER BY "user"',
+                card_id,
+                sender,
+            )
+            return [r[0] for r in rows if r[1] is not None], [r[0] for r in rows if r[1] is None]
+
+        result: tuple[list[str], list[str]] = await self._read(job)
+        return result
+
+    async def due_dings(self, now: int, limit: int) -> list[DingDue]:
+        """Unconfirmed DINGs due for re-notification, leased so one node sends each.
+
+        The SQLite store only reads here (one process); with several nodes the
+        rows are taken ``FOR UPDATE SKIP LOCKED`` and their ``next_at`` pushed
+        out by a lease, which ``ding_renotified`` then overwrites.
+        """
+
+        async def job(conn: PgConn) -> list[DingDue]:
+            rows = await conn.fetch(
+                "UPDATE dings d SET next_at = $3 FROM ("
+                ' SELECT conv, seq, "user" FROM dings WHERE next_at IS NOT NULL AND next_at <= $1'
+                " ORDER BY next_at LIMIT $2 FOR UPDATE SKIP LOCKED) due"
+                ' WHERE d.conv = due.conv AND d.seq = due.seq AND d."user" = due."user"'
+                ' RETURNING d.conv, d.seq, d."user", d.notified',
+                now,
+                limit,
+                now + DING_LEASE_MS,
+            )
+            return sorted((DingDue(*r) for r in rows), key=lambda d: (d.conv, d.seq, d.user))
+
+        result: list[DingDue] = await self._write(job)
+        return result
+
+    async def next_ding_due(self) -> int | None:
+        async def job(conn: PgConn) -> int | None:
+            at = await conn.fetchval("SELECT min(next_at) FROM dings WHERE next_at IS NOT NULL")
+            return None if at is None else int(at)
+
+        result: int | None = await self._read(job)
+        return result
+
+    async def ding_renotified(
+        self, conv: str, seq: int, user: str, notified: int, next_at: int | None
+    ) -> None:
+        async def job(conn: PgConn) -> None:
+            await conn.execute(
+                "UPDATE dings SET notified = $1, next_at = $2"
+                ' WHERE conv = $3 AND seq = $4 AND "user" = $5 AND confirmed_at IS NULL',
+                notified,
+                next_at,
+                conv,
+                seq,
+                user,
+            )
+
+        await self._write(job)
+
+
+DING_LEASE_MS = 60_000
+"""How long a node holds a due DING before another may re-notify it (it died meanwhile)."""

@@ -1,0 +1,83 @@
+"""Row → record conversions shared by every SQL backend. Pure: no SQL engine, no I/O.
+
+Why shared: both backends select the same columns in the same order (the
+``*_COLUMNS`` constants) and store JSON as its exact serialised text, so one
+conversion keeps what SQLite and PostgreSQL hand back identical — the store
+contract suite compares records for equality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final
+
+import orjson
+
+from imserver.store.records import AppRecord, CardRecord, Conversation, Message, OutboxItem
+
+MSG_COLUMNS: Final = "conv, seq, sender, device, kind, body, ts, client_msg_id, recalled"
+CONV_COLUMNS: Final = "id, kind, name, owner, last_seq, created_at, archived"
+CARD_COLUMNS: Final = (
+    "id, app_id, out_track_id, version, gseq, doc, approval, callback, created_at, updated_at"
+)
+OUTBOX_COLUMNS: Final = (
+    "id, app_id, card_id, action_id, payload, state, attempts, next_at, last_error"
+)
+APP_COLUMNS: Final = "id, name, secret, callback_url, scope, permissions"
+
+Row = Iterable[Any]
+
+
+def qualified(columns: str, alias: str) -> str:
+    """``columns`` each prefixed with ``alias.``, for joins."""
+    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
+
+
+def dump_json(value: Any) -> str:
+    """The stored text of a JSON value; what :func:`load_json` reads back."""
+    return orjson.dumps(value).decode()
+
+
+def load_json(raw: str | bytes) -> Any:
+    return orjson.loads(raw)
+
+
+def message_from_row(row: Row) -> Message:
+    conv, seq, sender, device, kind, body, ts, cmid, recalled = row
+    return Message(conv, seq, sender, device, kind, load_json(body), ts, cmid, bool(recalled))
+
+
+def conversation_from_row(row: Row) -> Conversation:
+    conv, kind, name, owner, last_seq, created_at, archived = row
+    return Conversation(conv, kind, name, owner, last_seq, created_at, bool(archived))
+
+
+def card_from_row(row: Row) -> CardRecord:
+    """The card as stored (sealed fields still sealed; the store opens them)."""
+    cid, app, track, version, gseq, doc, approval, callback, created, updated = row
+    return CardRecord(
+        cid,
+        app,
+        track,
+        version,
+        gseq,
+        load_json(doc),
+        load_json(approval),
+        callback,
+        created,
+        updated,
+    )
+
+
+def outbox_from_row(row: Row) -> OutboxItem:
+    oid, app, card, action_id, payload, state, attempts, next_at, error = row
+    return OutboxItem(
+        oid, app, card, action_id, load_json(payload), state, attempts, next_at, error
+    )
+
+
+def app_from_row(row: Row) -> AppRecord:
+    app_id, name, secret, callback_url, scope, permissions = row
+    return AppRecord(
+        app_id, name, secret, callback_url, tuple(load_json(scope)), tuple(load_json(permissions))
+    )

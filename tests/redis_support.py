@@ -1,0 +1,193 @@
+"""Redis for the bus tests: the machine's single Redis, and a 3-master Redis Cluster.
+
+The single Redis is expected on 127.0.0.1:6379 (override: ``IM_TEST_REDIS_URL``);
+not reachable is a failure naming how to start it, never a skip. The
+cluster is started by the tests themselves -- three ``redis-server
+--cluster-enabled yes`` on free loopback ports in a temporary directory,
+joined with ``redis-cli --cluster create`` -- and stopped and deleted at the
+end of the session. Each test uses a channel prefix of its own, so tests
+never hear each other.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+REDIS_URL_VAR = "IM_TEST_REDIS_URL"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class RedisUnavailable(RuntimeError):
+    """The test Redis cannot be used; the message says how to fix that."""
+
+
+def redis_url() -> str:
+    return os.environ.get(REDIS_URL_VAR, DEFAULT_REDIS_URL)
+
+
+def require_redis() -> str:
+    """The single Redis's URL, after checking that it answers (fails loudly if not)."""
+    url = redis_url()
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as e:
+        raise RedisUnavailable(
+            f"the Redis bus tests need Redis >= 7 at {url} ({e}). Start it"
+            " (`redis-server --daemonize yes`, or `service redis-server start`) or point"
+            f" {REDIS_URL_VAR} at one"
+        ) from e
+    return url
+
+
+def fresh_prefix() -> str:
+    """A channel/key prefix of one test's own."""
+    return f"imtest:{secrets.token_hex(4)}:"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_port() -> int:
+    """A free port P whose cluster bus port P + 10000 is free too (so P <= 55535)."""
+    for _ in range(1000):
+        port = random.randint(20000, 55535)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RedisUnavailable("no free port pair (P, P + 10000) for a Redis Cluster node")
+
+
+@dataclass
+class RedisCluster:
+    """Three masters on loopback; ``nodes`` as ``host:port`` strings for the config."""
+
+    directory: Path
+    ports: list[int] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.ports]
+
+    def start(self) -> None:
+        for binary in ("redis-server", "redis-cli"):
+            if shutil.which(binary) is None:
+                raise RedisUnavailable(
+                    f"the Redis Cluster tests need {binary} on PATH (apt-get install redis-server)"
+                )
+        for _ in range(3):
+            port = free_cluster_port()
+            node_dir = self.directory / str(port)
+            node_dir.mkdir()
+            self.ports.append(port)
+            self.processes.append(
+                subprocess.Popen(
+                    [
+                        "redis-server",
+                        "--port", str(port),
+                        "--bind", "127.0.0.1",
+                        "--cluster-enabled", "yes",
+                        "--cluster-config-file", str(node_dir / "nodes.conf"),
+                        "--dir", str(node_dir),
+                        "--save", "",
+                        "--appendonly", "no",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )  # fmt: skip
+        for port in self.ports:
+            self._wait(
+                lambda p=port: redis.Redis(host="127.0.0.1", port=p).ping(),
+                f"redis-server on {port}",
+            )
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *self.nodes, "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        for port in self.ports:
+            self._wait(
+                lambda p=port: (
+                    b"cluster_state:ok"
+                    in redis.Redis(host="127.0.0.1", port=p).execute_command("CLUSTER", "INFO")
+                ),
+                f"cluster state ok on {port}",
+            )
+
+    @staticmethod
+    def _wait(check: object, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                if check():  # type: ignore[operator]
+                    return
+            except redis.RedisError as e:
+                last = e
+            time.sleep(0.05)
+        raise RedisUnavailable(f"timed out waiting for {what} ({last})")
+
+    def stop(self) -> None:
+        for proc in self.processes:
+            proc.terminate()
+        for proc in self.processes:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def started_cluster() -> Iterator[RedisCluster]:
+    """Body of the session fixture: start, hand out, always stop and delete."""
+    cluster = RedisCluster(Path(tempfile.mkdtemp(prefix="imserver-redis-cluster-")))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def kill_bus_connections(addresses: list[str], node_name: str) -> int:
+    """``CLIENT KILL`` one node's subscriber connections (named ``node_name``) everywhere.
+
+    Stands for "this node's Redis link broke": what was published meanwhile
+    must reach it after the reconnect, exactly once. ``addresses``:
+    ``host:port`` of every Redis (one, or each cluster master).
+    """
+    killed = 0
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        client = redis.Redis(host=host, port=int(port))
+        for info in client.client_list():
+            if info.get("name") == node_name:
+                killed += int(client.client_kill_filter(_id=info["id"]))
+        client.close()
+    return killed
