@@ -144,7 +144,7 @@ def provision_imserver(
     secret): running that CLI 1,000 times would take minutes.
     """
     from imserver.config import load_config
-    from imserver.store.sqlite import SqliteStore
+    from imserver.store.sqlite.store import SqliteStore
     from imserver.tokens import TokenSigner
 
     data_dir = workdir / "data"

@@ -67,7 +67,7 @@ from imserver.services.identity import IdentityService
 from imserver.services.membership import MembershipCache
 from imserver.services.presence import LocalPresence, PresenceService
 from imserver.store.postgres import PostgresStore
-from imserver.store.sqlite import SqliteStore
+from imserver.store.sqlite.store import SqliteStore
 from imserver.tokens import TokenSigner, load_or_create_secret
 
 log = logging.getLogger("imserver")

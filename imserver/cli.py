@@ -27,7 +27,7 @@ from imserver.errors import (
 if TYPE_CHECKING:
     from imserver.audit import Anchor, VerifyResult
     from imserver.store.postgres import PostgresStore
-    from imserver.store.sqlite import SqliteStore
+    from imserver.store.sqlite.store import SqliteStore
 
 DEFAULT_CONFIG = Path("config/default.toml")
 
@@ -83,7 +83,7 @@ def _store(config: Config) -> SqliteStore | PostgresStore:
         from imserver.app import build_store
 
         return build_store(config)
-    from imserver.store.sqlite import SqliteStore
+    from imserver.store.sqlite.store import SqliteStore
 
     return SqliteStore(
         config.sqlite_file,
@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from imserver.app import serve_until_signalled
 
     if args.init:
-        from imserver.store.sqlite_file import initialise_empty_store_file
+        from imserver.store.sqlite.file_check import initialise_empty_store_file
 
         if initialise_empty_store_file(config.sqlite_file):
             logging.getLogger("imserver").warning(
@@ -146,9 +146,9 @@ def _verify_audit(config: Config, anchor: Anchor | None) -> VerifyResult:
     """
     import sqlite3
 
-    from imserver.audit import verify_database
     from imserver.errors import StoreDamaged
-    from imserver.store.sqlite_file import check_store_file
+    from imserver.store.sqlite.audit import verify_database
+    from imserver.store.sqlite.file_check import check_store_file
 
     path = config.sqlite_file
     check_store_file(path, check="off")
@@ -200,7 +200,7 @@ def cmd_audit_head(args: argparse.Namespace) -> int:
 
 def cmd_store_check(args: argparse.Namespace) -> int:
     """Full ``integrity_check`` and schema check of the store (or of a backup file)."""
-    from imserver.store.sqlite_file import check_store_file
+    from imserver.store.sqlite.file_check import check_store_file
 
     path = Path(args.path) if args.path else _load(args.config).sqlite_file
     try:
@@ -219,7 +219,7 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
     """Online backup to a new file, checked before it is given its name."""
     import sqlite3
 
-    from imserver.store.sqlite_backup import backup_store_file
+    from imserver.store.sqlite.backup import backup_store_file
 
     config = _load(args.config)
     target = Path(args.path)
@@ -324,7 +324,7 @@ def cmd_governance_report(args: argparse.Namespace) -> int:
 
 def cmd_store_restore(args: argparse.Namespace) -> int:
     """Replace the (stopped) store with a checked backup; the old file is kept aside."""
-    from imserver.store.sqlite_backup import restore_store_file
+    from imserver.store.sqlite.backup import restore_store_file
 
     config = _load(args.config)
     backup = Path(args.path)

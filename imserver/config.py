@@ -327,7 +327,7 @@ def _validate_postgres(store: StoreConfig) -> None:
     if not store.dsn.startswith(("postgresql://", "postgres://")):
         raise ConfigError(
             "store.dsn",
-            "required for backend \"postgres\": postgresql://USER@HOST:PORT/DATABASE"
+            'required for backend "postgres": postgresql://USER@HOST:PORT/DATABASE'
             " (or set IMSERVER_STORE_DSN)",
         )
     if store.pool_min_size < 0:
@@ -430,7 +430,7 @@ def _validate_bus(bus: BusConfig) -> None:
     ):
         raise ConfigError(
             "bus.redis_url",
-            "required for backend \"redis\": redis://HOST:PORT/DB (or set IMSERVER_BUS_REDIS_URL),"
+            'required for backend "redis": redis://HOST:PORT/DB (or set IMSERVER_BUS_REDIS_URL),'
             " or list bus.redis_cluster_nodes",
         )
     if not bus.channel_prefix or any(ch in bus.channel_prefix for ch in "{} "):

@@ -87,7 +87,7 @@ async def _measure(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     from imserver.services.membership import dm_id
     from imserver.store.records import NewMessage
-    from imserver.store.sqlite import SqliteStore
+    from imserver.store.sqlite.store import SqliteStore
 
     store = SqliteStore(
         workdir / "imserver.db",

@@ -1,7 +1,7 @@
 """The audit log's hash chain: canonical record encoding, sealing and verification.
 
 Pure (no I/O) so the rules that make the log tamper-evident live in one place
-and can be tested exhaustively; storage (``sqlite_log``) only persists what
+and can be tested exhaustively; storage (each backend's ``audit.py``) only persists what
 :func:`seal` produced and feeds rows back to :func:`verify_chain`.
 
 Each record's ``hash`` covers its own fields *and* the previous record's hash,
@@ -208,7 +208,7 @@ def details_text_problem(text: str) -> str | None:
     hash, yet a reader of the raw row sees something else: refuse duplicate
     keys at every depth. Any text that is not the canonical spelling of what
     it parses to — reordered keys, spaces, ``NaN`` — was not written by
-    :meth:`~imserver.audit.sqlite_log.SqliteAuditLog.append_in` either.
+    :meth:`~imserver.store.sqlite.audit.SqliteAuditLog.append_in` either.
     Records written by earlier releases pass: they were stored canonically.
     """
     try:

@@ -16,7 +16,7 @@ from imserver.directory.model import Unit
 from imserver.errors import Forbidden, NotAuthenticated
 from imserver.http.api import ADMIN_KEY, IDENTITY, SIGNER, is_admin_key, take_user_budget
 from imserver.store.postgres.directory import PgDirectoryMixin
-from imserver.store.sqlite_directory import SqliteDirectoryMixin
+from imserver.store.sqlite.directory import SqliteDirectoryMixin
 from imserver.tokens import TokenSigner
 
 DIRECTORY_STORE: web.AppKey[SqliteDirectoryMixin | PgDirectoryMixin] = web.AppKey("directory_store")

@@ -13,7 +13,7 @@ from imserver.http.admin_auth import AdminContext, admin_of
 from imserver.http.api import TRAIL, json_response, read_json_object
 from imserver.services.groups import GroupService
 from imserver.store.postgres.governance import PgGovernanceMixin
-from imserver.store.sqlite_governance import SqliteGovernanceMixin
+from imserver.store.sqlite.governance import SqliteGovernanceMixin
 
 GROUPS = web.AppKey("groups", GroupService)
 GOVERNANCE_STORE: web.AppKey[SqliteGovernanceMixin | PgGovernanceMixin] = web.AppKey(

@@ -29,7 +29,7 @@ from imserver.errors import (
 )
 from imserver.protocol.fields import is_user_id
 from imserver.store.records import AppRecord
-from imserver.store.sqlite_identity import RefreshUse
+from imserver.store.sqlite.identity import RefreshUse
 from imserver.tokens import TokenClaims, TokenSigner
 
 REFRESH_PREFIX = "rt_"

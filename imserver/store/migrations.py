@@ -3,7 +3,7 @@
 Why one list: a database migrated to version *n* must mean the same thing
 whichever engine holds it, so a PostgreSQL node and a SQLite file can be
 compared (and data moved between them) by version alone. Each backend keeps
-only its own SQL for each version (``store/sqlite_schema.py``,
+only its own SQL for each version (``store/sqlite/schema.py``,
 ``store/postgres/schema.py``) and checks it covers exactly this list.
 
 Append new versions here first; never edit or reorder a released one.

@@ -19,8 +19,8 @@ from websockets.asyncio.client import connect
 
 from imserver.directory.pinyin import name_keys
 from imserver.directory.search_rank import Tier
-from imserver.store.sqlite_address_book import _tier_sql
-from imserver.store.sqlite_schema import MIGRATIONS, migrate
+from imserver.store.sqlite.address_book import _tier_sql
+from imserver.store.sqlite.schema import MIGRATIONS, migrate
 from imserver_sdk import Client, ServerError
 from tests.integration.test_directory import MEMBERS, UNITS, _m, api, sync_ok
 from tests.support import Harness, RawClient

@@ -17,17 +17,10 @@ from typing import Any
 
 import pytest
 
-from imserver.audit import (
-    GENESIS,
-    SCHEMA_SQL,
-    AuditRecord,
-    SqliteAuditLog,
-    create_schema,
-    verify_chain,
-    verify_database,
-)
-from imserver.store.sqlite import SqliteStore
-from imserver.store.sqlite_worker import SqliteThread
+from imserver.audit import GENESIS, AuditRecord, verify_chain
+from imserver.store.sqlite.audit import SCHEMA_SQL, SqliteAuditLog, create_schema, verify_database
+from imserver.store.sqlite.store import SqliteStore
+from imserver.store.sqlite.worker import SqliteThread
 
 T0 = 1_764_150_000_000
 

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from imserver.config import load_config
-from imserver.store.sqlite import SqliteStore
+from imserver.store.sqlite.store import SqliteStore
 from imserver.tokens import TokenSigner, load_or_create_secret
 from imserver_sdk import BusinessClient, Client
 from tests.cards_support import ADMIN_KEY, BusinessStub, approval_card

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imserver.config import load_config
-from imserver.store.sqlite import SqliteStore
+from imserver.store.sqlite.store import SqliteStore
 from imserver.tokens import TokenSigner, load_or_create_secret
 from imserver_sdk import Client, ClientClosed, ServerError
 from tests.processes import ServerProcess

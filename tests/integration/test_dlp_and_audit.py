@@ -27,9 +27,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from imserver.audit import AuditRecord, canonical, digest, verify_database
+from imserver.audit import AuditRecord, canonical, digest
 from imserver.errors import ConfigError
 from imserver.services.membership import dm_id
+from imserver.store.sqlite.audit import verify_database
 from imserver.tokens import TokenSigner, load_or_create_secret
 from imserver_sdk import BusinessClient, BusinessError, Client, ServerError
 from tests.cards_support import ADMIN_KEY, BusinessStub, approval_card

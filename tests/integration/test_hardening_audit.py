@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from imserver.audit import AuditRecord, details_text_problem, parse_anchor, verify_database
+from imserver.audit import AuditRecord, details_text_problem, parse_anchor
 from imserver.audit.chain import REASON_DUPLICATE_KEY, REASON_NOT_CANONICAL, seal
-from imserver.store.sqlite import SqliteStore
+from imserver.store.sqlite.audit import verify_database
+from imserver.store.sqlite.store import SqliteStore
 from tests.cards_support import BusinessStub
 from tests.integration.test_cli import run_cli
 from tests.support import make_test_config, start_harness, stop_harness

@@ -21,8 +21,8 @@ import pytest
 
 from imserver.errors import StoreDamaged, StoreForeign, StoreNotSqlite, StoreTooNew
 from imserver.store.records import NewMessage
-from imserver.store.sqlite import SqliteStore
-from imserver.store.sqlite_file import check_store_file
+from imserver.store.sqlite.file_check import check_store_file
+from imserver.store.sqlite.store import SqliteStore
 from imserver.tokens import TokenSigner, load_or_create_secret
 from imserver_sdk import Client
 from tests.integration.test_cli import cli_env, free_port, run_cli

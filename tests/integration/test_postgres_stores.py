@@ -22,7 +22,7 @@ from imserver.store.migrations import SCHEMA_HISTORY
 from imserver.store.postgres import PostgresStore
 from imserver.store.postgres.schema import MIGRATIONS as PG_MIGRATIONS
 from imserver.store.records import AuditEntry, CardChange, NewCard, NewMessage
-from imserver.store.sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
+from imserver.store.sqlite.schema import MIGRATIONS as SQLITE_MIGRATIONS
 from tests.postgres_support import PostgresUnavailable, drop_schema, fresh_dsn
 
 T0 = 1_764_150_000_000

@@ -29,8 +29,8 @@ from imserver.store.records import (
     Message,
     NewMessage,
 )
-from imserver.store.sqlite import SqliteStore
-from imserver.store.sqlite_schema import MIGRATIONS
+from imserver.store.sqlite.schema import MIGRATIONS
+from imserver.store.sqlite.store import SqliteStore
 from tests.postgres_support import (
     PostgresUnavailable,
     applied_migrations,

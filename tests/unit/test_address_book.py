@@ -17,7 +17,7 @@ from imserver.directory.search_rank import Tier, match_tier
 from imserver.directory.visibility import Placement, Viewer, person_view
 from imserver.errors import InvalidField
 from imserver.protocol.requests import parse_request
-from imserver.store.sqlite_directory_changes import MEMBER, UNIT, ChangeRecorder
+from imserver.store.sqlite.directory_changes import MEMBER, UNIT, ChangeRecorder
 
 # -- parsing --------------------------------------------------------------------
 

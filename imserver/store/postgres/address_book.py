@@ -1,6 +1,6 @@
 """PostgreSQL side of the address book (通讯录): the queries ordinary users make.
 
-The same queries as ``store/sqlite_address_book.py`` — index ranges with a
+The same queries as ``store/sqlite/address_book.py`` — index ranges with a
 ``LIMIT`` and keyset cursors, a page of people loaded with two queries —
 and the same search tiers, whose conditions are built once for both
 backends (``_tier_sql``) and numbered for PostgreSQL by ``named.positional``.
@@ -16,7 +16,7 @@ from imserver.directory.search_rank import Tier
 from imserver.store.postgres.jobs import PgConn, PgJob
 from imserver.store.postgres.named import positional
 from imserver.store.rows import load_json
-from imserver.store.sqlite_address_book import (
+from imserver.store.sqlite.address_book import (
     DENSE_SUBTREE,
     KEY_END,
     NAME_END,

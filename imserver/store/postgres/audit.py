@@ -1,6 +1,6 @@
 """The hash-chained audit log as an append-only table in the PostgreSQL store.
 
-The same rules as ``imserver/audit/sqlite_log.py`` (records sealed by
+The same rules as ``imserver/store/sqlite/audit.py`` (records sealed by
 :mod:`imserver.audit.chain`; the record commits with the change it
 describes), made safe for several nodes appending at once: the head of the
 chain is read under a transaction-scoped advisory lock, so two nodes can never

@@ -39,7 +39,7 @@ from imserver.store.rows import (
     outbox_from_row,
     qualified,
 )
-from imserver.store.sqlite_cards import DocProtector  # the interface, not SQLite code
+from imserver.store.sqlite.cards import DocProtector  # the interface, not SQLite code
 
 _CARD_BY_TRACK: Final = f"SELECT {CARD_COLUMNS} FROM cards WHERE app_id = $1 AND out_track_id = $2"
 

@@ -1,6 +1,6 @@
 """PostgreSQL side of the organisation directory: sync, queries, admin grants, user scopes.
 
-The same rules as ``store/sqlite_directory.py``: a sync is applied in
+The same rules as ``store/sqlite/directory.py``: a sync is applied in
 batches, one write job each; every row a sync touches gets the sync's
 generation number, so a full sync ends with a sweep of what it did not
 touch; subtrees are path ranges (``path >= '/jx/nc/' AND path < '/jx/nc/\\x7f'``,
@@ -30,8 +30,8 @@ from imserver.store.postgres.directory_changes import PgChangeRecorder
 from imserver.store.postgres.directory_members import MemberRun
 from imserver.store.postgres.jobs import PgConn, PgJob
 from imserver.store.rows import load_json, qualified
-from imserver.store.sqlite_directory import MemberProfile, UnitMemberRow
-from imserver.store.sqlite_directory_changes import MEMBER, UNIT
+from imserver.store.sqlite.directory import MemberProfile, UnitMemberRow
+from imserver.store.sqlite.directory_changes import MEMBER, UNIT
 
 UNIT_COLUMNS: Final = "id, parent, name, level, path, sort"
 END: Final = "\x7f"  # above every character a path may hold

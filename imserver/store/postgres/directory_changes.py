@@ -1,6 +1,6 @@
 """The directory change log on PostgreSQL: numbering what one write job changed.
 
-Same rows as the SQLite store (``store/sqlite_directory_changes.py``). The
+Same rows as the SQLite store (``store/sqlite/directory_changes.py``). The
 ``directory_change`` counter row is locked by the ``UPDATE`` until the job's
 transaction commits, so across nodes change numbers are handed out in commit
 order and a reader never sees change ``n + 1`` before change ``n``.
@@ -9,7 +9,7 @@ order and a reader never sees change ``n + 1`` before change ``n``.
 from __future__ import annotations
 
 from imserver.store.postgres.jobs import PgConn
-from imserver.store.sqlite_directory_changes import ChangeRecorder
+from imserver.store.sqlite.directory_changes import ChangeRecorder
 
 
 class PgChangeRecorder(ChangeRecorder):

@@ -21,7 +21,7 @@ from imserver.errors import InvalidField
 from imserver.store.postgres.directory_changes import PgChangeRecorder
 from imserver.store.postgres.jobs import PgConn
 from imserver.store.rows import dump_json
-from imserver.store.sqlite_directory_changes import MEMBER
+from imserver.store.sqlite.directory_changes import MEMBER
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from imserver.store.postgres.jobs import PgConn, PgJob
-from imserver.store.sqlite_identity import ALL_DEVICES, RefreshUse
+from imserver.store.sqlite.identity import ALL_DEVICES, RefreshUse
 
 
 class PgIdentityMixin:

@@ -13,7 +13,7 @@ from typing import Any
 
 from imserver.store.postgres.jobs import PgConn, PgJob
 from imserver.store.rows import dump_json, load_json
-from imserver.store.sqlite_rotation import BATCH, Rotator
+from imserver.store.sqlite.rotation import BATCH, Rotator
 
 
 class PgRotationMixin:

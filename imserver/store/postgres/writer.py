@@ -2,7 +2,7 @@
 
 Why not one transaction per call from the pool: each commit waits for a WAL
 flush, so under load a node would spend its time in fsync. As the SQLite
-writer does (``store/sqlite_worker.py``), this one drains its queue, runs each
+writer does (``store/sqlite/worker.py``), this one drains its queue, runs each
 job in its own savepoint (one failing job undoes only itself), commits once
 and then settles every job's future in the same event-loop iteration.
 

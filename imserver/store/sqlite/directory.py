@@ -28,10 +28,10 @@ from imserver.directory.model import (
 )
 from imserver.directory.pinyin import name_keys
 from imserver.errors import InvalidField
-from imserver.store.sqlite_address_book import SqliteAddressBookMixin
-from imserver.store.sqlite_directory_changes import MEMBER, UNIT, ChangeRecorder
-from imserver.store.sqlite_directory_keys import index_name, recount_unit_members
-from imserver.store.sqlite_in_list import select_in
+from imserver.store.sqlite.address_book import SqliteAddressBookMixin
+from imserver.store.sqlite.directory_changes import MEMBER, UNIT, ChangeRecorder
+from imserver.store.sqlite.directory_keys import index_name, recount_unit_members
+from imserver.store.sqlite.in_list import select_in
 
 Job = Callable[[sqlite3.Connection], Any]
 _UNIT_COLUMNS = "id, parent, name, level, path, sort"

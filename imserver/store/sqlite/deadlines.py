@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from imserver.store.records import DingDue, DingStatus, Message, NewMessage, Timer
-from imserver.store.sqlite_cards import ensure_notice_conv
+from imserver.store.sqlite.cards import ensure_notice_conv
 
 Job = Callable[[sqlite3.Connection], Any]
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 
-from imserver.audit.sqlite_log import SqliteAuditLog, create_schema
 from imserver.errors import NoSuchConversation, NoSuchMessage, NotMember, TooManyMembers
 from imserver.store.records import (
     ROLE_MEMBER,
@@ -30,16 +29,17 @@ from imserver.store.records import (
     NewMessage,
     ReadCursor,
 )
-from imserver.store.sqlite_cards import SqliteCardsMixin
-from imserver.store.sqlite_deadlines import SqliteDeadlinesMixin
-from imserver.store.sqlite_directory import SqliteDirectoryMixin
-from imserver.store.sqlite_file import check_store_file, create_store_file
-from imserver.store.sqlite_governance import SqliteGovernanceMixin
-from imserver.store.sqlite_identity import SqliteIdentityMixin
-from imserver.store.sqlite_in_list import select_in
-from imserver.store.sqlite_rotation import SqliteRotationMixin
-from imserver.store.sqlite_schema import migrate
-from imserver.store.sqlite_worker import SqliteThread
+from imserver.store.sqlite.audit import SqliteAuditLog, create_schema
+from imserver.store.sqlite.cards import SqliteCardsMixin
+from imserver.store.sqlite.deadlines import SqliteDeadlinesMixin
+from imserver.store.sqlite.directory import SqliteDirectoryMixin
+from imserver.store.sqlite.file_check import check_store_file, create_store_file
+from imserver.store.sqlite.governance import SqliteGovernanceMixin
+from imserver.store.sqlite.identity import SqliteIdentityMixin
+from imserver.store.sqlite.in_list import select_in
+from imserver.store.sqlite.rotation import SqliteRotationMixin
+from imserver.store.sqlite.schema import migrate
+from imserver.store.sqlite.worker import SqliteThread
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class SqliteStore(
         self._path = path
         self._synchronous = synchronous.upper()
         #: How thoroughly the file is checked before the writer opens it
-        #: (``store.integrity_check``; imserver/store/sqlite_file.py).
+        #: (``store.integrity_check``; imserver/store/sqlite/file_check.py).
         self._integrity_check = integrity_check
         self._writer = SqliteThread(
             "sqlite-writer", self._connect_writer, batch=group_commit_max, write=True

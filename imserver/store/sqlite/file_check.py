@@ -42,7 +42,7 @@ from imserver.errors import (
     StoreRefused,
     StoreTooNew,
 )
-from imserver.store.sqlite_schema import MIGRATIONS
+from imserver.store.sqlite.schema import MIGRATIONS
 
 SQLITE_HEADER: Final = b"SQLite format 3\x00"
 """The first 16 bytes of every SQLite 3 database file (sqlite.org/fileformat.html)."""

@@ -14,7 +14,6 @@ from typing import Any, Protocol
 
 import orjson
 
-from imserver.audit.sqlite_log import SqliteAuditLog
 from imserver.store.records import (
     ROLE_MEMBER,
     AppRecord,
@@ -26,7 +25,8 @@ from imserver.store.records import (
     NewMessage,
     OutboxItem,
 )
-from imserver.store.sqlite_in_list import select_in
+from imserver.store.sqlite.audit import SqliteAuditLog
+from imserver.store.sqlite.in_list import select_in
 
 _CARD_COLUMNS = (
     "id, app_id, out_track_id, version, gseq, doc, approval, callback, created_at, updated_at"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imserver.errors import StoreInUse
-from imserver.store.sqlite_file import (
+from imserver.store.sqlite.file_check import (
     SIDE_FILES,
     StoreFileReport,
     check_store_file,

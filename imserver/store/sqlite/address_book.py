@@ -19,7 +19,7 @@ import orjson
 
 from imserver.directory.model import Unit
 from imserver.directory.search_rank import Tier
-from imserver.store.sqlite_in_list import select_in
+from imserver.store.sqlite.in_list import select_in
 
 Job = Callable[[sqlite3.Connection], Any]
 END = "\x7f"  # above every character a unit path may hold
