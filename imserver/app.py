@@ -2,6 +2,10 @@
 
 Everything is constructed here and handed its dependencies; no module keeps
 globals. Tests build the same world with a temporary data dir and port 0.
+
+This is the only module of ``imserver/`` that imports the cards plug-in: it
+registers the card requests (``cards.ws_requests``) and HTTP routes
+(``cards.http_routes``) with the core (tests/unit/test_package_arrows.py).
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from cards import http_routes as card_routes
 from cards.callbacks import CallbackDispatcher
 from cards.deadlines import DeadlineScheduler
 from cards.service import CardService
+from cards.ws_requests import register_requests as register_card_requests
 from imserver.apps_file import load_apps_file, register_apps
 from imserver.audit_trail import AuditTrail
 from imserver.bus.base import (
@@ -35,19 +41,12 @@ from imserver.config import Config
 from imserver.dlp import ClassifiedGuard
 from imserver.field_protection import build_protector
 from imserver.gateway.dispatch import Dispatcher
+from imserver.gateway.extensions import RequestExtensions
 from imserver.gateway.server import Gateway
 from imserver.gateway.session import server_frame
 from imserver.http.admin_auth import DIRECTORY_STORE
 from imserver.http.api import BUS_HEALTH, IDENTITY, TRAIL, USER_LIMITER, build_http_app
-from imserver.http.cards_api import (
-    APP_LIMITER,
-    CARD_STORE,
-    CARDS,
-    CARDS_CONFIG,
-    NONCES,
-    WAKE,
-    add_card_routes,
-)
+from imserver.http.apps_api import add_app_routes
 from imserver.http.directory_api import DIRECTORY, add_directory_routes
 from imserver.http.governance_api import GOVERNANCE_STORE, GROUPS, add_governance_routes
 from imserver.http.guarded_server import GuardedSite
@@ -194,7 +193,9 @@ def build_world(config: Config, *, nonce_store: NonceStore | None = None) -> Wor
     dings = DingService(store, bus, members, config.chat)
     directory = DirectoryService(store, bus, sealer=protector)
     address_book = AddressBook(store, directory.sealer)
-    dispatcher = Dispatcher(chat, groups, presence, cards, dings, address_book)
+    extensions = RequestExtensions()
+    register_card_requests(extensions, cards)  # card.act, card.get, todo; cards_since in sync
+    dispatcher = Dispatcher(chat, groups, presence, dings, address_book, extensions)
     identity = IdentityService(store, bus, signer, config.auth, trail)
     gateway = Gateway(config, hub, presence, dispatcher, signer, store, metrics, identity)
     if isinstance(bus, RedisBus):  # one budget per user across every node
@@ -205,18 +206,19 @@ def build_world(config: Config, *, nonce_store: NonceStore | None = None) -> Wor
             config.bus.channel_prefix,
         )
     http_app = build_http_app(signer, files, store, metrics, config.auth.admin_api_key)
-    http_app[CARDS] = cards
-    http_app[CARD_STORE] = store
-    http_app[NONCES] = nonce_store if nonce_store is not None else MemoryNonceStore()
-    http_app[CARDS_CONFIG] = config.cards
-    http_app[WAKE] = callbacks.wake
     http_app[IDENTITY] = identity
     http_app[USER_LIMITER] = gateway.limiter  # one budget per user: sockets and HTTP
-    http_app[APP_LIMITER] = RateLimiter(config.cards.app_requests_per_s, config.cards.app_burst)
     http_app[TRAIL] = trail
     if isinstance(bus, RedisBus):
         http_app[BUS_HEALTH] = bus.health
-    add_card_routes(http_app)
+    add_app_routes(  # signed app requests (generic), app registration, identity tokens
+        http_app,
+        store,
+        nonce_store if nonce_store is not None else MemoryNonceStore(),
+        config.cards,
+        RateLimiter(config.cards.app_requests_per_s, config.cards.app_burst),
+    )
+    card_routes.add_routes(http_app, cards, store, callbacks.wake)
 
     async def remove_from_groups(users: list[str]) -> None:
         for user in users:

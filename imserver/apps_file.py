@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from imserver.errors import ConfigError, ImError
-from imserver.http.cards_api import parse_app
+from imserver.http.apps_api import parse_app
 from imserver.store.records import AppRecord, AuditEntry
 
 ACTOR: Final = "apps_file"

@@ -345,6 +345,35 @@ def cmd_store_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_export_postgres(args: argparse.Namespace) -> int:
+    """Copy the stopped SQLite store into an empty PostgreSQL database, then verify the copy.
+
+    Exit 0 only when every check matches; 1 when a check found a difference;
+    3 when the export was refused (file in use, target not empty: nothing
+    written); 5 when PostgreSQL cannot be reached.
+    """
+    from imserver.store.export import export_to_postgres
+    from imserver.store.export_compare import verify_export
+    from imserver.store.export_rows import summary_table
+    from imserver.store.postgres.pool import describe_dsn
+
+    config = _load(args.config)
+    target = describe_dsn(args.dsn)
+    if not args.verify_only:
+        result = asyncio.run(export_to_postgres(config.sqlite_file, args.dsn))
+        print(
+            f"copied {sum(result.rows.values())} rows in {len(result.rows)} tables"
+            f" from {config.sqlite_file} to {target}"
+        )
+    checks = asyncio.run(verify_export(config.sqlite_file, args.dsn))
+    print(summary_table(checks))
+    if all(c.ok for c in checks):
+        print(f"ok: {target} holds the same data as {config.sqlite_file}")
+        return 0
+    print(f"MISMATCH: {target} differs from {config.sqlite_file}; do not switch to it")
+    return EXIT_CHECK_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m imserver", description=__doc__)
     p.add_argument("--config", help="TOML config file (default: config/default.toml)")
@@ -399,6 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sr.add_argument("path", help="a backup made by `store backup`")
     sr.set_defaults(func=cmd_store_restore)
+    se = stsub.add_parser(
+        "export-postgres",
+        help="copy the stopped store into an empty PostgreSQL database and verify it",
+    )
+    se.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    se.add_argument("--dsn", required=True, help="postgresql://USER@HOST:PORT/DATABASE (empty)")
+    se.add_argument(
+        "--verify-only", action="store_true", help="only compare the two stores; copy nothing"
+    )
+    se.set_defaults(func=cmd_store_export_postgres)
     g = sub.add_parser("governance", help="work-group governance")
     gsub = g.add_subparsers(dest="governance_command", required=True)
     gr = gsub.add_parser("report", help="zombie, empty-shell and duplicate groups")

@@ -327,3 +327,13 @@ class StoreInUse(StoreRefused):
     """The file is open in another process (a running server); the command needs it closed."""
 
     code = "store_in_use"
+
+
+class ExportRefused(StoreRefused):
+    """``store export-postgres`` will not (or did not) move the store; the target is unchanged.
+
+    The target is not empty, the schemas differ, or a value cannot move
+    unchanged. ``path`` names the SQLite file or the target ``host:port/db``.
+    """
+
+    code = "export_refused"

@@ -11,6 +11,7 @@ never hear each other.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import secrets
@@ -49,6 +50,20 @@ def require_redis() -> str:
             f" {REDIS_URL_VAR} at one"
         ) from e
     return url
+
+
+BUS_VAR = "IM_TEST_BUS"
+
+
+def server_bus_overrides() -> dict[str, object]:
+    """``[bus]`` for ``make_test_config``: local, or (``IM_TEST_BUS=redis``) the Redis bus.
+
+    Any integration test then runs its single node on the Redis bus, each
+    server with a channel prefix of its own.
+    """
+    if os.environ.get(BUS_VAR, "local") != "redis":
+        return {}
+    return {"backend": "redis", "redis_url": require_redis(), "channel_prefix": fresh_prefix()}
 
 
 def fresh_prefix() -> str:
@@ -191,3 +206,69 @@ def kill_bus_connections(addresses: list[str], node_name: str) -> int:
                 killed += int(client.client_kill_filter(_id=info["id"]))
         client.close()
     return killed
+
+
+class DelayingProxy:
+    """A TCP proxy to Redis that holds every client -> Redis chunk for ``delay_s``.
+
+    Stands for a slow path to Redis: a command the node sent is processed
+    that much later, while what Redis sends back arrives at once. Order is
+    kept per connection.
+    """
+
+    def __init__(self, upstream_port: int, delay_s: float) -> None:
+        self._upstream_port = upstream_port
+        self._delay_s = delay_s
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
+        for pump in (
+            self._pump(reader, up_writer, self._delay_s),
+            self._pump(up_reader, writer, 0.0),
+        ):
+            task = asyncio.create_task(pump)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _pump(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def release() -> None:
+            while True:
+                due, chunk = await queue.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not chunk:
+                    writer.close()
+                    return
+                writer.write(chunk)
+                await writer.drain()
+
+        releaser = asyncio.create_task(release())
+        try:
+            while True:
+                chunk = await reader.read(65536)
+                queue.put_nowait((loop.time() + delay_s, chunk))
+                if not chunk:
+                    break
+            await releaser
+        except (ConnectionError, asyncio.CancelledError):
+            releaser.cancel()
+            writer.close()

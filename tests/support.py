@@ -23,6 +23,7 @@ from imserver.app import World, build_world, start_world, stop_world
 from imserver.config import Config, load_config
 from imserver_sdk import Client
 from tests.postgres_support import fresh_dsn, server_store_backend
+from tests.redis_support import server_bus_overrides
 
 
 def make_test_config(data_dir: Path, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
@@ -36,6 +37,7 @@ def make_test_config(data_dir: Path, overrides: dict[str, dict[str, Any]] | None
     if server_store_backend() == "postgres":  # IM_TEST_STORE=postgres: same tests, PostgreSQL
         dsn, _schema = fresh_dsn()  # dropped with the run's database at exit
         sections["store"].update(backend="postgres", dsn=dsn, pool_min_size=1, pool_max_size=4)
+    sections["bus"] = server_bus_overrides()  # IM_TEST_BUS=redis: same tests, Redis bus
     for name, values in (overrides or {}).items():
         sections.setdefault(name, {}).update(values)
     return load_config(None, env={}, overrides=sections)

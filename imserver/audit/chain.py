@@ -46,6 +46,19 @@ REASON_NOT_CANONICAL: Final = "details not in canonical form"
 REASON_ANCHOR_MISSING: Final = "anchored record missing (tail truncated)"
 REASON_ANCHOR_MISMATCH: Final = "differs from the anchored head (rewritten)"
 
+RECORD_COLUMNS: Final = "seq, at, actor, action, target, details, prev_hash, hash, algorithm"
+"""The stored fields of a record in row order: what :func:`record_row` gives and
+:func:`record_from_row` takes, in every backend's ``audit_log`` table."""
+
+APPEND_ONLY: Final = "audit_log is append-only"
+"""How every backend's triggers begin the message refusing an edit of the log."""
+
+
+def require_known_algorithm(algorithm: str) -> None:
+    """Raise ``ValueError`` unless ``algorithm`` is one of :data:`HASHES`."""
+    if algorithm not in HASHES:
+        raise ValueError(f"unknown audit hash algorithm {algorithm!r}; expected one of {HASHES}")
+
 
 def _hash_algorithm(algorithm: str) -> hashes.HashAlgorithm:
     if algorithm == "sha256":
@@ -207,8 +220,8 @@ def details_text_problem(text: str) -> str | None:
     ``{"a": 1, "a": 2}`` parses (keeping one value) and may well match the
     hash, yet a reader of the raw row sees something else: refuse duplicate
     keys at every depth. Any text that is not the canonical spelling of what
-    it parses to — reordered keys, spaces, ``NaN`` — was not written by
-    :meth:`~imserver.store.sqlite.audit.SqliteAuditLog.append_in` either.
+    it parses to — reordered keys, spaces, ``NaN`` — was not stored by any
+    backend's ``append_in`` (which stores :func:`record_row`) either.
     Records written by earlier releases pass: they were stored canonically.
     """
     try:
@@ -259,8 +272,7 @@ def seal(
     lists, NaN becomes null, …) and is detached from the caller's dict, which
     the caller may go on mutating.
     """
-    if algorithm not in HASHES:
-        raise ValueError(f"unknown audit hash algorithm {algorithm!r}; expected one of {HASHES}")
+    require_known_algorithm(algorithm)
     if type(at) is not int:  # bool is an int but would encode as true/false
         raise TypeError(f"at must be an int (milliseconds), not {type(at).__name__}")
     for name, value in (("actor", actor), ("action", action), ("target", target)):
@@ -337,3 +349,41 @@ def verify_chain(records: Iterable[AuditRecord], anchor: Anchor | None = None) -
     if anchor is not None and anchor.seq > checked:
         return bad(REASON_ANCHOR_MISSING)
     return VerifyResult(True, checked, None, None, head)
+
+
+def record_row(record: AuditRecord) -> tuple[Any, ...]:
+    """The values stored for ``record``, in :data:`RECORD_COLUMNS` order (details canonical)."""
+    return (
+        record.seq,
+        record.at,
+        record.actor,
+        record.action,
+        record.target,
+        canonical_details(record.details),
+        record.prev_hash,
+        record.hash,
+        record.algorithm,
+    )
+
+
+def record_from_row(row: Iterable[Any]) -> AuditRecord:
+    """The record a stored row (in :data:`RECORD_COLUMNS` order) holds, whatever was done to it.
+
+    Never raises for doctored details: only an edit outside the store can put
+    non-JSON there, and it must surface as a record that cannot match its
+    hash rather than crash verification. The stored text goes along
+    (``details_text``) so :func:`verify_chain` can check it is the canonical
+    spelling, which a parsed dict can no longer show (duplicate keys vanish).
+    """
+    seq, at, actor, action, target, details, prev_hash, h, algorithm = row
+    try:
+        parsed = orjson.loads(details)
+    except (orjson.JSONDecodeError, TypeError):
+        parsed = {"_unparseable_details": repr(details)}
+    text = details if isinstance(details, str) else repr(details)
+    return AuditRecord(seq, at, actor, action, target, parsed, prev_hash, h, algorithm, text)
+
+
+def verify_rows(rows: Iterable[Iterable[Any]], anchor: Anchor | None = None) -> VerifyResult:
+    """:func:`verify_chain` over stored rows in seq order, streaming as it does."""
+    return verify_chain((record_from_row(row) for row in rows), anchor)

@@ -92,7 +92,7 @@ async def fill(
     state: ConvSeq,
     fetch: Callable[[int, int], Awaitable[Sequence[M]]],
     seq_of: Callable[[M], int],
-    emit: Callable[[Sequence[M]], None],
+    emit: Callable[[Sequence[M]], Awaitable[None]],
     latest: Callable[[], Awaitable[int]],
     *,
     page: int,
@@ -101,7 +101,9 @@ async def fill(
     """Deliver from the store everything after ``state.last``, paged, in order.
 
     ``fetch(after, limit)`` reads up to ``limit`` stored items with seq >
-    ``after``, ascending; ``emit`` delivers a page. The caller has set
+    ``after``, ascending; ``emit`` delivers a page -- awaited *inside* the
+    fill, so a seq heard while a page is still being delivered is left to the
+    fill instead of overtaking it. The caller has set
     ``state.filling`` (``heard`` returned FILL, or ``start_fill``). Seqs heard
     meanwhile raise ``state.wanted`` and the fill keeps going until it has
     them. Past ``max_pages`` it stops and skips to the store's ``latest()``:
@@ -114,7 +116,7 @@ async def fill(
             items = await fetch(state.last, page)
             fresh = [m for m in items if seq_of(m) > state.last]
             if fresh:
-                emit(fresh)
+                await emit(fresh)
                 delivered += len(fresh)
                 state.delivered(seq_of(fresh[-1]))
             pages += 1

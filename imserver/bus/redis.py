@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from imserver.bus.base import (
@@ -124,8 +125,9 @@ class RedisBus:
         self._lock = asyncio.Lock()
         self._outbox: deque[tuple[str, bytes]] = deque(maxlen=settings.outbox_max)
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: redis-py connects lazily: made now so the nonce store can share it.
-        self._client: Client | None = make_client(settings.url, settings.cluster_nodes)
+        #: The command connection (publishing, presence, shared rate limits,
+        #: nonces). redis-py connects lazily, so it exists before ``start``.
+        self.client: Client = make_client(settings.url, settings.cluster_nodes)
         self._links: Links | None = None
         #: Cluster-wide "who is online" for ``presence.query``.
         self.presence = RedisPresence(self.client, settings.prefix, settings.node_name)
@@ -139,31 +141,24 @@ class RedisBus:
     def describe(self) -> str:
         return describe(self.settings.url, self.settings.cluster_nodes)
 
-    @property
-    def client(self) -> Client:
-        """The command connection (shared rate limits, nonces use it too)."""
-        if self._client is None:
-            raise RuntimeError("the bus is not started")
-        return self._client
-
     async def start(self) -> None:
         """Connect and subscribe to the broadcast channels; fail with one clear line."""
         client = self.client
+        self._channels.update((self._ctl, self._presence))
+        self._links = Links(client, self._on_message, self.settings.node_name, self.settings.url)
         try:
-            if hasattr(client, "initialize"):
-                await client.initialize()
+            if isinstance(client, RedisCluster):
+                await client.initialize()  # reads the slot map: fails here if unreachable
             await client.ping()
+            await self._links.subscribe(sorted(self._channels))
         except (RedisError, OSError) as e:
+            await self._links.close()
             await _close_quietly(client)
             raise BusUnavailable(
                 f"cannot reach the Redis bus at {self.describe} ({e}); start Redis there,"
                 " or fix [bus] redis_url / redis_cluster_nodes (IMSERVER_BUS_REDIS_URL),"
                 ' or use [bus] backend = "local" for a single node'
             ) from None
-        self._client = client
-        self._channels.update((self._ctl, self._presence))
-        self._links = Links(client, self._on_message, self.settings.node_name, self.settings.url)
-        await self._links.subscribe(sorted(self._channels))
         self.connected = True
         self._supervisor = asyncio.create_task(self._supervise(), name="redis-bus")
         self._spawn(self.presence.run(self._interest.users))
@@ -178,9 +173,7 @@ class RedisBus:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._links is not None:
             await self._links.close()
-        if self._client is not None:
-            await _close_quietly(self._client)
-            self._client = None
+        await _close_quietly(self.client)
         self.connected = False
         self._handlers.clear()
 
@@ -337,33 +330,26 @@ class RedisBus:
     # -- gap fill --------------------------------------------------------------
     async def _fill(self, conv: str, state: ConvSeq) -> None:
         """Deliver from the store what this node missed in ``conv`` (state.filling is set)."""
-        pending: list[Sequence[Message]] = []
 
         async def fetch(after: int, limit: int) -> list[Message]:
-            # Deliver the previous page before reading the next: in order.
-            while pending:
-                await self._deliver_stored(conv, pending.pop(0))
             return await self._store.messages_after(conv, after, limit)
+
+        async def emit(page: Sequence[Message]) -> None:
+            await self._deliver_stored(conv, page)
 
         async def latest() -> int:
             c = await self._store.get_conversation(conv)
             return c.last_seq if c is not None else state.last
 
-        try:
-            outcome = await fill(
-                state,
-                fetch,
-                lambda m: m.seq,
-                pending.append,
-                latest,
-                page=self.settings.fill_page,
-                max_pages=self.settings.fill_max_pages,
-            )
-            for page in pending:
-                await self._deliver_stored(conv, page)
-        except Exception:
-            state.end_fill()
-            raise
+        outcome = await fill(  # ends the fill (state.filling) however it ends
+            state,
+            fetch,
+            lambda m: m.seq,
+            emit,
+            latest,
+            page=self.settings.fill_page,
+            max_pages=self.settings.fill_max_pages,
+        )
         if outcome.overflowed:
             self._resync(self._interest.local_members(conv), RESYNC_BACKLOG, conv)
 

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 #: A quiet subscriber link is pinged after this long, and lost without an answer.
 PING_AFTER_S = 10.0
 PONG_TIMEOUT_S = 10.0
+#: A subscription Redis has not confirmed by then counts as a lost link.
+CONFIRM_TIMEOUT_S = 10.0
 
 
 def _text(value: object) -> str:
@@ -86,6 +88,8 @@ class Links:
         self._url = url  # a single Redis: its one link connects here
         self._on_message = on_message
         self._links: dict[str, Link] = {}
+        #: Subscriptions sent and not yet confirmed by Redis.
+        self._confirmations: dict[str, asyncio.Future[None]] = {}
         #: Set when a link fails; the bus waits on it to reconnect.
         self.lost = asyncio.Event()
 
@@ -111,7 +115,16 @@ class Links:
         return link
 
     async def subscribe(self, channels: list[str]) -> None:
-        """``SSUBSCRIBE``: one command per hash slot on a cluster, one in all on a single Redis."""
+        """``SSUBSCRIBE`` and wait until Redis confirms every channel.
+
+        One command per hash slot on a cluster, one in all on a single Redis.
+        The wait is what makes "subscribe, then read the store" safe: once
+        Redis has processed the subscription, anything published later
+        reaches this node, and anything published earlier was committed
+        earlier, so the store read that follows sees it.
+        """
+        loop = asyncio.get_running_loop()
+        waits = [self._confirmations.setdefault(c, loop.create_future()) for c in channels]
         cluster = isinstance(self._client, RedisCluster)
         by_link: dict[int, tuple[Link, list[str]]] = {}
         for channel in channels:
@@ -123,6 +136,10 @@ class Links:
             link.channels.update(names)
             if link.reader is None:
                 link.reader = asyncio.create_task(self._read(link), name="redis-bus-reader")
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), CONFIRM_TIMEOUT_S)
+        except TimeoutError:
+            raise RedisConnectionError("Redis did not confirm a subscription in time") from None
 
     async def unsubscribe(self, channels: list[str]) -> None:
         for channel in channels:
@@ -158,6 +175,10 @@ class Links:
                 kind = _text(message["type"])
                 if kind == "smessage":
                     self._on_message(_text(message["channel"]), message["data"])
+                elif kind == "ssubscribe":
+                    confirmed = self._confirmations.pop(_text(message["channel"]), None)
+                    if confirmed is not None and not confirmed.done():
+                        confirmed.set_result(None)
                 elif kind == "sunsubscribe" and _text(message["channel"]) in link.channels:
                     raise RedisConnectionError(f"unsubscribed by Redis: {message['channel']!r}")
         except asyncio.CancelledError:
@@ -172,6 +193,11 @@ class Links:
     async def close(self) -> None:
         """Drop every link (the bus resubscribes on fresh ones)."""
         links, self._links = list(self._links.values()), {}
+        waiting, self._confirmations = list(self._confirmations.values()), {}
+        for confirmed in waiting:
+            if not confirmed.done():
+                confirmed.set_exception(RedisConnectionError("subscriber link closed"))
+                confirmed.exception()  # retrieved: nobody may be waiting any more
         for link in links:
             if link.reader is not None:
                 link.reader.cancel()

@@ -1,11 +1,18 @@
-"""Route each typed request to the service that answers it."""
+"""Route each typed request to the service that answers it.
+
+The core's requests are matched here; a plug-in's (``cards/``: ``card.act``,
+``card.get``, ``todo``) are ``ExtensionRequest``s answered by the handler it
+registered for their class (``gateway/extensions.py``), and its sync parts add
+their keys to every ``sync`` answer. This module imports no plug-in.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from cards.service import CardService
 from imserver.errors import AlreadyAuthenticated
+from imserver.gateway.extensions import RequestExtensions
 from imserver.gateway.session import Session
 from imserver.protocol import requests as rq
 from imserver.services.address_book import AddressBook
@@ -15,8 +22,6 @@ from imserver.services.ding import DingService
 from imserver.services.groups import GroupService
 from imserver.services.presence import PresenceService
 
-CARDS_PAGE = 100  # card views per sync answer
-
 
 class Dispatcher:
     def __init__(
@@ -24,16 +29,20 @@ class Dispatcher:
         chat: ChatService,
         groups: GroupService,
         presence: PresenceService,
-        cards: CardService,
         dings: DingService,
         address_book: AddressBook,
+        extensions: RequestExtensions | None = None,
     ) -> None:
         self._dings = dings
         self._book = address_book
         self._chat = chat
         self._groups = groups
         self._presence = presence
-        self._cards = cards
+        extensions = extensions if extensions is not None else RequestExtensions()
+        #: The table the gateway parses with: the core's types and the plug-ins'.
+        self.parsers: Mapping[str, rq.Parser] = extensions.parsers()
+        self._extension_handlers = extensions.handlers()
+        self._sync_answers = extensions.sync_answers()
 
     async def handle(self, session: Session, req: rq.Request) -> dict[str, Any]:
         caller = Caller(session.user, session.device)
@@ -43,16 +52,11 @@ class Dispatcher:
                 return await chat.send(caller, req)
             case rq.Sync():
                 result = await chat.sync(caller, req)
-                result.update(await self._cards.changed_since(caller, req.cards_since, CARDS_PAGE))
+                for answer, part in zip(self._sync_answers, req.parts, strict=True):
+                    result.update(await answer(caller, part))
                 return result
-            case rq.CardAct():
-                return await self._cards.act(
-                    caller, req.card_id, req.action, req.action_id, req.inputs
-                )
-            case rq.CardGet():
-                return await self._cards.get(caller, req.card_id)
-            case rq.Todo():
-                return await self._cards.todo(caller, req.limit)
+            case rq.ExtensionRequest():  # parsed with the plug-in's parser: it has a handler
+                return await self._extension_handlers[type(req)](caller, req)
             case rq.DingConfirm():
                 return await self._dings.confirm(caller, req.conv, req.seq)
             case rq.DingStatusReq():

@@ -101,6 +101,8 @@ class Gateway:
         self._hub = hub
         self._presence = presence
         self._dispatcher = dispatcher
+        #: Every request type this server answers, plug-ins' included (one dict lookup).
+        self._parsers = dispatcher.parsers
         self._signer = signer
         self._store = store
         self._metrics = metrics
@@ -195,7 +197,7 @@ class Gateway:
         try:
             frame = session.codec.decode(raw, self._limits.max_frame_bytes)
             rid = rq.request_id(frame)
-            rid, req = rq.parse_request(frame, self._limits)
+            rid, req = rq.parse_request(frame, self._limits, self._parsers)
             if not isinstance(req, rq.Auth):
                 raise NotAuthenticated("send an auth request first")
         except ImError as e:
@@ -284,6 +286,7 @@ class Gateway:
         codec = session.codec
         limits = self._limits
         metrics = self._metrics
+        parsers = self._parsers
         try:
             async for raw in ws:
                 if session.closed:
@@ -302,7 +305,7 @@ class Gateway:
                 try:
                     frame = codec.decode(raw, limits.max_frame_bytes)
                     rid = rq.request_id(frame)
-                    rid, req = rq.parse_request(frame, limits)
+                    rid, req = rq.parse_request(frame, limits, parsers)
                     metrics.requests.labels(frame["type"]).inc()
                     if isinstance(req, rq.Ping):
                         session.send_frame(pong_frame(rid))

@@ -15,11 +15,10 @@ from aiohttp import web
 from imserver.directory.model import Unit
 from imserver.errors import Forbidden, NotAuthenticated
 from imserver.http.api import ADMIN_KEY, IDENTITY, SIGNER, is_admin_key, take_user_budget
-from imserver.store.postgres.directory import PgDirectoryMixin
-from imserver.store.sqlite.directory import SqliteDirectoryMixin
+from imserver.store.base import AdminDirectoryStore
 from imserver.tokens import TokenSigner
 
-DIRECTORY_STORE: web.AppKey[SqliteDirectoryMixin | PgDirectoryMixin] = web.AppKey("directory_store")
+DIRECTORY_STORE: web.AppKey[AdminDirectoryStore] = web.AppKey("directory_store")
 
 
 @dataclass(slots=True, frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -25,6 +26,7 @@ from imserver.errors import (
     RateLimited,
     RequestTimeout,
     RouteNotFound,
+    StoreUnavailable,
     TokenInvalid,
 )
 from imserver.metrics import Metrics
@@ -189,17 +191,57 @@ async def _user(request: web.Request) -> TokenClaims:
     return await user_claims(request, request.app[SIGNER])
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """``ok``; with the Redis bus also its state -- ``degraded`` while Redis is away.
+STORE_PROBE_TIMEOUT_S = 2.0
+"""How long ``/healthz`` waits for the store's answer before calling it unavailable."""
 
-    Degraded is still 200: the node serves its own users and fills what it
-    missed when Redis is back, so a load balancer must not take it out.
+
+def _store_backend(store: object) -> str:
+    """``postgres`` or ``sqlite``: the engine behind ``store``, named after its package."""
+    return "postgres" if ".postgres." in type(store).__module__ else "sqlite"
+
+
+async def _store_health(store: Store) -> dict[str, Any]:
+    """One real read (a conversation that does not exist), timed; ``ok`` false if it fails.
+
+    A read through the ``Store`` interface rather than a bare ``SELECT 1``: it
+    takes the path every request takes (the reader thread, the pool), so a
+    stuck reader or a dropped schema shows here too.
     """
+    health: dict[str, Any] = {"backend": _store_backend(store), "ok": True}
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(STORE_PROBE_TIMEOUT_S):
+            await store.get_conversation("healthz:probe")
+    except Exception as e:  # any failure is the answer: the store cannot serve
+        health.update(ok=False, error=f"{type(e).__name__}: {e}"[:300])
+    else:
+        health["latency_ms"] = round((time.monotonic() - started) * 1000, 2)
+    return health
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Each dependency: the store always, the Redis bus when configured.
+
+    ``degraded`` (still 200) while Redis is away: the node serves its own
+    users and fills what it missed when Redis is back, so a load balancer
+    must not take it out. A store that cannot answer is 503
+    ``store_unavailable``: no request could be served.
+    """
+    store = await _store_health(request.app[STORE])  # type: ignore[arg-type]
+    body: dict[str, Any] = {"status": "ok", "store": store}
     bus_health = request.app.get(BUS_HEALTH)
-    if bus_health is None:  # the in-process bus: nothing that can be away
-        return json_response({"status": "ok"})
-    bus = bus_health()
-    return json_response({"status": "ok" if bus["connected"] else "degraded", "bus": bus})
+    if bus_health is not None:  # absent: the in-process bus, nothing that can be away
+        body["bus"] = bus_health()
+        if not body["bus"]["connected"]:
+            body["status"] = "degraded"
+    if not store["ok"]:
+        body["status"] = "unavailable"
+        body["error"] = {
+            "code": StoreUnavailable.code,
+            "message": f"the {store['backend']} store does not answer: {store['error']}",
+        }
+        return json_response(body, status=StoreUnavailable.http_status)
+    return json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:

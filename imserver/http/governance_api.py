@@ -12,13 +12,10 @@ from imserver.governance import GovernanceRules, classify, to_csv, to_json
 from imserver.http.admin_auth import AdminContext, admin_of
 from imserver.http.api import TRAIL, json_response, read_json_object
 from imserver.services.groups import GroupService
-from imserver.store.postgres.governance import PgGovernanceMixin
-from imserver.store.sqlite.governance import SqliteGovernanceMixin
+from imserver.store.base import GovernanceStore
 
 GROUPS = web.AppKey("groups", GroupService)
-GOVERNANCE_STORE: web.AppKey[SqliteGovernanceMixin | PgGovernanceMixin] = web.AppKey(
-    "governance_store"
-)
+GOVERNANCE_STORE: web.AppKey[GovernanceStore] = web.AppKey("governance_store")
 
 
 def _scope(ctx: AdminContext) -> list[str] | None:

@@ -19,7 +19,6 @@ CONV_ID_RE = re.compile(
     r"|n:[a-z0-9_-]{1,32}:[A-Za-z0-9_.@-]{1,64})"
 )
 APP_ID_RE = re.compile(r"[a-z0-9_-]{1,32}")
-CARD_ID_RE = re.compile(r"c_[A-Za-z0-9_-]{8,32}")
 FILE_ID_RE = re.compile(r"[0-9a-f]{64}")
 
 MAX_LIST = 1000

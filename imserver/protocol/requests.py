@@ -3,11 +3,16 @@
 ``parse_request(frame, limits)`` is the gate every client frame passes
 through. It returns a typed request or raises an :class:`ImError` with a
 stable code; nothing past it needs to distrust a field's type or range.
+
+Plug-ins (``cards/``) add request types of their own, subclasses of
+:class:`ExtensionRequest`, and fields of their own to ``sync``; the gateway
+then parses with the table ``gateway/extensions.py`` builds (``CORE_PARSERS``
+plus theirs). This module knows nothing of any plug-in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +20,7 @@ from imserver.config import LimitsConfig
 from imserver.directory.model import UNIT_ID_RE
 from imserver.directory.pinyin import MAX_QUERY
 from imserver.errors import InvalidField, TextTooLong, UnknownType
-from imserver.protocol.fields import CARD_ID_RE, FILE_ID_RE, Fields
+from imserver.protocol.fields import FILE_ID_RE, Fields
 
 RequestId = int | str | None
 
@@ -44,29 +49,23 @@ class Send:
     urgent: bool = False  # DING: every recipient must confirm
 
 
+class ExtensionRequest:
+    """Base of the request types a plug-in registers (``gateway/extensions.py``).
+
+    The core never looks inside one: the dispatcher hands it to the handler
+    registered for its class.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(slots=True, frozen=True)
 class Sync:
     since: dict[str, int]
     limit: int
-    cards_since: int = 0
-
-
-@dataclass(slots=True, frozen=True)
-class CardAct:
-    card_id: str
-    action: str
-    action_id: str
-    inputs: dict[str, Any]
-
-
-@dataclass(slots=True, frozen=True)
-class CardGet:
-    card_id: str
-
-
-@dataclass(slots=True, frozen=True)
-class Todo:
-    limit: int
+    #: What each registered sync part read from the frame, in registration
+    #: order (e.g. the cards plug-in's ``cards_since``); answered by that part.
+    parts: tuple[object, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)
@@ -220,16 +219,19 @@ Request = (
     | PresenceQuery
     | PresenceSubscribe
     | PresenceUnsubscribe
-    | CardAct
-    | CardGet
-    | Todo
     | DingConfirm
     | DingStatusReq
     | DirectoryUsers
     | DirectoryUnit
     | DirectorySearch
     | DirectoryChanges
+    | ExtensionRequest
 )
+
+#: Reads one request type's fields; raises an ``ImError`` on bad input.
+Parser = Callable[[Fields, LimitsConfig], Request]
+#: Reads a plug-in's own fields of a ``sync`` frame (e.g. ``cards_since``).
+SyncPartReader = Callable[[Fields, LimitsConfig], object]
 
 
 def request_id(frame: dict[str, Any]) -> RequestId:
@@ -244,8 +246,15 @@ def request_id(frame: dict[str, Any]) -> RequestId:
     return None
 
 
-def parse_request(frame: dict[str, Any], limits: LimitsConfig) -> tuple[RequestId, Request]:
-    """Validate one decoded frame; return its id and typed request."""
+def parse_request(
+    frame: dict[str, Any], limits: LimitsConfig, parsers: Mapping[str, Parser] | None = None
+) -> tuple[RequestId, Request]:
+    """Validate one decoded frame; return its id and typed request.
+
+    ``parsers``: the request types this server answers, by ``type``; the core's
+    alone unless given (the gateway passes the table with its plug-ins').
+    A type not in it is ``unknown_type``.
+    """
     rid = request_id(frame)
     if rid is None:
         raise InvalidField(
@@ -254,7 +263,7 @@ def parse_request(frame: dict[str, Any], limits: LimitsConfig) -> tuple[RequestI
     kind = frame.get("type")
     if not isinstance(kind, str):
         raise InvalidField("'type' is required and must be a string", field="type")
-    parser = _PARSERS.get(kind)
+    parser = (CORE_PARSERS if parsers is None else parsers).get(kind)
     if parser is None:
         raise UnknownType(f"unknown request type {kind[:64]!r}")
     return rid, parser(Fields(frame), limits)
@@ -320,12 +329,21 @@ def _send(f: Fields, limits: LimitsConfig) -> Send:
     raise InvalidField(f"'kind' must be 'text' or 'file', got {kind!r}", field="kind")
 
 
-def _sync(f: Fields, limits: LimitsConfig) -> Sync:
-    limit = f.integer("limit", required=False, minimum=1, maximum=limits.sync_page_messages)
-    cards_since = f.integer("cards_since", required=False) or 0
-    return Sync(
-        since=f.seq_map("since"), limit=limit or limits.sync_page_messages, cards_since=cards_since
-    )
+def sync_parser(part_readers: Sequence[SyncPartReader] = ()) -> Parser:
+    """The ``sync`` parser, also reading each plug-in's sync fields.
+
+    The parts are read between ``limit`` and ``since``: the order the fields
+    were always checked in, so a frame with several bad fields names the same
+    one as before plug-ins registered their parts.
+    """
+    readers = tuple(part_readers)
+
+    def parse_sync(f: Fields, limits: LimitsConfig) -> Sync:
+        limit = f.integer("limit", required=False, minimum=1, maximum=limits.sync_page_messages)
+        parts = tuple(read(f, limits) for read in readers)
+        return Sync(since=f.seq_map("since"), limit=limit or limits.sync_page_messages, parts=parts)
+
+    return parse_sync
 
 
 def _history(f: Fields, limits: LimitsConfig) -> History:
@@ -409,31 +427,6 @@ def _presence_unsubscribe(f: Fields, limits: LimitsConfig) -> PresenceUnsubscrib
     return PresenceUnsubscribe(users=f.user_list("users", max_items=limits.presence_subscriptions))
 
 
-def _card_id(f: Fields) -> str:
-    card_id = f.req_string("card_id", max_len=64)
-    if CARD_ID_RE.fullmatch(card_id) is None:
-        raise InvalidField("'card_id' is not a card id", field="card_id")
-    return card_id
-
-
-def _card_act(f: Fields, _: LimitsConfig) -> CardAct:
-    inputs = f.sub("inputs", required=False)
-    return CardAct(
-        card_id=_card_id(f),
-        action=f.req_string("action", max_len=32),
-        action_id=f.req_string("action_id", max_len=64),
-        inputs=dict(inputs.raw) if inputs is not None else {},
-    )
-
-
-def _card_get(f: Fields, _: LimitsConfig) -> CardGet:
-    return CardGet(card_id=_card_id(f))
-
-
-def _todo(f: Fields, _: LimitsConfig) -> Todo:
-    return Todo(limit=f.integer("limit", required=False, minimum=1, maximum=200) or 100)
-
-
 def _ding_confirm(f: Fields, _: LimitsConfig) -> DingConfirm:
     return DingConfirm(conv=f.conv_id(), seq=f.req_integer("seq", minimum=1))
 
@@ -495,11 +488,12 @@ def _directory_changes(f: Fields, _: LimitsConfig) -> DirectoryChanges:
     )
 
 
-_PARSERS: dict[str, Callable[[Fields, LimitsConfig], Request]] = {
+#: The core's request types; ``gateway/extensions.py`` adds the plug-ins'.
+CORE_PARSERS: Mapping[str, Parser] = {
     "auth": _auth,
     "ping": _ping,
     "send": _send,
-    "sync": _sync,
+    "sync": sync_parser(),
     "history": _history,
     "read": _read,
     "read_status": _read_status,
@@ -516,9 +510,6 @@ _PARSERS: dict[str, Callable[[Fields, LimitsConfig], Request]] = {
     "presence.query": _presence_query,
     "presence.subscribe": _presence_subscribe,
     "presence.unsubscribe": _presence_unsubscribe,
-    "card.act": _card_act,
-    "card.get": _card_get,
-    "todo": _todo,
     "ding.confirm": _ding_confirm,
     "ding.status": _ding_status,
     "directory.users": _directory_users,
@@ -527,4 +518,5 @@ _PARSERS: dict[str, Callable[[Fields, LimitsConfig], Request]] = {
     "directory.changes": _directory_changes,
 }
 
-REQUEST_TYPES = tuple(_PARSERS)
+#: The core's request types (a plug-in lists its own, e.g. ``cards.requests``).
+REQUEST_TYPES = tuple(CORE_PARSERS)

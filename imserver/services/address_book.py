@@ -20,8 +20,8 @@ from imserver.errors import InvalidField, NoSuchUnit
 from imserver.masking import PII_READ
 from imserver.services.caller import Caller
 from imserver.services.directory import ProfileSealer, ancestors
-from imserver.store.sqlite.address_book import ChangeRow, PersonRow, SearchHit
-from imserver.store.sqlite.directory_changes import MEMBER, UNIT
+from imserver.store.directory_changes import MEMBER, UNIT
+from imserver.store.records import ChangeRow, PersonRow, SearchHit
 
 
 class AddressBookStore(Protocol):

@@ -25,7 +25,7 @@ from imserver.directory.model import (
     parse_sync_line,
 )
 from imserver.errors import InvalidField, NoSuchUnit
-from imserver.store.sqlite.directory import MemberProfile, UnitMemberRow
+from imserver.store.records import MemberProfile, UnitMemberRow
 
 BATCH = 1000
 MAX_LINE_BYTES = 64 * 1024

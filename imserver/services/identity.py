@@ -28,8 +28,7 @@ from imserver.errors import (
     TokenRevoked,
 )
 from imserver.protocol.fields import is_user_id
-from imserver.store.records import AppRecord
-from imserver.store.sqlite.identity import RefreshUse
+from imserver.store.records import AppRecord, RefreshUse
 from imserver.tokens import TokenClaims, TokenSigner
 
 REFRESH_PREFIX = "rt_"

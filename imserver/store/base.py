@@ -8,8 +8,10 @@ changes more than one row does so atomically.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
+from imserver.directory.model import Unit
+from imserver.governance import GroupStats
 from imserver.store.records import (
     AppendResult,
     AppRecord,
@@ -21,6 +23,7 @@ from imserver.store.records import (
     DingStatus,
     FileMeta,
     Member,
+    MemberProfile,
     MembershipChange,
     Message,
     NewCard,
@@ -29,6 +32,27 @@ from imserver.store.records import (
     ReadCursor,
     Timer,
 )
+
+
+class DocProtector(Protocol):
+    """Seals and opens the protected fields of a card's document (field encryption).
+
+    Why an interface here: each backend's card store calls it on the way in
+    and out, and the key handling (``field_protection.py``) must not know
+    which backend it serves.
+    """
+
+    def seal_doc(self, card_id: str, doc: dict[str, Any]) -> dict[str, Any]: ...
+
+    def open_doc(self, card_id: str, doc: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class Rotator(Protocol):
+    """Re-seals one stored value with the active key; ``None``: already under it."""
+
+    def rotate_profile(self, user: str, stored: dict[str, str]) -> dict[str, str] | None: ...
+
+    def rotate_doc(self, card_id: str, doc: dict[str, Any]) -> dict[str, Any] | None: ...
 
 
 class Store(Protocol):
@@ -192,3 +216,30 @@ class DeadlineStore(Protocol):
     async def ding_renotified(
         self, conv: str, seq: int, user: str, notified: int, next_at: int | None
     ) -> None: ...
+
+
+class AdminDirectoryStore(Protocol):
+    """What the admin API reads and changes of the directory (``http/admin_auth.py``,
+    ``http/directory_api.py``): profiles, admin grants, user scopes."""
+
+    async def member_profile(self, user: str) -> MemberProfile | None: ...
+
+    async def units_by_ids(self, ids: Iterable[str]) -> dict[str, Unit]: ...
+
+    async def admin_scopes(self, user: str) -> list[Unit]:
+        """The units (with their current paths) ``user`` administers."""
+
+    async def grant_admin(self, user: str, unit: str, now: int) -> None: ...
+
+    async def revoke_admin(self, user: str, unit: str) -> bool: ...
+
+    async def set_scope(self, user: str, scope: str, granted: bool, now: int) -> bool: ...
+
+    async def users_with_scope(self, users: Iterable[str], scope: str) -> set[str]: ...
+
+
+class GovernanceStore(Protocol):
+    """The facts group governance classifies (``http/governance_api.py``)."""
+
+    async def group_stats(self, scope_paths: list[str] | None) -> list[GroupStats]:
+        """Every live group whose unit is inside ``scope_paths`` (``None``: every group)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from imserver.directory.search_rank import Tier
+
 ROLE_OWNER = "owner"
 ROLE_ADMIN = "admin"
 ROLE_MEMBER = "member"
@@ -222,3 +224,76 @@ class DingStatus:
     sender: str
     confirmed: list[str]
     unconfirmed: list[str]
+
+
+# -- identity ----------------------------------------------------------------
+ALL_DEVICES = "*"
+"""The device of a revocation that covers every device of the user."""
+
+
+@dataclass(slots=True, frozen=True)
+class RefreshUse:
+    """What presenting a refresh token found."""
+
+    user: str
+    device: str
+    outcome: str  # "ok" | "expired" | "reused" (an already used token: likely stolen)
+
+    @classmethod
+    def of(cls, user: str, device: str, expires_at: int, used: bool, now: int) -> RefreshUse:
+        """What presenting a stored token (``used`` before or not) at ``now`` finds.
+
+        Anything but "reused" marks the token used: each token works once.
+        """
+        if used:
+            return cls(user, device, "reused")
+        return cls(user, device, "expired" if expires_at <= now else "ok")
+
+
+# -- directory ---------------------------------------------------------------
+@dataclass(slots=True, frozen=True)
+class MemberProfile:
+    """A member as the directory stores them; ``profile`` is as stored (maybe sealed)."""
+
+    user: str
+    name: str
+    profile: dict[str, str]
+    digest: str
+
+
+@dataclass(slots=True, frozen=True)
+class UnitMemberRow:
+    user: str
+    name: str
+    unit: str
+    title: str
+    leader: bool
+    path: str = ""
+
+
+# -- address book ------------------------------------------------------------
+@dataclass(slots=True, frozen=True)
+class PersonRow:
+    """An active person as stored; ``profile`` may be sealed, ``placements``
+    are ``(unit id, unit name, title, leader)`` in path order."""
+
+    user: str
+    name: str
+    profile: dict[str, str]
+    placements: tuple[tuple[str, str, str, bool], ...]
+
+
+@dataclass(slots=True, frozen=True)
+class SearchHit:
+    tier: Tier
+    key: str
+    user: str
+
+
+@dataclass(slots=True, frozen=True)
+class ChangeRow:
+    """One entry of the directory change log: ``kind`` is ``"unit"`` or ``"member"``."""
+
+    kind: str
+    id: str
+    seq: int

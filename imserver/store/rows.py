@@ -8,12 +8,21 @@ contract suite compares records for equality.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import orjson
 
-from imserver.store.records import AppRecord, CardRecord, Conversation, Message, OutboxItem
+from imserver.store.records import (
+    AppRecord,
+    CardRecord,
+    Conversation,
+    DingStatus,
+    Message,
+    NewCard,
+    OutboxItem,
+    UnitMemberRow,
+)
 
 MSG_COLUMNS: Final = "conv, seq, sender, device, kind, body, ts, client_msg_id, recalled"
 CONV_COLUMNS: Final = "id, kind, name, owner, last_seq, created_at, archived"
@@ -81,3 +90,43 @@ def app_from_row(row: Row) -> AppRecord:
     return AppRecord(
         app_id, name, secret, callback_url, tuple(load_json(scope)), tuple(load_json(permissions))
     )
+
+
+def ding_status_from_rows(rows: Sequence[Any]) -> DingStatus | None:
+    """A DING's status from its ``(user, sender, confirmed_at)`` rows in user order;
+    None when there are none (no such DING)."""
+    if not rows:
+        return None
+    confirmed, unconfirmed = confirmed_split((r[0], r[2]) for r in rows)
+    return DingStatus(rows[0][1], confirmed, unconfirmed)
+
+
+def confirmed_split(rows: Iterable[Any]) -> tuple[list[str], list[str]]:
+    """(confirmed, unconfirmed) users of ``(user, confirmed_at)`` DING rows, in row order."""
+    confirmed: list[str] = []
+    unconfirmed: list[str] = []
+    for user, confirmed_at in rows:
+        (unconfirmed if confirmed_at is None else confirmed).append(user)
+    return confirmed, unconfirmed
+
+
+def created_card(card: NewCard, gseq: int) -> CardRecord:
+    """The record of ``card`` as just stored: version 1, change ``gseq``, callback state "ok"."""
+    return CardRecord(
+        card.id,
+        card.app_id,
+        card.doc["out_track_id"],
+        1,
+        gseq,
+        card.doc,
+        card.approval,
+        "ok",
+        card.now,
+        card.now,
+    )
+
+
+def unit_member_from_row(row: Row) -> UnitMemberRow:
+    """A membership from ``(user, name, unit, title, leader, path)``."""
+    user, name, unit, title, leader, path = row
+    return UnitMemberRow(user, name, unit, title, bool(leader), path)

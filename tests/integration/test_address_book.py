@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 
 from imserver.directory.pinyin import name_keys
 from imserver.directory.search_rank import Tier
-from imserver.store.sqlite.address_book import _tier_sql
+from imserver.store.people_search import tier_sql
 from imserver.store.sqlite.schema import MIGRATIONS, migrate
 from imserver_sdk import Client, ServerError
 from tests.integration.test_directory import MEMBERS, UNITS, _m, api, sync_ok
@@ -502,7 +502,7 @@ async def test_search_tiers_and_change_log_read_indexes_not_tables(card_server: 
     params |= {"p": "/jx/", "p_end": "/jx/\x7f", "after_key": "", "after_user": ""}
     try:
         for tier in Tier:
-            found = _tier_sql(tier, has_key=True)
+            found = tier_sql(tier, has_key=True)
             assert found is not None
             rows_from, cond, col = found
             sql = (

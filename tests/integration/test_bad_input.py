@@ -24,8 +24,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imserver.protocol.requests import REQUEST_TYPES
+from cards.requests import CARD_REQUEST_TYPES
+from imserver.protocol import requests as rq
 from tests.support import Harness, RawClient
+
+#: Every type the server answers: the core's and the cards plug-in's.
+REQUEST_TYPES = rq.REQUEST_TYPES + CARD_REQUEST_TYPES
 
 StartServer = Callable[..., Awaitable[Harness]]
 

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from imserver.app import build_world, start_world
-from imserver.http.cards_api import SIGNING_CLOCK
+from imserver.http.apps_api import SIGNING_CLOCK
 from imserver.nonces import MemoryNonceStore
 from imserver_sdk import sign_request
 from imserver_sdk.signing import compute_signature

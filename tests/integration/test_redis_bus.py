@@ -12,6 +12,8 @@ import asyncio
 import base64
 import dataclasses
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,9 @@ from imserver_sdk import sign_request
 from tests.cards_support import ADMIN_KEY, CARD_SETTINGS, BusinessStub, approval_card, business
 from tests.postgres_support import drop_schema, fresh_dsn
 from tests.redis_support import (
+    DelayingProxy,
     RedisCluster,
+    free_port,
     fresh_prefix,
     kill_bus_connections,
     require_redis,
@@ -430,3 +434,87 @@ async def test_a_malformed_publication_is_dropped_without_breaking_the_link(node
     sent = await send_text(alice, "still fine", to="bob")
     await bob.recv_until(is_message(sent["conv"], sent["seq"]))
     assert bus_b.reconnects == 0 and bus_b.connected
+
+
+async def test_the_message_right_after_a_new_conversations_first_reaches_the_other_node(
+    nodes: Nodes,
+) -> None:
+    """Node B subscribes to a new conversation when it hears of it, then reads the store.
+
+    Seq 2 follows seq 1 at once, often before B's subscription is in place:
+    B may read the store only once Redis has confirmed the subscription, else
+    seq 2 is neither in what B read nor heard by it.
+    """
+    users = [f"u{i:02d}" for i in range(15)]
+    await nodes.a.users("alice", *users)
+    alice = await nodes.a.raw("alice")
+    peers = [await nodes.b.raw(u) for u in users]
+    sent = []
+    for user in users:
+        first = await send_text(alice, "1", to=user)
+        second = await send_text(alice, "2", conv=first["conv"])
+        sent.append((first["conv"], second["seq"]))
+    for peer, (conv, seq) in zip(peers, sent, strict=True):
+        await peer.recv_until(is_message(conv, seq), timeout=3)
+
+
+async def test_a_node_reads_the_store_only_after_redis_confirmed_its_subscription(
+    tmp_path: Path,
+) -> None:
+    """B's commands reach Redis 0.3 s late. B hears of a new 1:1 at once, subscribes, and
+    must not read the store before Redis has the subscription: seq 2, sent 0.1 s after
+    seq 1, is published before B's SSUBSCRIBE is processed, so only the store has it."""
+    url = require_redis()
+    port = int(url.split("://", 1)[1].rsplit("@", 1)[-1].split("/", 1)[0].rsplit(":", 1)[1])
+    proxy = DelayingProxy(port, delay_s=0.3)
+    await proxy.start()
+    dsn, schema = fresh_dsn()
+    prefix = fresh_prefix()
+    shared: dict[str, dict[str, Any]] = {
+        "store": {"backend": "postgres", "dsn": dsn, "pool_min_size": 1, "pool_max_size": 4},
+        "bus": {"backend": "redis", "channel_prefix": prefix, "redis_url": url},
+        "auth": {"secret": SECRET},
+    }
+    a = await start_harness(make_test_config(tmp_path / "a", shared))
+    slow = {**shared, "bus": {**shared["bus"], "redis_url": f"redis://127.0.0.1:{proxy.port}/0"}}
+    b = await start_harness(make_test_config(tmp_path / "b", slow))
+    try:
+        await a.users("alice", "bob")
+        alice = await a.raw("alice")
+        bob = await b.raw("bob")
+        await bob.request("ping")  # bob's session is registered on B
+        first = await send_text(alice, "1", to="bob")
+        await asyncio.sleep(0.1)
+        second = await send_text(alice, "2", conv=first["conv"])
+        await bob.recv_until(is_message(first["conv"], first["seq"]), timeout=5)
+        await bob.recv_until(is_message(first["conv"], second["seq"]), timeout=5)
+    finally:
+        await stop_harness(a)
+        await stop_harness(b)
+        await proxy.stop()
+        drop_schema(schema)
+
+
+def test_serve_with_an_unreachable_redis_exits_5_with_one_line(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    cfg = tmp_path / "bus.toml"
+    cfg.write_text(
+        f'[server]\ndata_dir = "{tmp_path}"\nws_port = 0\nhttp_port = 0\n'
+        f'[bus]\nbackend = "redis"\nredis_url = "redis://:sekret@127.0.0.1:{port}/0"\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "imserver", "serve", "--config", str(cfg)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 5, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out.stderr
+    assert errors[0].startswith(
+        f"error: bus_unavailable: cannot reach the Redis bus at redis://127.0.0.1:{port}/0"
+    )
+    assert "Traceback" not in out.stderr
+    assert "sekret" not in out.stderr

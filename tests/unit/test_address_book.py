@@ -17,7 +17,8 @@ from imserver.directory.search_rank import Tier, match_tier
 from imserver.directory.visibility import Placement, Viewer, person_view
 from imserver.errors import InvalidField
 from imserver.protocol.requests import parse_request
-from imserver.store.sqlite.directory_changes import MEMBER, UNIT, ChangeRecorder
+from imserver.store.directory_changes import MEMBER, UNIT
+from imserver.store.sqlite.directory_changes import SqliteChangeRecorder
 
 # -- parsing --------------------------------------------------------------------
 
@@ -194,13 +195,13 @@ def _log() -> sqlite3.Connection:
 
 def test_changes_get_increasing_numbers_and_the_latest_wins() -> None:
     conn = _log()
-    first = ChangeRecorder()
+    first = SqliteChangeRecorder()
     first.note(UNIT, ["jx", "nc"])
     first.note(MEMBER, ["gov", "jx"])  # a member may share a unit's id
     first.note(UNIT, ["jx"])  # noted again: moves to the end
     assert first.flush(conn) == 4
     assert first.flush(conn) == 0  # nothing new
-    second = ChangeRecorder()
+    second = SqliteChangeRecorder()
     second.note(MEMBER, ["gov"])
     second.flush(conn)
     rows = conn.execute("SELECT kind, id, seq FROM directory_changes ORDER BY seq").fetchall()

@@ -28,6 +28,9 @@ def run_stream(total: int, heard: list[int], page: int = 3, max_pages: int = 100
     async def latest() -> int:
         return committed
 
+    async def emit(page: list[int]) -> None:
+        out.extend(page)
+
     async def main() -> None:
         nonlocal committed
         for seq in heard:
@@ -36,10 +39,10 @@ def run_stream(total: int, heard: list[int], page: int = 3, max_pages: int = 100
             if action is Heard.DELIVER:
                 out.append(seq)
             elif action is Heard.FILL:
-                await fill(state, fetch, int, out.extend, latest, page=page, max_pages=max_pages)
+                await fill(state, fetch, int, emit, latest, page=page, max_pages=max_pages)
         committed = total
         if state.start_fill():
-            await fill(state, fetch, int, out.extend, latest, page=page, max_pages=max_pages)
+            await fill(state, fetch, int, emit, latest, page=page, max_pages=max_pages)
 
     asyncio.run(main())
     return out
@@ -97,9 +100,12 @@ def test_a_huge_backlog_stops_at_the_bound_and_skips_to_the_latest() -> None:
     async def latest() -> int:
         return 1000
 
+    async def emit(page: list[int]) -> None:
+        out.extend(page)
+
     async def main() -> None:
         assert state.heard(1000) is Heard.FILL
-        outcome = await fill(state, fetch, int, out.extend, latest, page=10, max_pages=3)
+        outcome = await fill(state, fetch, int, emit, latest, page=10, max_pages=3)
         assert outcome.overflowed
         assert outcome.delivered == 30
 
@@ -107,3 +113,32 @@ def test_a_huge_backlog_stops_at_the_bound_and_skips_to_the_latest() -> None:
     assert out == list(range(1, 31))
     assert state.last == 1000 and not state.filling
     assert state.heard(1001) is Heard.DELIVER
+
+
+def test_a_seq_heard_while_the_last_filled_page_is_delivered_does_not_overtake_it() -> None:
+    """Delivering a filled page can wait (a card message's view is read per viewer):
+    seq 3 heard meanwhile must not go out before seqs 1 and 2 (it waits for the fill)."""
+    state = ConvSeq(0)
+    out: list[int] = []
+    committed = 2
+
+    async def fetch(after: int, limit: int) -> list[int]:
+        return list(range(after + 1, min(committed, after + limit) + 1))
+
+    async def latest() -> int:
+        return committed
+
+    async def emit(page: list[int]) -> None:
+        nonlocal committed
+        await asyncio.sleep(0)  # the delivery awaits something
+        committed = 3
+        assert state.heard(3) is Heard.DROP  # seq 3 published meanwhile: left to the fill
+        out.extend(page)
+
+    async def main() -> None:
+        assert state.heard(2) is Heard.FILL
+        await fill(state, fetch, int, emit, latest, page=10, max_pages=5)
+
+    asyncio.run(main())
+    assert out == [1, 2, 3]
+    assert not state.filling

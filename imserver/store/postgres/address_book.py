@@ -2,31 +2,25 @@
 
 The same queries as ``store/sqlite/address_book.py`` — index ranges with a
 ``LIMIT`` and keyset cursors, a page of people loaded with two queries —
-and the same search tiers, whose conditions are built once for both
-backends (``_tier_sql``) and numbered for PostgreSQL by ``named.positional``.
+and the same search tiers, whose statements are built once for both
+backends (``store/people_search.py``) and numbered for PostgreSQL by
+``named.positional``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final
+from typing import Any
 
 from imserver.directory.model import Unit
 from imserver.directory.search_rank import Tier
+from imserver.store.directory_changes import ChangeFeedCursor
+from imserver.store.directory_sync import PATH_END
+from imserver.store.people_search import DENSE_SUBTREE, PeopleSearch, person_rows, rarest_char
 from imserver.store.postgres.jobs import PgConn, PgJob
 from imserver.store.postgres.named import positional
+from imserver.store.records import ChangeRow, PersonRow, SearchHit
 from imserver.store.rows import load_json
-from imserver.store.sqlite.address_book import (
-    DENSE_SUBTREE,
-    KEY_END,
-    NAME_END,
-    ChangeRow,
-    PersonRow,
-    SearchHit,
-    _tier_sql,
-)
-
-END: Final = "\x7f"  # above every character a unit path may hold
 
 
 async def _people(conn: PgConn, users: list[str]) -> dict[str, PersonRow]:
@@ -37,35 +31,24 @@ async def _people(conn: PgConn, users: list[str]) -> dict[str, PersonRow]:
             users,
         )
     }
-    placements: dict[str, list[tuple[str, str, str, bool]]] = {u: [] for u in found}
-    for user, unit, unit_name, title, leader in await conn.fetch(
-        'SELECT m."user", m.unit, un.name, m.title, m.leader FROM unit_members m'
-        ' JOIN units un ON un.id = m.unit WHERE m."user" = ANY($1::text[]) ORDER BY un.path',
+    placements = await conn.fetch(
+        'SELECT m."user", m.unit, un.name, m.title, m.leader, un.path FROM unit_members m'
+        ' JOIN units un ON un.id = m.unit WHERE m."user" = ANY($1::text[])',
         list(found),
-    ):
-        placements[user].append((unit, unit_name, title, bool(leader)))
-    return {
-        user: PersonRow(user, name, profile, tuple(placements[user]))
-        for user, (name, profile) in found.items()
-    }
+    )
+    return person_rows(found, (tuple(r) for r in placements))
 
 
 async def _rarest_char(conn: PgConn, query: str) -> str | None:
     """The query's character fewest names hold; None if some character is in no name."""
-    chars = sorted(set(query))
-    counts = {
-        r[0]: r[1]
-        for r in await conn.fetch(
-            "SELECT ch, count(*) FROM user_name_chars WHERE ch = ANY($1::text[]) GROUP BY ch",
-            chars,
-        )
-    }
-    if len(counts) < len(chars):
-        return None
-    return min(chars, key=lambda ch: (counts[ch], ch))
+    rows = await conn.fetch(
+        "SELECT ch, count(*) FROM user_name_chars WHERE ch = ANY($1::text[]) GROUP BY ch",
+        sorted(set(query)),
+    )
+    return rarest_char(query, {r[0]: r[1] for r in rows})
 
 
-class PgAddressBookMixin:
+class PgAddressBookMixin(ChangeFeedCursor):
     _read: Callable[[PgJob], Awaitable[Any]]
 
     async def people(self, users: Iterable[str]) -> dict[str, PersonRow]:
@@ -110,7 +93,7 @@ class PgAddressBookMixin:
                 "SELECT count(*) FROM (SELECT 1 FROM units un JOIN unit_members m"
                 " ON m.unit = un.id WHERE un.path >= $1 AND un.path < $2 LIMIT $3) AS few",
                 path,
-                path + END,
+                path + PATH_END,
                 DENSE_SUBTREE,
             )
             if memberships < DENSE_SUBTREE:
@@ -127,7 +110,7 @@ class PgAddressBookMixin:
                     ' JOIN units un ON un.id = m.unit WHERE m."user" = us.id AND un.path >= $1'
                     " AND un.path < $2) AND NOT us.disabled AND us.id > $3 ORDER BY us.id LIMIT $4"
                 )
-            return [r[0] for r in await conn.fetch(sql, path, path + END, after, limit)]
+            return [r[0] for r in await conn.fetch(sql, path, path + PATH_END, after, limit)]
 
         result: list[str] = await self._read(job)
         return result
@@ -144,50 +127,17 @@ class PgAddressBookMixin:
 
         ``within`` is a unit path: only people with a unit in that subtree.
         """
-        params: dict[str, Any] = {
-            "q": query,
-            "q_end": query + NAME_END,
-            "k": key or "",
-            "k_end": (key or "") + KEY_END,
-            "p": within or "",
-            "p_end": (within or "") + END,
-        }
-        scope = (
-            " AND EXISTS (SELECT 1 FROM unit_members m JOIN units un ON un.id = m.unit"
-            " WHERE m.user = u.id AND un.path >= :p AND un.path < :p_end)"
-            if within is not None
-            else " AND EXISTS (SELECT 1 FROM unit_members m WHERE m.user = u.id)"
-        )
 
         async def job(conn: PgConn) -> list[SearchHit]:
-            hits: list[SearchHit] = []
-            for tier in Tier:
-                if after is not None and tier < after[0]:
-                    continue
-                tier_sql = _tier_sql(tier, key is not None)
-                if tier_sql is None:
-                    continue
-                rows_from, cond, col = tier_sql
-                resume = ""
-                args = dict(params, left=limit - len(hits))
-                if tier is Tier.NAME_CONTAINS:
-                    rarest = await _rarest_char(conn, query)
-                    if rarest is None:
-                        break
-                    args["ch"] = rarest
-                if after is not None and tier == after[0]:
-                    resume = f" AND ({col}, u.id) > (:after_key, :after_user)"
-                    args.update(after_key=after[1], after_user=after[2])
-                sql, values = positional(
-                    f"SELECT {col}, u.id FROM {rows_from} WHERE {cond} AND NOT u.disabled"
-                    f"{scope}{resume} ORDER BY {col}, u.id LIMIT :left",
-                    args,
-                )
-                rows = await conn.fetch(sql, *values)
-                hits.extend(SearchHit(tier, r[0], r[1]) for r in rows)
-                if len(hits) >= limit:
+            search = PeopleSearch(query, key, within, after, limit, active="NOT u.disabled")
+            for tier in search.tiers():
+                rarest = await _rarest_char(conn, query) if search.needs_rarest(tier) else None
+                statement = search.statement(tier, rarest)
+                if statement is None:
                     break
-            return hits
+                sql, values = positional(*statement)
+                search.add(tier, await conn.fetch(sql, *values))
+            return search.hits
 
         result: list[SearchHit] = await self._read(job)
         return result
@@ -210,8 +160,3 @@ class PgAddressBookMixin:
 
         result: tuple[list[ChangeRow], int] = await self._read(job)
         return result
-
-    async def directory_cursor(self) -> int:
-        """The number of the newest directory change (0: none yet)."""
-        _, newest = await self.directory_changes(2**62, 1)
-        return newest

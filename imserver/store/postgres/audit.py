@@ -10,31 +10,26 @@ both extend the same head. Triggers refuse ``UPDATE``, ``DELETE``,
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import asyncpg
-import orjson
-
 from imserver.audit.chain import (
+    APPEND_ONLY,
     GENESIS,
-    HASHES,
+    RECORD_COLUMNS,
     Anchor,
     AuditRecord,
     VerifyResult,
-    canonical_details,
+    record_from_row,
+    record_row,
     seal,
-    verify_chain,
+    verify_rows,
 )
-from imserver.store.postgres.jobs import PgConn, PgJob
-
-Runner = Callable[[PgJob], Awaitable[Any]]
+from imserver.store.audit_log import AuditLogBase
+from imserver.store.postgres.jobs import PgConn
 
 AUDIT_LOCK: Final = 0x1A5E_A0D1
 """``pg_advisory_xact_lock`` key that serialises appends across nodes."""
 
-_COLUMNS: Final = "seq, at, actor, action, target, details, prev_hash, hash, algorithm"
-_APPEND_ONLY: Final = "audit_log is append-only"
 
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS audit_log (
@@ -50,7 +45,7 @@ CREATE TABLE IF NOT EXISTS audit_log (
 );
 CREATE OR REPLACE FUNCTION audit_log_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION '{_APPEND_ONLY}: % refused', TG_OP;
+    RAISE EXCEPTION '{APPEND_ONLY}: % refused', TG_OP;
 END $$;
 CREATE OR REPLACE FUNCTION audit_log_extend_only() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -60,7 +55,7 @@ BEGIN
     SELECT seq, hash INTO head_seq, head_hash FROM audit_log ORDER BY seq DESC LIMIT 1;
     IF NEW.seq IS DISTINCT FROM coalesce(head_seq, 0) + 1
        OR NEW.prev_hash IS DISTINCT FROM coalesce(head_hash, '{GENESIS}') THEN
-        RAISE EXCEPTION '{_APPEND_ONLY}: INSERT must extend the chain';
+        RAISE EXCEPTION '{APPEND_ONLY}: INSERT must extend the chain';
     END IF;
     RETURN NEW;
 END $$;
@@ -95,34 +90,15 @@ async def create_audit_schema(conn: PgConn) -> None:
         await conn.execute(_SCHEMA)
 
 
-def _record(row: asyncpg.Record) -> AuditRecord:
-    seq, at, actor, action, target, details, prev_hash, h, algorithm = row
-    try:
-        parsed = orjson.loads(details)
-    except orjson.JSONDecodeError:
-        # Only an edit outside this module can store non-JSON here: surface it
-        # as data that cannot match its hash instead of crashing verification.
-        parsed = {"_unparseable_details": repr(details)}
-    # The stored text goes along: verification checks it is the canonical spelling.
-    return AuditRecord(seq, at, actor, action, target, parsed, prev_hash, h, algorithm, details)
-
-
 async def last_record(conn: PgConn) -> AuditRecord | None:
-    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1")
-    return None if row is None else _record(row)
+    row = await conn.fetchrow(f"SELECT {RECORD_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1")
+    return None if row is None else record_from_row(row)
 
 
-class PostgresAuditLog:
+class PostgresAuditLog(AuditLogBase):
     """Append-only, hash-chained audit log in the PostgreSQL store (``SqliteAuditLog``'s twin)."""
 
-    def __init__(self, write: Runner, read: Runner, *, algorithm: str = "sha256") -> None:
-        if algorithm not in HASHES:
-            raise ValueError(
-                f"unknown audit hash algorithm {algorithm!r}; expected one of {HASHES}"
-            )
-        self._write = write
-        self._read = read
-        self.algorithm = algorithm
+    last_in = staticmethod(last_record)
 
     async def append_in(
         self,
@@ -145,34 +121,9 @@ class PostgresAuditLog:
             await last_record(conn), at, actor, action, target, details, algorithm or self.algorithm
         )
         await conn.execute(
-            f"INSERT INTO audit_log ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            record.seq,
-            record.at,
-            record.actor,
-            record.action,
-            record.target,
-            canonical_details(record.details),
-            record.prev_hash,
-            record.hash,
-            record.algorithm,
+            f"INSERT INTO audit_log ({RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            *record_row(record),
         )
-        return record
-
-    async def append(
-        self,
-        at: int,
-        actor: str,
-        action: str,
-        target: str,
-        details: dict[str, Any],
-        algorithm: str | None = None,
-    ) -> AuditRecord:
-        """Append one record as its own write job (group-committed with others)."""
-
-        async def job(conn: PgConn) -> AuditRecord:
-            return await self.append_in(conn, at, actor, action, target, details, algorithm)
-
-        record: AuditRecord = await self._write(job)
         return record
 
     async def records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
@@ -180,17 +131,13 @@ class PostgresAuditLog:
 
         async def job(conn: PgConn) -> list[AuditRecord]:
             rows = await conn.fetch(
-                f"SELECT {_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+                f"SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
                 after_seq,
                 limit,
             )
-            return [_record(r) for r in rows]
+            return [record_from_row(r) for r in rows]
 
         result: list[AuditRecord] = await self._read(job)
-        return result
-
-    async def last(self) -> AuditRecord | None:
-        result: AuditRecord | None = await self._read(last_record)
         return result
 
     async def verify(self, anchor: Anchor | None = None) -> VerifyResult:
@@ -202,11 +149,9 @@ class PostgresAuditLog:
 
         async def job(conn: PgConn) -> VerifyResult:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                records = [
-                    _record(r)
-                    async for r in conn.cursor(f"SELECT {_COLUMNS} FROM audit_log ORDER BY seq")
-                ]
-            return verify_chain(records, anchor)
+                everything = f"SELECT {RECORD_COLUMNS} FROM audit_log ORDER BY seq"
+                rows = [r async for r in conn.cursor(everything)]
+            return verify_rows(rows, anchor)
 
         result: VerifyResult = await self._read(job)
         return result

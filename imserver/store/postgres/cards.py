@@ -14,8 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any, Final
 
-import asyncpg
-
+from imserver.store.card_docs import CardDocSealing
 from imserver.store.postgres.audit import PostgresAuditLog
 from imserver.store.postgres.jobs import PgConn, PgJob
 from imserver.store.records import (
@@ -34,12 +33,11 @@ from imserver.store.rows import (
     CARD_COLUMNS,
     OUTBOX_COLUMNS,
     app_from_row,
-    card_from_row,
+    created_card,
     dump_json,
     outbox_from_row,
     qualified,
 )
-from imserver.store.sqlite.cards import DocProtector  # the interface, not SQLite code
 
 _CARD_BY_TRACK: Final = f"SELECT {CARD_COLUMNS} FROM cards WHERE app_id = $1 AND out_track_id = $2"
 
@@ -89,24 +87,13 @@ class _VersionMoved(Exception):
     """Raised inside a write job so its savepoint (and the gseq bump) is rolled back."""
 
 
-class PgCardsMixin:
+class PgCardsMixin(CardDocSealing):
     """Card storage; needs ``_write``/``_read``, ``_insert`` and ``audit`` from the store."""
 
     _write: Callable[[PgJob], Awaitable[Any]]
     _read: Callable[[PgJob], Awaitable[Any]]
     _insert: Callable[[PgConn, NewMessage], Awaitable[Message]]
     audit: PostgresAuditLog
-    #: Seals sensitive card fields at rest (``FieldProtector``); None: stored clear.
-    doc_protector: DocProtector | None = None
-
-    def _seal_doc(self, card_id: str, doc: dict[str, Any]) -> dict[str, Any]:
-        p = self.doc_protector
-        return doc if p is None else p.seal_doc(card_id, doc)
-
-    def _card_record(self, row: asyncpg.Record) -> CardRecord:
-        card = card_from_row(row)
-        p = self.doc_protector
-        return card if p is None else replace(card, doc=p.open_doc(card.id, card.doc))
 
     # -- apps ----------------------------------------------------------------
     async def upsert_app(self, app: AppRecord, now: int, audit: AuditEntry | None = None) -> None:
@@ -180,19 +167,7 @@ class PgCardsMixin:
             for conv, user, name in notice_convs:
                 await ensure_notice_conv(conn, conv, user, name, card.now)
             stored = [await self._insert(conn, m) for m in messages]
-            record = CardRecord(
-                card.id,
-                card.app_id,
-                track,
-                1,
-                gseq,
-                card.doc,
-                card.approval,
-                "ok",
-                card.now,
-                card.now,
-            )
-            return record, stored, False
+            return created_card(card, gseq), stored, False
 
         try:
             result: tuple[CardRecord, list[Message], bool] = await self._write(job)

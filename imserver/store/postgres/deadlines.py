@@ -13,6 +13,7 @@ from typing import Any
 from imserver.store.postgres.cards import ensure_notice_conv
 from imserver.store.postgres.jobs import PgConn, PgJob
 from imserver.store.records import DingDue, DingStatus, Message, NewMessage, Timer
+from imserver.store.rows import confirmed_split, ding_status_from_rows
 
 
 class PgDeadlinesMixin:
@@ -99,13 +100,7 @@ class PgDeadlinesMixin:
                 conv,
                 seq,
             )
-            if not rows:
-                return None
-            return DingStatus(
-                rows[0][1],
-                [r[0] for r in rows if r[2] is not None],
-                [r[0] for r in rows if r[2] is None],
-            )
+            return ding_status_from_rows(rows)
 
         result: DingStatus | None = await self._read(job)
         return result
@@ -122,7 +117,7 @@ class PgDeadlinesMixin:
                 card_id,
                 sender,
             )
-            return [r[0] for r in rows if r[1] is not None], [r[0] for r in rows if r[1] is None]
+            return confirmed_split(rows)
 
         result: tuple[list[str], list[str]] = await self._read(job)
         return result

@@ -12,7 +12,7 @@ each batch is one transaction.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final
+from typing import Any
 
 from imserver.directory.model import (
     MemberOp,
@@ -22,23 +22,23 @@ from imserver.directory.model import (
     SyncReport,
     Unit,
     UnitOp,
-    level_allowed,
 )
-from imserver.errors import InvalidField
+from imserver.store.directory_changes import MEMBER, UNIT
+from imserver.store.directory_sync import (
+    PATH_END,
+    UNIT_COLUMNS,
+    check_child_levels,
+    count_disabled_user,
+    top_paths,
+    unit_path,
+    unit_retitled,
+)
 from imserver.store.postgres.address_book import PgAddressBookMixin
 from imserver.store.postgres.directory_changes import PgChangeRecorder
 from imserver.store.postgres.directory_members import MemberRun
 from imserver.store.postgres.jobs import PgConn, PgJob
-from imserver.store.rows import load_json, qualified
-from imserver.store.sqlite.directory import MemberProfile, UnitMemberRow
-from imserver.store.sqlite.directory_changes import MEMBER, UNIT
-
-UNIT_COLUMNS: Final = "id, parent, name, level, path, sort"
-END: Final = "\x7f"  # above every character a path may hold
-
-
-def _fail(line: int, key: str, why: str) -> InvalidField:
-    return InvalidField(f"line {line}: {key} {why}", field=f"line[{line}].{key}")
+from imserver.store.records import MemberProfile, UnitMemberRow
+from imserver.store.rows import load_json, qualified, unit_member_from_row
 
 
 def _count(status: str) -> int:
@@ -53,7 +53,7 @@ async def _remove_units(
         ids = [
             r[0]
             for r in await conn.fetch(
-                "SELECT id FROM units WHERE path >= $1 AND path < $2", path, path + END
+                "SELECT id FROM units WHERE path >= $1 AND path < $2", path, path + PATH_END
             )
         ]
         changes.note(UNIT, ids)
@@ -78,13 +78,8 @@ async def _disable_user(
         await conn.execute("UPDATE users SET disabled = TRUE WHERE id = $1 AND NOT disabled", user)
     )
     left = _count(await conn.execute('DELETE FROM unit_members WHERE "user" = $1', user))
-    rep.memberships_removed += left
     await conn.execute('DELETE FROM admin_grants WHERE "user" = $1', user)
-    if disabled or left:
-        changes.note(MEMBER, [user])
-    if disabled:
-        rep.members_removed += 1
-        rep.removed_users.append(user)
+    count_disabled_user(user, disabled > 0, left, rep, changes)
 
 
 async def _count_unit_members(conn: PgConn) -> None:
@@ -169,15 +164,8 @@ class PgDirectoryMixin(PgAddressBookMixin):
         async def job(conn: PgConn) -> SyncReport:
             rep = SyncReport()
             changes = PgChangeRecorder()
-            stale = sorted(
-                r[0] for r in await conn.fetch("SELECT path FROM units WHERE sync_gen != $1", gen)
-            )
-            # Removing a stale ancestor removes its subtree: keep only top-most paths.
-            tops: list[str] = []
-            for p in stale:
-                if not tops or not p.startswith(tops[-1]):
-                    tops.append(p)
-            await _remove_units(conn, tops, rep, changes)
+            stale = await conn.fetch("SELECT path FROM units WHERE sync_gen != $1", gen)
+            await _remove_units(conn, top_paths(r[0] for r in stale), rep, changes)
             dropped = await conn.fetch(
                 'SELECT DISTINCT "user" FROM unit_members WHERE sync_gen != $1', gen
             )
@@ -232,7 +220,7 @@ class PgDirectoryMixin(PgAddressBookMixin):
                 " AND (length(path) - length(replace(path, '/', ''))) - 1 <= $3"
                 " ORDER BY path LIMIT $4",
                 path,
-                path + END,
+                path + PATH_END,
                 base_depth + max_depth,
                 limit,
             )
@@ -247,7 +235,7 @@ class PgDirectoryMixin(PgAddressBookMixin):
         """Active memberships in the unit (and its subtree), ordered by (user, unit
         path), after the ``(user, path)`` cursor — one person in two units is two rows."""
         if recursive:
-            where, args = "u.path >= $1 AND u.path < $2", [path, path + END]
+            where, args = "u.path >= $1 AND u.path < $2", [path, path + PATH_END]
         else:
             where, args = "u.path = $1", [path]
         n = len(args)
@@ -263,7 +251,7 @@ class PgDirectoryMixin(PgAddressBookMixin):
                 after[1],
                 limit,
             )
-            return [UnitMemberRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
+            return [unit_member_from_row(r) for r in rows]
 
         result: list[UnitMemberRow] = await self._read(job)
         return result
@@ -276,7 +264,7 @@ class PgDirectoryMixin(PgAddressBookMixin):
             users: set[str] = set()
             for path, recursive in wanted:
                 where = "u.path >= $1 AND u.path < $2" if recursive else "u.path = $1"
-                args = (path, path + END) if recursive else (path,)
+                args = (path, path + PATH_END) if recursive else (path,)
                 rows = await conn.fetch(
                     'SELECT DISTINCT m."user" FROM unit_members m JOIN units u ON u.id = m.unit'
                     f' JOIN users us ON us.id = m."user" WHERE {where} AND NOT us.disabled',
@@ -417,17 +405,10 @@ async def _apply_unit(
 ) -> None:
     row = await conn.fetchrow(f"SELECT {UNIT_COLUMNS} FROM units WHERE id = $1", op.id)
     old = Unit(*row) if row is not None else None
-    if op.parent is None:
-        path = f"/{op.id}/"
-    else:
+    parent = None
+    if op.parent is not None:
         parent = await conn.fetchrow("SELECT level, path FROM units WHERE id = $1", op.parent)
-        if parent is None:
-            raise _fail(line, "parent", f"{op.parent!r} is not a known unit (list parents first)")
-        if not level_allowed(op.level, parent[0]):
-            raise _fail(line, "level", f"a {op.level} cannot sit inside a {parent[0]}")
-        if old is not None and parent[1].startswith(old.path):
-            raise _fail(line, "parent", "would move the unit into its own subtree")
-        path = f"{parent[1]}{op.id}/"
+    path = unit_path(line, op, old, None if parent is None else (parent[0], parent[1]))
     if old is None:
         await conn.execute(
             "INSERT INTO units (id, parent, name, level, path, sort, sync_gen, updated_at)"
@@ -445,13 +426,8 @@ async def _apply_unit(
         changes.note(UNIT, [op.id])
         return
     if old.level != op.level:
-        for child, level in await conn.fetch(
-            "SELECT id, level FROM units WHERE parent = $1", op.id
-        ):
-            if not level_allowed(level, op.level):
-                raise _fail(
-                    line, "level", f"its child {child!r} ({level}) cannot sit in a {op.level}"
-                )
+        children = await conn.fetch("SELECT id, level FROM units WHERE parent = $1", op.id)
+        check_child_levels(line, op, ((r[0], r[1]) for r in children))
     if old.path != path:
         # Rewrite the whole moved subtree's paths: a prefix swap.
         await conn.execute(
@@ -459,15 +435,15 @@ async def _apply_unit(
             path,
             len(old.path) + 1,
             old.path,
-            old.path + END,
+            old.path + PATH_END,
         )
         rep.units_moved += 1
         # Every unit below has a new path: local copies must hear of each.
         moved = await conn.fetch(
-            "SELECT id FROM units WHERE path >= $1 AND path < $2", path, path + END
+            "SELECT id FROM units WHERE path >= $1 AND path < $2", path, path + PATH_END
         )
         changes.note(UNIT, [r[0] for r in moved])
-    elif (old.name, old.level, old.sort) != (op.name, op.level, op.sort):
+    elif unit_retitled(old, op):
         rep.units_updated += 1
         changes.note(UNIT, [op.id])
     await conn.execute(

@@ -1,15 +1,15 @@
-"""The directory change log on PostgreSQL: numbering what one write job changed.
+"""The directory change log on PostgreSQL: numbering and storing what one write job changed.
 
-Same rows as the SQLite store (``store/sqlite/directory_changes.py``). The
-``directory_change`` counter row is locked by the ``UPDATE`` until the job's
+The rules (what is noted, how it is numbered) are ``store/directory_changes.py``.
+The ``directory_change`` counter row is locked by the ``UPDATE`` until the job's
 transaction commits, so across nodes change numbers are handed out in commit
 order and a reader never sees change ``n + 1`` before change ``n``.
 """
 
 from __future__ import annotations
 
+from imserver.store.directory_changes import ChangeRecorder, numbered
 from imserver.store.postgres.jobs import PgConn
-from imserver.store.sqlite.directory_changes import ChangeRecorder
 
 
 class PgChangeRecorder(ChangeRecorder):
@@ -19,7 +19,7 @@ class PgChangeRecorder(ChangeRecorder):
 
     async def store(self, conn: PgConn) -> int:
         """Store the changes with fresh sequence numbers; the number of changes."""
-        changed = list(self._changed)
+        changed = self.take()
         if not changed:
             return 0
         last = await conn.fetchval(
@@ -27,11 +27,9 @@ class PgChangeRecorder(ChangeRecorder):
             " RETURNING value",
             len(changed),
         )
-        first = int(last) - len(changed) + 1
         await conn.executemany(
             "INSERT INTO directory_changes (kind, id, seq) VALUES ($1, $2, $3)"
             " ON CONFLICT (kind, id) DO UPDATE SET seq = excluded.seq",
-            [(kind, id_, first + i) for i, (kind, id_) in enumerate(changed)],
+            numbered(changed, int(last)),
         )
-        self._changed = {}
         return len(changed)

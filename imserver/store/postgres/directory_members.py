@@ -5,7 +5,7 @@ costs microseconds in-process; over a network to PostgreSQL that was 150 s for
 a province of 100,000 people. A run of consecutive member lines (each user at
 most once) is read with three queries — the units they name, the users, their
 current memberships — decided in Python by the same rules as
-``SqliteDirectoryMixin._apply_member``, and written with one pipelined
+the SQLite store (``store/directory_sync.py`` ``plan_member``), and written with one pipelined
 statement per kind of change. Lines are still checked in order, so the first
 bad line is the one named; any error rolls the whole batch back, as before.
 """
@@ -17,11 +17,11 @@ from typing import Any
 
 from imserver.directory.model import MemberOp, SyncReport
 from imserver.directory.pinyin import name_keys
-from imserver.errors import InvalidField
+from imserver.store.directory_changes import MEMBER
+from imserver.store.directory_sync import check_member_units, plan_member
 from imserver.store.postgres.directory_changes import PgChangeRecorder
 from imserver.store.postgres.jobs import PgConn
 from imserver.store.rows import dump_json
-from imserver.store.sqlite.directory_changes import MEMBER
 
 
 @dataclass(slots=True)
@@ -92,19 +92,10 @@ class MemberRun:
             placements[user][unit] = (title, bool(leader))
         writes = _Writes()
         for x in lines:
-            self._check_units(x, unit_gens)
+            check_member_units(x.line, x.op, unit_gens, self._gen, self._full)
             if self._decide(x, people.get(x.op.user), placements[x.op.user], rep, writes):
                 changes.note(MEMBER, [x.op.user])
         await _write(conn, writes, self._gen)
-
-    def _check_units(self, x: _Line, unit_gens: dict[str, int]) -> None:
-        for i, m in enumerate(x.op.units):
-            key = f"units[{i}].unit"
-            if m.unit not in unit_gens:
-                raise _fail(x.line, key, f"{m.unit!r} is not a known unit")
-            if self._full and unit_gens[m.unit] != self._gen:
-                # The sweep would remove the unit and silently drop this membership.
-                raise _fail(x.line, key, f"{m.unit!r} is not in this full sync")
 
     def _decide(
         self,
@@ -116,47 +107,24 @@ class MemberRun:
     ) -> bool:
         """Add ``x``'s writes; whether the person's address-book entry changed."""
         op, gen = x.op, self._gen
-        unchanged_person = person is not None and person[:3] == (op.name, x.digest, False)
-        changed = False
-        if person is None:
+        plan = plan_member(op, x.digest, person, have, rep)
+        if plan.create:
             keys = name_keys(op.name)
             row = (op.user, op.name, self._now, dump_json(x.profile), x.digest, gen)
             writes.new_users.append((*row, keys.initials, keys.full))
             writes.name_chars += [(ch, op.user) for ch in set(op.name)]
-            rep.members_created += 1
-            changed = True
         else:
-            if not unchanged_person:
+            if plan.rewrite:
                 writes.profiles.append((op.name, dump_json(x.profile), x.digest, op.user))
-                rep.members_updated += 1
-                changed = True
-            if person[0] != op.name or not person[3]:
-                # Search keys follow the name; rows from before migration 8 get theirs now.
+            if plan.rekey:
                 keys = name_keys(op.name)
                 writes.search_keys.append((keys.initials, keys.full, op.user))
                 writes.reindexed.append(op.user)
                 writes.name_chars += [(ch, op.user) for ch in set(op.name)]
             writes.touched.append(op.user)
-        want = {m.unit: (m.title, m.leader) for m in op.units}
-        for unit in have.keys() - want.keys():
-            writes.left.append((unit, op.user))
-            rep.memberships_removed += 1
-            changed = True
-        changed_titles = False
-        for unit, (title, leader) in want.items():
-            if unit not in have:
-                rep.memberships_added += 1
-                changed = True
-            elif have[unit] != (title, leader):
-                changed_titles = changed = True
-            writes.placed.append((unit, op.user, title, leader, gen))
-        if changed_titles and unchanged_person:
-            rep.members_updated += 1
-        return changed
-
-
-def _fail(line: int, key: str, why: str) -> InvalidField:
-    return InvalidField(f"line {line}: {key} {why}", field=f"line[{line}].{key}")
+        writes.left += [(unit, op.user) for unit in plan.left]
+        writes.placed += [(unit, op.user, t, leader, gen) for unit, t, leader in plan.placed]
+        return plan.changed
 
 
 async def _write(conn: PgConn, w: _Writes, gen: int) -> None:

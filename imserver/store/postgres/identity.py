@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from imserver.store.postgres.jobs import PgConn, PgJob
-from imserver.store.sqlite.identity import ALL_DEVICES, RefreshUse
+from imserver.store.records import ALL_DEVICES, RefreshUse
 
 
 class PgIdentityMixin:
@@ -46,10 +46,12 @@ class PgIdentityMixin:
             if row is None:
                 return None
             user, device, expires_at, used = row
-            if used:
-                return RefreshUse(user, device, "reused")
-            await conn.execute("UPDATE refresh_tokens SET used = TRUE WHERE hash = $1", token_hash)
-            return RefreshUse(user, device, "expired" if expires_at <= now else "ok")
+            found = RefreshUse.of(user, device, expires_at, bool(used), now)
+            if found.outcome != "reused":
+                await conn.execute(
+                    "UPDATE refresh_tokens SET used = TRUE WHERE hash = $1", token_hash
+                )
+            return found
 
         result: RefreshUse | None = await self._write(job)
         return result

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from imserver.errors import NoSuchConversation, NoSuchMessage, NotMember, TooManyMembers
+from imserver.store.membership import MembershipSql, check_member_limit, membership_writes
 from imserver.store.postgres.jobs import PgConn, PgJob
 from imserver.store.records import (
     ROLE_MEMBER,
@@ -27,6 +27,11 @@ from imserver.store.records import (
     Message,
     NewMessage,
     ReadCursor,
+)
+from imserver.store.refusals import (
+    no_such_conversation,
+    no_such_message,
+    not_member,
 )
 from imserver.store.rows import (
     CONV_COLUMNS,
@@ -42,6 +47,13 @@ _ADD_MEMBER: Final = (
     'INSERT INTO members (conv, "user", role, read_seq) VALUES ($1, $2, $3, 0)'
     " ON CONFLICT DO NOTHING"
 )
+_MEMBERSHIP_SQL: Final = MembershipSql(
+    archive="UPDATE conversations SET archived = TRUE WHERE id = $1",
+    rename="UPDATE conversations SET name = $1 WHERE id = $2",
+    remove='DELETE FROM members WHERE conv = $1 AND "user" = $2',
+    add=_ADD_MEMBER,
+    set_role='UPDATE members SET role = $1 WHERE conv = $2 AND "user" = $3',
+)
 _BY_CLIENT_MSG_ID: Final = (
     f"SELECT {MSG_COLUMNS} FROM messages WHERE sender = $1 AND client_msg_id = $2"
 )
@@ -54,7 +66,7 @@ async def insert_message(conn: PgConn, new: NewMessage) -> Message:
         new.conv,
     )
     if seq is None:
-        raise NoSuchConversation(f"no conversation {new.conv!r}")
+        raise no_such_conversation(new.conv)
     await conn.execute(
         f"INSERT INTO messages ({MSG_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, FALSE)",
         new.conv,
@@ -113,7 +125,7 @@ async def _append(
         'SELECT 1 FROM members WHERE conv = $1 AND "user" = $2', new.conv, new.sender
     )
     if is_member is None:
-        raise NotMember(f"you are not a member of {new.conv}")
+        raise not_member(new.conv)
     try:
         async with conn.transaction():  # a savepoint: a lost race undoes only the insert
             return AppendResult(await insert_message(conn, new), duplicate=False)
@@ -130,28 +142,11 @@ async def _append(
 async def _apply_membership(
     conn: PgConn, conv: str, change: MembershipChange, max_members: int
 ) -> None:
-    if change.archive:
-        await conn.execute("UPDATE conversations SET archived = TRUE WHERE id = $1", conv)
-    if change.rename is not None:
-        await conn.execute("UPDATE conversations SET name = $1 WHERE id = $2", change.rename, conv)
-    if change.remove:
-        await conn.execute(
-            'DELETE FROM members WHERE conv = $1 AND "user" = ANY($2::text[])',
-            conv,
-            list(change.remove),
-        )
+    for statement, rows in membership_writes(conv, change, _MEMBERSHIP_SQL):
+        await conn.executemany(statement, rows)
     if change.add:
-        await conn.executemany(_ADD_MEMBER, [(conv, u, role) for u, role in change.add])
         count = await conn.fetchval("SELECT count(*) FROM members WHERE conv = $1", conv)
-        if count > max_members:
-            raise TooManyMembers(
-                f"the group would have {count} members; the limit is {max_members}"
-            )
-    if change.set_roles:
-        await conn.executemany(
-            'UPDATE members SET role = $1 WHERE conv = $2 AND "user" = $3',
-            [(role, conv, u) for u, role in change.set_roles],
-        )
+        check_member_limit(count, max_members)
 
 
 class PgMessagesMixin:
@@ -331,7 +326,7 @@ class PgMessagesMixin:
                 seq,
             )
             if status != "UPDATE 1":
-                raise NoSuchMessage(f"no message {seq} in {conv}")
+                raise no_such_message(conv, seq)
             await conn.execute(
                 "DELETE FROM file_refs WHERE conv = $1 AND file NOT IN ("
                 "SELECT body::jsonb -> 'file' ->> 'id' FROM messages"
@@ -361,7 +356,7 @@ class PgMessagesMixin:
                 user,
             )
             if before is None:
-                raise NotMember(f"you are not a member of {conv}")
+                raise not_member(conv)
             cursor = await conn.fetchval(
                 "UPDATE members SET read_seq = greatest(read_seq,"
                 " least($1, (SELECT last_seq FROM conversations WHERE id = $2)))"

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from imserver.store.base import Rotator
 from imserver.store.postgres.jobs import PgConn, PgJob
-from imserver.store.rows import dump_json, load_json
-from imserver.store.sqlite.rotation import BATCH, Rotator
+from imserver.store.rotation import BATCH, rotate_all, rotate_batch
+from imserver.store.rows import dump_json
 
 
 class PgRotationMixin:
@@ -30,24 +31,18 @@ class PgRotationMixin:
     ) -> int:
         select = f"SELECT id, {column} FROM {table} WHERE id > $1 ORDER BY id LIMIT $2 FOR UPDATE"
         update = f"UPDATE {table} SET {column} = $1 WHERE id = $2"
-        after = ""
-        total = 0
-        while True:
 
-            async def job(conn: PgConn, after: str = after) -> tuple[str | None, int]:
+        async def batch(after: str) -> tuple[str | None, int]:
+            async def job(conn: PgConn) -> tuple[str | None, int]:
                 rows = await conn.fetch(select, after, BATCH)
-                changed = 0
-                for key, raw in rows:
-                    new = rotate(key, load_json(raw))
-                    if new is not None:
-                        await conn.execute(update, dump_json(new), key)
-                        changed += 1
-                return (rows[-1][0] if len(rows) == BATCH else None), changed
+                rewritten, last = rotate_batch(rows, rotate)
+                if rewritten:
+                    await conn.executemany(
+                        update, [(dump_json(new), key) for key, new in rewritten]
+                    )
+                return last, len(rewritten)
 
-            last: str | None
-            changed: int
-            last, changed = await self._write(job)
-            total += changed
-            if last is None:
-                return total
-            after = last
+            result: tuple[str | None, int] = await self._write(job)
+            return result
+
+        return await rotate_all(batch)

@@ -23,6 +23,7 @@ from typing import Any, Final
 import asyncpg
 
 from imserver.errors import StoreUnavailable
+from imserver.store.group_commit import settle
 from imserver.store.postgres.jobs import PgConn, PgJob
 from imserver.store.postgres.pool import CONNECTION_LOST, lost
 
@@ -39,16 +40,6 @@ class _Pending:
     fn: PgJob
     future: asyncio.Future[Any]
     attempts: int = 0
-
-
-def _settle(outcomes: list[tuple[_Pending, Any, BaseException | None]]) -> None:
-    for p, result, error in outcomes:
-        if p.future.done():  # the awaiting task was cancelled
-            continue
-        if error is not None:
-            p.future.set_exception(error)
-        else:
-            p.future.set_result(result)
 
 
 class PgWriter:
@@ -154,9 +145,9 @@ class PgWriter:
             # The transaction itself failed: nothing in this batch is durable.
             log.error("postgres write batch failed on %s: %s", self._describe, e)
             error = lost(self._describe, e)
-            _settle([(p, None, error) for p in batch])
+            settle([(p, None, error) for p in batch])
             return
         self.batches += 1
         self.jobs += len(outcomes)
         self._redo.extend(retry)
-        _settle(outcomes)
+        settle(outcomes)

@@ -21,30 +21,23 @@ through the store's writer, joining its group commit.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
-import orjson
-
 from imserver.audit.chain import (
+    APPEND_ONLY,
     GENESIS,
-    HASHES,
+    RECORD_COLUMNS,
     Anchor,
     AuditRecord,
     VerifyResult,
-    canonical_details,
+    record_from_row,
+    record_row,
     seal,
-    verify_chain,
+    verify_rows,
 )
-
-Job = Callable[[sqlite3.Connection], Any]
-Runner = Callable[[Job], Awaitable[Any]]
-"""Runs a job on a connection's thread and returns its result — the shape of
-``SqliteStore._write`` / ``SqliteStore._read``."""
-
-_COLUMNS: Final = "seq, at, actor, action, target, details, prev_hash, hash, algorithm"
-_APPEND_ONLY: Final = "audit_log is append-only"
+from imserver.store.audit_log import AuditLogBase
 
 SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
     """CREATE TABLE IF NOT EXISTS audit_log (
@@ -61,12 +54,12 @@ SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
     f"""CREATE TRIGGER IF NOT EXISTS audit_log_no_update
 BEFORE UPDATE ON audit_log
 BEGIN
-    SELECT RAISE(ABORT, '{_APPEND_ONLY}: UPDATE refused');
+    SELECT RAISE(ABORT, '{APPEND_ONLY}: UPDATE refused');
 END""",
     f"""CREATE TRIGGER IF NOT EXISTS audit_log_no_delete
 BEFORE DELETE ON audit_log
 BEGIN
-    SELECT RAISE(ABORT, '{_APPEND_ONLY}: DELETE refused');
+    SELECT RAISE(ABORT, '{APPEND_ONLY}: DELETE refused');
 END""",
     f"""CREATE TRIGGER IF NOT EXISTS audit_log_extend_only
 BEFORE INSERT ON audit_log
@@ -74,7 +67,7 @@ WHEN NEW.seq IS NOT coalesce((SELECT max(seq) FROM audit_log), 0) + 1
   OR NEW.prev_hash IS NOT coalesce(
        (SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1), '{GENESIS}')
 BEGIN
-    SELECT RAISE(ABORT, '{_APPEND_ONLY}: INSERT must extend the chain');
+    SELECT RAISE(ABORT, '{APPEND_ONLY}: INSERT must extend the chain');
 END""",
 )
 """The schema as separate complete statements, for running one by one inside
@@ -96,40 +89,32 @@ def create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-def _row_record(row: tuple[Any, ...]) -> AuditRecord:
-    seq, at, actor, action, target, details, prev_hash, h, algorithm = row
-    try:
-        parsed = orjson.loads(details)
-    except (orjson.JSONDecodeError, TypeError):
-        # Only an edit outside this module can store non-JSON here. Surface it
-        # as data that cannot match its hash instead of crashing verification.
-        parsed = {"_unparseable_details": repr(details)}
-    # The text itself goes along too: verification checks it is the canonical
-    # spelling, which a parsed dict can no longer show (duplicate keys vanish).
-    text = details if isinstance(details, str) else repr(details)
-    return AuditRecord(seq, at, actor, action, target, parsed, prev_hash, h, algorithm, text)
+def _rows(conn: sqlite3.Connection, after_seq: int = 0) -> Iterator[tuple[Any, ...]]:
+    """Stored rows with seq > ``after_seq`` in seq order, stepped one by one.
 
-
-def iter_records(conn: sqlite3.Connection, after_seq: int = 0) -> Iterator[AuditRecord]:
-    """Stream records with seq > ``after_seq`` in seq order.
-
-    One ``SELECT`` stepped row by row: constant memory, and (in WAL mode) one
-    consistent snapshot even while the writer keeps appending.
+    One ``SELECT``: constant memory, and (in WAL mode) one consistent snapshot
+    even while the writer keeps appending.
     """
     cursor = conn.execute(
-        f"SELECT {_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq", (after_seq,)
+        f"SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq", (after_seq,)
     )
     try:
-        for row in cursor:
-            yield _row_record(row)
+        yield from cursor
     finally:
         cursor.close()
 
 
+def iter_records(conn: sqlite3.Connection, after_seq: int = 0) -> Iterator[AuditRecord]:
+    """Stream records with seq > ``after_seq`` in seq order (constant memory, one snapshot)."""
+    for row in _rows(conn, after_seq):
+        yield record_from_row(row)
+
+
 def last_record(conn: sqlite3.Connection) -> AuditRecord | None:
     """The newest record, or ``None`` when the log is empty."""
-    row = conn.execute(f"SELECT {_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-    return None if row is None else _row_record(row)
+    newest = f"SELECT {RECORD_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1"
+    row = conn.execute(newest).fetchone()
+    return None if row is None else record_from_row(row)
 
 
 def verify_database(path: Path | str, anchor: Anchor | None = None) -> VerifyResult:
@@ -144,12 +129,12 @@ def verify_database(path: Path | str, anchor: Anchor | None = None) -> VerifyRes
     uri = Path(path).resolve().as_uri() + "?mode=ro"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0)
     try:
-        return verify_chain(iter_records(conn), anchor)
+        return verify_rows(_rows(conn), anchor)
     finally:
         conn.close()
 
 
-class SqliteAuditLog:
+class SqliteAuditLog(AuditLogBase):
     """Append-only, hash-chained audit log in the store's SQLite database.
 
     ``write`` and ``read`` run jobs on the store's writer and reader threads
@@ -159,16 +144,6 @@ class SqliteAuditLog:
     """
 
     SCHEMA_SQL: ClassVar[str] = SCHEMA_SQL
-
-    def __init__(self, write: Runner, read: Runner, *, algorithm: str = "sha256") -> None:
-        if algorithm not in HASHES:
-            raise ValueError(
-                f"unknown audit hash algorithm {algorithm!r}; expected one of {HASHES}"
-            )
-        self._write = write
-        self._read = read
-        self.algorithm = algorithm
-        """Algorithm for new records; changing it later is fine (each record states its own)."""
 
     create_schema = staticmethod(create_schema)
     iter_all = staticmethod(iter_records)
@@ -205,36 +180,9 @@ class SqliteAuditLog:
             last_record(conn), at, actor, action, target, details, algorithm or self.algorithm
         )
         conn.execute(
-            f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.seq,
-                record.at,
-                record.actor,
-                record.action,
-                record.target,
-                canonical_details(record.details),
-                record.prev_hash,
-                record.hash,
-                record.algorithm,
-            ),
+            f"INSERT INTO audit_log ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            record_row(record),
         )
-        return record
-
-    async def append(
-        self,
-        at: int,
-        actor: str,
-        action: str,
-        target: str,
-        details: dict[str, Any],
-        algorithm: str | None = None,
-    ) -> AuditRecord:
-        """Append one record as its own write job (group-committed with others)."""
-
-        def job(conn: sqlite3.Connection) -> AuditRecord:
-            return self.append_in(conn, at, actor, action, target, details, algorithm)
-
-        record: AuditRecord = await self._write(job)
         return record
 
     async def records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
@@ -242,17 +190,12 @@ class SqliteAuditLog:
 
         def job(conn: sqlite3.Connection) -> list[AuditRecord]:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
+                f"SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
-            return [_row_record(r) for r in rows]
+            return [record_from_row(r) for r in rows]
 
         result: list[AuditRecord] = await self._read(job)
-        return result
-
-    async def last(self) -> AuditRecord | None:
-        """The newest record (its hash is the head to anchor externally)."""
-        result: AuditRecord | None = await self._read(last_record)
         return result
 
     async def verify(self, anchor: Anchor | None = None) -> VerifyResult:
@@ -264,7 +207,7 @@ class SqliteAuditLog:
         """
 
         def job(conn: sqlite3.Connection) -> VerifyResult:
-            return verify_chain(iter_records(conn), anchor)
+            return verify_rows(_rows(conn), anchor)
 
         result: VerifyResult = await self._read(job)
         return result

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
+from imserver.store.card_docs import CardDocSealing
 from imserver.store.records import (
     ROLE_MEMBER,
     AppRecord,
@@ -25,44 +25,19 @@ from imserver.store.records import (
     NewMessage,
     OutboxItem,
 )
+from imserver.store.rows import (
+    APP_COLUMNS,
+    CARD_COLUMNS,
+    OUTBOX_COLUMNS,
+    app_from_row,
+    created_card,
+    outbox_from_row,
+    qualified,
+)
 from imserver.store.sqlite.audit import SqliteAuditLog
 from imserver.store.sqlite.in_list import select_in
 
-_CARD_COLUMNS = (
-    "id, app_id, out_track_id, version, gseq, doc, approval, callback, created_at, updated_at"
-)
-_OUTBOX_COLUMNS = "id, app_id, card_id, action_id, payload, state, attempts, next_at, last_error"
-
 Job = Callable[[sqlite3.Connection], Any]
-
-
-class DocProtector(Protocol):
-    def seal_doc(self, card_id: str, doc: dict[str, Any]) -> dict[str, Any]: ...
-
-    def open_doc(self, card_id: str, doc: dict[str, Any]) -> dict[str, Any]: ...
-
-
-def _card(row: tuple[Any, ...]) -> CardRecord:
-    cid, app, track, version, gseq, doc, approval, callback, created, updated = row
-    return CardRecord(
-        cid,
-        app,
-        track,
-        version,
-        gseq,
-        orjson.loads(doc),
-        orjson.loads(approval),
-        callback,
-        created,
-        updated,
-    )
-
-
-def _outbox(row: tuple[Any, ...]) -> OutboxItem:
-    oid, app, card, action_id, payload, state, attempts, next_at, error = row
-    return OutboxItem(
-        oid, app, card, action_id, orjson.loads(payload), state, attempts, next_at, error
-    )
 
 
 def _next_gseq(conn: sqlite3.Connection) -> int:
@@ -102,26 +77,13 @@ def ensure_notice_conv(conn: sqlite3.Connection, conv: str, user: str, name: str
     )
 
 
-class SqliteCardsMixin:
+class SqliteCardsMixin(CardDocSealing):
     """Card storage; needs ``_write``/``_read`` and ``_insert_message`` from the store."""
 
     _write: Callable[[Job], Awaitable[Any]]
     _read: Callable[[Job], Awaitable[Any]]
     _insert: Callable[[sqlite3.Connection, NewMessage], Message]
     audit: SqliteAuditLog
-    #: Seals sensitive card fields at rest (``FieldProtector``); None: stored clear.
-    doc_protector: DocProtector | None = None
-
-    def _seal_doc(self, card_id: str, doc: dict[str, Any]) -> dict[str, Any]:
-        p = self.doc_protector
-        return doc if p is None else p.seal_doc(card_id, doc)
-
-    def _card_record(self, row: tuple[Any, ...]) -> CardRecord:
-        card = _card(row)
-        p = self.doc_protector
-        if p is None:
-            return card
-        return replace(card, doc=p.open_doc(card.id, card.doc))
 
     # -- apps ----------------------------------------------------------------
     async def upsert_app(self, app: AppRecord, now: int, audit: AuditEntry | None = None) -> None:
@@ -152,20 +114,8 @@ class SqliteCardsMixin:
 
     async def get_app(self, app_id: str) -> AppRecord | None:
         def job(conn: sqlite3.Connection) -> AppRecord | None:
-            row = conn.execute(
-                "SELECT id, name, secret, callback_url, scope, permissions FROM apps WHERE id = ?",
-                (app_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            return AppRecord(
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                tuple(orjson.loads(row[4])),
-                tuple(orjson.loads(row[5])),
-            )
+            row = conn.execute(f"SELECT {APP_COLUMNS} FROM apps WHERE id = ?", (app_id,)).fetchone()
+            return None if row is None else app_from_row(row)
 
         result: AppRecord | None = await self._read(job)
         return result
@@ -183,14 +133,14 @@ class SqliteCardsMixin:
 
         def job(conn: sqlite3.Connection) -> tuple[CardRecord, list[Message], bool]:
             row = conn.execute(
-                f"SELECT {_CARD_COLUMNS} FROM cards WHERE app_id = ? AND out_track_id = ?",
+                f"SELECT {CARD_COLUMNS} FROM cards WHERE app_id = ? AND out_track_id = ?",
                 (card.app_id, card.doc["out_track_id"]),
             ).fetchone()
             if row is not None:
                 return self._card_record(row), [], True
             gseq = _next_gseq(conn)
             conn.execute(
-                f"INSERT INTO cards ({_CARD_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?, ?, 'ok', ?, ?)",
+                f"INSERT INTO cards ({CARD_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?, ?, 'ok', ?, ?)",
                 (
                     card.id,
                     card.app_id,
@@ -211,26 +161,14 @@ class SqliteCardsMixin:
             for conv, user, name in notice_convs:
                 ensure_notice_conv(conn, conv, user, name, card.now)
             stored = [self._insert(conn, m) for m in messages]
-            record = CardRecord(
-                card.id,
-                card.app_id,
-                card.doc["out_track_id"],
-                1,
-                gseq,
-                card.doc,
-                card.approval,
-                "ok",
-                card.now,
-                card.now,
-            )
-            return record, stored, False
+            return created_card(card, gseq), stored, False
 
         result: tuple[CardRecord, list[Message], bool] = await self._write(job)
         return result
 
     async def get_card(self, card_id: str) -> CardRecord | None:
         def job(conn: sqlite3.Connection) -> CardRecord | None:
-            row = conn.execute(f"SELECT {_CARD_COLUMNS} FROM cards WHERE id = ?", (card_id,))
+            row = conn.execute(f"SELECT {CARD_COLUMNS} FROM cards WHERE id = ?", (card_id,))
             found = row.fetchone()
             return None if found is None else self._card_record(found)
 
@@ -240,7 +178,7 @@ class SqliteCardsMixin:
     async def get_card_by_track(self, app_id: str, out_track_id: str) -> CardRecord | None:
         def job(conn: sqlite3.Connection) -> CardRecord | None:
             row = conn.execute(
-                f"SELECT {_CARD_COLUMNS} FROM cards WHERE app_id = ? AND out_track_id = ?",
+                f"SELECT {CARD_COLUMNS} FROM cards WHERE app_id = ? AND out_track_id = ?",
                 (app_id, out_track_id),
             ).fetchone()
             return None if row is None else self._card_record(row)
@@ -252,7 +190,7 @@ class SqliteCardsMixin:
         ids = list(ids)  # read here, not in the store's thread
 
         def job(conn: sqlite3.Connection) -> dict[str, CardRecord]:
-            sql = f"SELECT {_CARD_COLUMNS} FROM cards WHERE id IN ({{marks}})"
+            sql = f"SELECT {CARD_COLUMNS} FROM cards WHERE id IN ({{marks}})"
             return {row[0]: self._card_record(row) for row in select_in(conn, sql, ids)}
 
         result: dict[str, CardRecord] = await self._read(job)
@@ -270,7 +208,7 @@ class SqliteCardsMixin:
             row = conn.execute(
                 "UPDATE cards SET version = version + 1, gseq = ?, doc = ?, approval = ?,"
                 " callback = ?, updated_at = ? WHERE id = ? AND version = ?"
-                f" RETURNING {_CARD_COLUMNS}",
+                f" RETURNING {CARD_COLUMNS}",
                 (
                     gseq,
                     orjson.dumps(self._seal_doc(change.card_id, change.doc)),
@@ -324,7 +262,7 @@ class SqliteCardsMixin:
     async def cards_changed_for(self, user: str, after_gseq: int, limit: int) -> list[CardRecord]:
         def job(conn: sqlite3.Connection) -> list[CardRecord]:
             rows = conn.execute(
-                f"SELECT {', '.join('c.' + c.strip() for c in _CARD_COLUMNS.split(','))}"
+                f"SELECT {qualified(CARD_COLUMNS, 'c')}"
                 " FROM card_holders h JOIN cards c ON c.id = h.card_id"
                 " WHERE h.user = ? AND c.gseq > ? ORDER BY c.gseq LIMIT ?",
                 (user, after_gseq, limit),
@@ -342,7 +280,7 @@ class SqliteCardsMixin:
                 "SELECT count(*) FROM card_pending WHERE user = ?", (user,)
             ).fetchone()
             rows = conn.execute(
-                f"SELECT {', '.join('c.' + c.strip() for c in _CARD_COLUMNS.split(','))}"
+                f"SELECT {qualified(CARD_COLUMNS, 'c')}"
                 " FROM card_pending p JOIN cards c ON c.id = p.card_id WHERE p.user = ?"
                 " ORDER BY p.due_at IS NULL, p.due_at, c.created_at LIMIT ?",
                 (user, limit),
@@ -369,7 +307,7 @@ class SqliteCardsMixin:
 
         def job(conn: sqlite3.Connection) -> list[OutboxItem]:
             rows = conn.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' AND next_at <= ?"
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' AND next_at <= ?"
                 " AND lease_until <= ? ORDER BY next_at LIMIT ?",
                 (now, now, limit),
             ).fetchall()
@@ -377,7 +315,7 @@ class SqliteCardsMixin:
                 "UPDATE outbox SET lease_until = ? WHERE id = ?",
                 [(now + lease_ms, r[0]) for r in rows],
             )
-            return [_outbox(r) for r in rows]
+            return [outbox_from_row(r) for r in rows]
 
         result: list[OutboxItem] = await self._write(job)
         return result
@@ -407,10 +345,10 @@ class SqliteCardsMixin:
     async def get_callback(self, card_id: str, action_id: str) -> OutboxItem | None:
         def job(conn: sqlite3.Connection) -> OutboxItem | None:
             row = conn.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE card_id = ? AND action_id = ?",
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE card_id = ? AND action_id = ?",
                 (card_id, action_id),
             ).fetchone()
-            return None if row is None else _outbox(row)
+            return None if row is None else outbox_from_row(row)
 
         result: OutboxItem | None = await self._read(job)
         return result
@@ -418,10 +356,10 @@ class SqliteCardsMixin:
     async def list_callbacks(self, state: str, limit: int) -> list[OutboxItem]:
         def job(conn: sqlite3.Connection) -> list[OutboxItem]:
             rows = conn.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = ? ORDER BY id LIMIT ?",
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = ? ORDER BY id LIMIT ?",
                 (state, limit),
             )
-            return [_outbox(r) for r in rows]
+            return [outbox_from_row(r) for r in rows]
 
         result: list[OutboxItem] = await self._read(job)
         return result

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from imserver.store.records import DingDue, DingStatus, Message, NewMessage, Timer
+from imserver.store.rows import confirmed_split, ding_status_from_rows
 from imserver.store.sqlite.cards import ensure_notice_conv
 
 Job = Callable[[sqlite3.Connection], Any]
@@ -94,13 +95,7 @@ class SqliteDeadlinesMixin:
                 " ORDER BY user",
                 (conv, seq),
             ).fetchall()
-            if not rows:
-                return None
-            return DingStatus(
-                rows[0][1],
-                [r[0] for r in rows if r[2] is not None],
-                [r[0] for r in rows if r[2] is None],
-            )
+            return ding_status_from_rows(rows)
 
         result: DingStatus | None = await self._read(job)
         return result
@@ -116,7 +111,7 @@ class SqliteDeadlinesMixin:
                 " AND (? IS NULL OR sender = ?) ORDER BY user",
                 (card_id, sender, sender),
             ).fetchall()
-            return [r[0] for r in rows if r[1] is not None], [r[0] for r in rows if r[1] is None]
+            return confirmed_split(rows)
 
         result: tuple[list[str], list[str]] = await self._read(job)
         return result

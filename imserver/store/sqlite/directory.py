@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -24,56 +23,42 @@ from imserver.directory.model import (
     SyncReport,
     Unit,
     UnitOp,
-    level_allowed,
 )
 from imserver.directory.pinyin import name_keys
-from imserver.errors import InvalidField
+from imserver.store.directory_changes import MEMBER, UNIT
+from imserver.store.directory_sync import (
+    PATH_END,
+    UNIT_COLUMNS,
+    check_child_levels,
+    check_member_units,
+    count_disabled_user,
+    plan_member,
+    top_paths,
+    unit_path,
+    unit_retitled,
+)
+from imserver.store.records import MemberProfile, UnitMemberRow
+from imserver.store.rows import qualified, unit_member_from_row
 from imserver.store.sqlite.address_book import SqliteAddressBookMixin
-from imserver.store.sqlite.directory_changes import MEMBER, UNIT, ChangeRecorder
+from imserver.store.sqlite.directory_changes import SqliteChangeRecorder
 from imserver.store.sqlite.directory_keys import index_name, recount_unit_members
 from imserver.store.sqlite.in_list import select_in
 
 Job = Callable[[sqlite3.Connection], Any]
-_UNIT_COLUMNS = "id, parent, name, level, path, sort"
-END = "\x7f"  # above every character a path may hold
-
-
-@dataclass(slots=True, frozen=True)
-class MemberProfile:
-    """A member as the directory stores them; ``profile`` is as stored (maybe sealed)."""
-
-    user: str
-    name: str
-    profile: dict[str, str]
-    digest: str
-
-
-@dataclass(slots=True, frozen=True)
-class UnitMemberRow:
-    user: str
-    name: str
-    unit: str
-    title: str
-    leader: bool
-    path: str = ""
 
 
 def _unit(row: tuple[Any, ...]) -> Unit:
     return Unit(*row)
 
 
-def _fail(line: int, key: str, why: str) -> InvalidField:
-    return InvalidField(f"line {line}: {key} {why}", field=f"line[{line}].{key}")
-
-
 def _remove_units(
-    conn: sqlite3.Connection, paths: list[str], rep: SyncReport, changes: ChangeRecorder
+    conn: sqlite3.Connection, paths: list[str], rep: SyncReport, changes: SqliteChangeRecorder
 ) -> None:
     for path in paths:
         ids = [
             r[0]
             for r in conn.execute(
-                "SELECT id FROM units WHERE path >= ? AND path < ?", (path, path + END)
+                "SELECT id FROM units WHERE path >= ? AND path < ?", (path, path + PATH_END)
             )
         ]
         changes.note(UNIT, ids)
@@ -100,17 +85,12 @@ def _remove_units(
 
 
 def _disable_user(
-    conn: sqlite3.Connection, user: str, rep: SyncReport, changes: ChangeRecorder
+    conn: sqlite3.Connection, user: str, rep: SyncReport, changes: SqliteChangeRecorder
 ) -> None:
     cur = conn.execute("UPDATE users SET disabled = 1 WHERE id = ? AND disabled = 0", (user,))
     left = conn.execute("DELETE FROM unit_members WHERE user = ?", (user,)).rowcount
-    rep.memberships_removed += left
     conn.execute("DELETE FROM admin_grants WHERE user = ?", (user,))
-    if cur.rowcount or left:
-        changes.note(MEMBER, [user])
-    if cur.rowcount:
-        rep.members_removed += 1
-        rep.removed_users.append(user)
+    count_disabled_user(user, cur.rowcount > 0, left, rep, changes)
 
 
 class SqliteDirectoryMixin(SqliteAddressBookMixin):
@@ -146,7 +126,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
 
         def job(conn: sqlite3.Connection) -> SyncReport:
             rep = SyncReport()
-            changes = ChangeRecorder()
+            changes = SqliteChangeRecorder()
             for line, op, profile, digest in ops:
                 rep.lines += 1
                 if isinstance(op, UnitOp):
@@ -175,25 +155,16 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
         gen: int,
         now: int,
         rep: SyncReport,
-        changes: ChangeRecorder,
+        changes: SqliteChangeRecorder,
     ) -> None:
-        row = conn.execute(f"SELECT {_UNIT_COLUMNS} FROM units WHERE id = ?", (op.id,)).fetchone()
+        row = conn.execute(f"SELECT {UNIT_COLUMNS} FROM units WHERE id = ?", (op.id,)).fetchone()
         old = _unit(row) if row is not None else None
-        if op.parent is None:
-            path = f"/{op.id}/"
-        else:
-            prow = conn.execute(
+        parent = None
+        if op.parent is not None:
+            parent = conn.execute(
                 "SELECT level, path FROM units WHERE id = ?", (op.parent,)
             ).fetchone()
-            if prow is None:
-                raise _fail(
-                    line, "parent", f"{op.parent!r} is not a known unit (list parents first)"
-                )
-            if not level_allowed(op.level, prow[0]):
-                raise _fail(line, "level", f"a {op.level} cannot sit inside a {prow[0]}")
-            if old is not None and prow[1].startswith(old.path):
-                raise _fail(line, "parent", "would move the unit into its own subtree")
-            path = f"{prow[1]}{op.id}/"
+        path = unit_path(line, op, old, parent)
         if old is None:
             conn.execute(
                 "INSERT INTO units (id, parent, name, level, path, sort, sync_gen, updated_at)"
@@ -204,18 +175,14 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
             changes.note(UNIT, [op.id])
             return
         if old.level != op.level:
-            for child, level in conn.execute(
-                "SELECT id, level FROM units WHERE parent = ?", (op.id,)
-            ).fetchall():
-                if not level_allowed(level, op.level):
-                    raise _fail(
-                        line, "level", f"its child {child!r} ({level}) cannot sit in a {op.level}"
-                    )
+            check_child_levels(
+                line, op, conn.execute("SELECT id, level FROM units WHERE parent = ?", (op.id,))
+            )
         if old.path != path:
             # Rewrite the whole moved subtree's paths: a prefix swap.
             conn.execute(
                 "UPDATE units SET path = ? || substr(path, ?) WHERE path >= ? AND path < ?",
-                (path, len(old.path) + 1, old.path, old.path + END),
+                (path, len(old.path) + 1, old.path, old.path + PATH_END),
             )
             rep.units_moved += 1
             # Every unit below has a new path: local copies must hear of each.
@@ -224,11 +191,11 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
                 [
                     r[0]
                     for r in conn.execute(
-                        "SELECT id FROM units WHERE path >= ? AND path < ?", (path, path + END)
+                        "SELECT id FROM units WHERE path >= ? AND path < ?", (path, path + PATH_END)
                     )
                 ],
             )
-        elif (old.name, old.level, old.sort) != (op.name, op.level, op.sort):
+        elif unit_retitled(old, op):
             rep.units_updated += 1
             changes.note(UNIT, [op.id])
         conn.execute(
@@ -248,20 +215,27 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
         now: int,
         rep: SyncReport,
         full: bool,
-        changes: ChangeRecorder,
+        changes: SqliteChangeRecorder,
     ) -> None:
-        for i, m in enumerate(op.units):
-            row = conn.execute("SELECT sync_gen FROM units WHERE id = ?", (m.unit,)).fetchone()
-            if row is None:
-                raise _fail(line, f"units[{i}].unit", f"{m.unit!r} is not a known unit")
-            if full and row[0] != gen:
-                # The sweep would remove the unit and silently drop this membership.
-                raise _fail(line, f"units[{i}].unit", f"{m.unit!r} is not in this full sync")
-        row = conn.execute(
+        unit_gens = dict(
+            select_in(
+                conn,
+                "SELECT id, sync_gen FROM units WHERE id IN ({marks})",
+                [m.unit for m in op.units],
+            )
+        )
+        check_member_units(line, op, unit_gens, gen, full)
+        person = conn.execute(
             "SELECT name, profile_digest, disabled, py_full FROM users WHERE id = ?", (op.user,)
         ).fetchone()
-        changed = False
-        if row is None:
+        have = {
+            r[0]: (r[1], bool(r[2]))
+            for r in conn.execute(
+                "SELECT unit, title, leader FROM unit_members WHERE user = ?", (op.user,)
+            )
+        }
+        plan = plan_member(op, digest, person, have, rep)
+        if plan.create:
             keys = name_keys(op.name)
             index_name(conn, op.user, op.name, fresh=True)
             conn.execute(
@@ -278,19 +252,14 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
                     keys.full,
                 ),
             )
-            rep.members_created += 1
-            changed = True
         else:
-            if (row[0], row[1], row[2]) != (op.name, digest, 0):
+            if plan.rewrite:
                 conn.execute(
                     "UPDATE users SET name = ?, profile = ?, profile_digest = ?, disabled = 0"
                     " WHERE id = ?",
                     (op.name, orjson.dumps(profile), digest, op.user),
                 )
-                rep.members_updated += 1
-                changed = True
-            if row[0] != op.name or not row[3]:
-                # Search keys follow the name; rows from before migration 8 get theirs now.
+            if plan.rekey:
                 keys = name_keys(op.name)
                 conn.execute(
                     "UPDATE users SET py_initials = ?, py_full = ? WHERE id = ?",
@@ -298,34 +267,15 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
                 )
                 index_name(conn, op.user, op.name, fresh=False)
             conn.execute("UPDATE users SET sync_gen = ? WHERE id = ?", (gen, op.user))
-        have = {
-            r[0]: (r[1], bool(r[2]))
-            for r in conn.execute(
-                "SELECT unit, title, leader FROM unit_members WHERE user = ?", (op.user,)
-            )
-        }
-        want = {m.unit: (m.title, m.leader) for m in op.units}
-        for unit in have.keys() - want.keys():
+        for unit in plan.left:
             conn.execute("DELETE FROM unit_members WHERE unit = ? AND user = ?", (unit, op.user))
-            rep.memberships_removed += 1
-            changed = True
-        changed_titles = False
-        for unit, (title, leader) in want.items():
-            if unit not in have:
-                rep.memberships_added += 1
-                changed = True
-            elif have[unit] != (title, leader):
-                changed_titles = True
-                changed = True
-            conn.execute(
-                "INSERT INTO unit_members (unit, user, title, leader, sync_gen)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (unit, user) DO UPDATE SET"
-                " title = excluded.title, leader = excluded.leader, sync_gen = excluded.sync_gen",
-                (unit, op.user, title, int(leader), gen),
-            )
-        if changed_titles and row is not None and (row[0], row[1], row[2]) == (op.name, digest, 0):
-            rep.members_updated += 1
-        if changed:
+        conn.executemany(
+            "INSERT INTO unit_members (unit, user, title, leader, sync_gen)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (unit, user) DO UPDATE SET"
+            " title = excluded.title, leader = excluded.leader, sync_gen = excluded.sync_gen",
+            [(unit, op.user, title, int(leader), gen) for unit, title, leader in plan.placed],
+        )
+        if plan.changed:
             changes.note(MEMBER, [op.user])
 
     async def sweep_directory(self, gen: int) -> SyncReport:
@@ -333,17 +283,9 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
 
         def job(conn: sqlite3.Connection) -> SyncReport:
             rep = SyncReport()
-            changes = ChangeRecorder()
-            stale = [
-                r[0] for r in conn.execute("SELECT path FROM units WHERE sync_gen != ?", (gen,))
-            ]
-            # Removing a stale ancestor removes its subtree: keep only top-most paths.
-            stale.sort()
-            tops: list[str] = []
-            for p in stale:
-                if not tops or not p.startswith(tops[-1]):
-                    tops.append(p)
-            _remove_units(conn, tops, rep, changes)
+            changes = SqliteChangeRecorder()
+            stale = conn.execute("SELECT path FROM units WHERE sync_gen != ?", (gen,))
+            _remove_units(conn, top_paths(r[0] for r in stale), rep, changes)
             changes.note(
                 MEMBER,
                 [
@@ -377,7 +319,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
     async def get_unit(self, unit_id: str) -> Unit | None:
         def job(conn: sqlite3.Connection) -> Unit | None:
             row = conn.execute(
-                f"SELECT {_UNIT_COLUMNS} FROM units WHERE id = ?", (unit_id,)
+                f"SELECT {UNIT_COLUMNS} FROM units WHERE id = ?", (unit_id,)
             ).fetchone()
             return None if row is None else _unit(row)
 
@@ -388,7 +330,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
         ids = list(ids)  # read here, not in the store's thread
 
         def job(conn: sqlite3.Connection) -> dict[str, Unit]:
-            sql = f"SELECT {_UNIT_COLUMNS} FROM units WHERE id IN ({{marks}})"
+            sql = f"SELECT {UNIT_COLUMNS} FROM units WHERE id IN ({{marks}})"
             return {row[0]: _unit(row) for row in select_in(conn, sql, ids)}
 
         result: dict[str, Unit] = await self._read(job)
@@ -399,10 +341,10 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
 
         def job(conn: sqlite3.Connection) -> list[Unit]:
             rows = conn.execute(
-                f"SELECT {_UNIT_COLUMNS} FROM units WHERE path >= ? AND path < ?"
+                f"SELECT {UNIT_COLUMNS} FROM units WHERE path >= ? AND path < ?"
                 " AND (length(path) - length(replace(path, '/', ''))) - 1 <= ?"
                 " ORDER BY path LIMIT ?",
-                (path, path + END, base_depth + max_depth, limit),
+                (path, path + PATH_END, base_depth + max_depth, limit),
             )
             return [_unit(r) for r in rows]
 
@@ -417,7 +359,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
 
         def job(conn: sqlite3.Connection) -> list[UnitMemberRow]:
             where = "u.path >= ? AND u.path < ?" if recursive else "u.path = ?"
-            args: tuple[Any, ...] = (path, path + END) if recursive else (path,)
+            args: tuple[Any, ...] = (path, path + PATH_END) if recursive else (path,)
             rows = conn.execute(
                 "SELECT m.user, us.name, m.unit, m.title, m.leader, u.path FROM unit_members m"
                 " JOIN units u ON u.id = m.unit JOIN users us ON us.id = m.user"
@@ -425,7 +367,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
                 " ORDER BY m.user, u.path LIMIT ?",
                 (*args, *after, limit),
             )
-            return [UnitMemberRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
+            return [unit_member_from_row(r) for r in rows]
 
         result: list[UnitMemberRow] = await self._read(job)
         return result
@@ -438,7 +380,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
             users: set[str] = set()
             for path, recursive in wanted:
                 where = "u.path >= ? AND u.path < ?" if recursive else "u.path = ?"
-                args: tuple[Any, ...] = (path, path + END) if recursive else (path,)
+                args: tuple[Any, ...] = (path, path + PATH_END) if recursive else (path,)
                 users.update(
                     r[0]
                     for r in conn.execute(
@@ -455,7 +397,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
     async def user_memberships(self, user: str) -> list[tuple[Unit, str, bool]]:
         def job(conn: sqlite3.Connection) -> list[tuple[Unit, str, bool]]:
             rows = conn.execute(
-                f"SELECT {', '.join('u.' + c.strip() for c in _UNIT_COLUMNS.split(','))},"
+                f"SELECT {qualified(UNIT_COLUMNS, 'u')},"
                 " m.title, m.leader FROM unit_members m JOIN units u ON u.id = m.unit"
                 " WHERE m.user = ? ORDER BY u.path",
                 (user,),
@@ -520,7 +462,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
 
         def job(conn: sqlite3.Connection) -> list[Unit]:
             rows = conn.execute(
-                f"SELECT {', '.join('u.' + c.strip() for c in _UNIT_COLUMNS.split(','))}"
+                f"SELECT {qualified(UNIT_COLUMNS, 'u')}"
                 " FROM admin_grants g JOIN units u ON u.id = g.unit WHERE g.user = ?"
                 " ORDER BY u.path",
                 (user,),

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
+from imserver.store.records import ALL_DEVICES, RefreshUse
+
 Job = Callable[[sqlite3.Connection], Any]
-ALL_DEVICES = "*"
-
-
-@dataclass(slots=True, frozen=True)
-class RefreshUse:
-    """What presenting a refresh token found."""
-
-    user: str
-    device: str
-    outcome: str  # "ok" | "expired" | "reused" (an already used token: likely stolen)
 
 
 class SqliteIdentityMixin:
@@ -47,10 +38,10 @@ class SqliteIdentityMixin:
             if row is None:
                 return None
             user, device, expires_at, used = row
-            if used:
-                return RefreshUse(user, device, "reused")
-            conn.execute("UPDATE refresh_tokens SET used = 1 WHERE hash = ?", (token_hash,))
-            return RefreshUse(user, device, "expired" if expires_at <= now else "ok")
+            found = RefreshUse.of(user, device, expires_at, bool(used), now)
+            if found.outcome != "reused":
+                conn.execute("UPDATE refresh_tokens SET used = 1 WHERE hash = ?", (token_hash,))
+            return found
 
         result: RefreshUse | None = await self._write(job)
         return result

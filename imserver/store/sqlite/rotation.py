@@ -1,26 +1,21 @@
 """Re-encrypting sealed values with the active key (``python -m imserver keys rotate``).
 
-Runs in batches, each its own write job, so a running server keeps serving;
-rows already sealed with the active key are left alone, so the command can be
-interrupted and run again.
+The batches and what each re-seals are ``store/rotation.py``; this runs them
+as write jobs on the store's writer.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
+from imserver.store.base import Rotator
+from imserver.store.rotation import BATCH, rotate_all, rotate_batch
+
 Job = Callable[[sqlite3.Connection], Any]
-BATCH = 500
-
-
-class Rotator(Protocol):
-    def rotate_profile(self, user: str, stored: dict[str, str]) -> dict[str, str] | None: ...
-
-    def rotate_doc(self, card_id: str, doc: dict[str, Any]) -> dict[str, Any] | None: ...
 
 
 class SqliteRotationMixin:
@@ -43,24 +38,14 @@ class SqliteRotationMixin:
     async def _rotate_table(
         self, select: str, update: str, rotate: Callable[[str, Any], Any | None]
     ) -> int:
-        after = ""
-        total = 0
-        while True:
-
-            def job(conn: sqlite3.Connection, after: str = after) -> tuple[str | None, int]:
+        async def batch(after: str) -> tuple[str | None, int]:
+            def job(conn: sqlite3.Connection) -> tuple[str | None, int]:
                 rows = conn.execute(select, (after, BATCH)).fetchall()
-                changed = 0
-                for key, raw in rows:
-                    new = rotate(key, orjson.loads(raw))
-                    if new is not None:
-                        conn.execute(update, (orjson.dumps(new), key))
-                        changed += 1
-                return (rows[-1][0] if len(rows) == BATCH else None), changed
+                rewritten, last = rotate_batch(rows, rotate)
+                conn.executemany(update, [(orjson.dumps(new), key) for key, new in rewritten])
+                return last, len(rewritten)
 
-            last: str | None
-            changed: int
-            last, changed = await self._write(job)
-            total += changed
-            if last is None:
-                return total
-            after = last
+            result: tuple[str | None, int] = await self._write(job)
+            return result
+
+        return await rotate_all(batch)

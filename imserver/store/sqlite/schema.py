@@ -1,19 +1,21 @@
 """Versioned schema migrations for the SQLite store, applied at start.
 
-Append new migrations to ``MIGRATIONS``; never edit a released one. Each runs
-in its own transaction together with its row in ``schema_migrations``.
+Versions and their meaning live in ``store/migrations.py`` (one history for
+every backend); this module holds only the SQLite SQL of each. Never edit a
+released one. Each runs in its own transaction together with its row in
+``schema_migrations``.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from typing import Final
 
-MIGRATIONS: list[tuple[int, str, str]] = [
-    (
-        1,
-        "users, conversations, members, messages, files",
-        """
+from imserver.store.migrations import with_sql
+
+_SQL: Final[dict[int, str]] = {
+    1: """
         CREATE TABLE users (
             id          TEXT PRIMARY KEY,
             name        TEXT NOT NULL DEFAULT '',
@@ -66,11 +68,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             PRIMARY KEY (file, conv)
         ) WITHOUT ROWID;
         """,
-    ),
-    (
-        2,
-        "notice conversations, apps, cards, card holders and todo, callback outbox",
-        """
+    2: """
         CREATE TABLE conversations_v2 (
             id          TEXT PRIMARY KEY,
             kind        TEXT NOT NULL CHECK (kind IN ('dm', 'group', 'notice')),
@@ -139,11 +137,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         CREATE INDEX outbox_due ON outbox (state, next_at);
         """,
-    ),
-    (
-        3,
-        "card deadline timers, DING confirmations",
-        """
+    3: """
         CREATE TABLE timers (
             id           INTEGER PRIMARY KEY AUTOINCREMENT,
             card_id      TEXT NOT NULL,
@@ -168,11 +162,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX dings_due ON dings (next_at) WHERE next_at IS NOT NULL;
         CREATE INDEX dings_by_card ON dings (card_id) WHERE card_id IS NOT NULL;
         """,
-    ),
-    (
-        4,
-        "organisation directory: units, unit members, user status, admin grants",
-        """
+    4: """
         CREATE TABLE units (
             id          TEXT PRIMARY KEY,
             parent      TEXT,
@@ -206,11 +196,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ) WITHOUT ROWID;
         INSERT INTO counters VALUES ('directory_sync', 0);
         """,
-    ),
-    (
-        5,
-        "user scopes (pii:read)",
-        """
+    5: """
         CREATE TABLE user_scopes (
             user        TEXT NOT NULL,
             scope       TEXT NOT NULL,
@@ -218,11 +204,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             PRIMARY KEY (user, scope)
         ) WITHOUT ROWID;
         """,
-    ),
-    (
-        6,
-        "identity: app permissions, refresh tokens, revocations",
-        """
+    6: """
         ALTER TABLE apps ADD COLUMN permissions BLOB NOT NULL DEFAULT '[]';
         CREATE TABLE refresh_tokens (
             hash        TEXT PRIMARY KEY,
@@ -240,18 +222,10 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             PRIMARY KEY (user, device)
         ) WITHOUT ROWID;
         """,
-    ),
-    (
-        7,
-        "archived groups (governance)",
-        """
+    7: """
         ALTER TABLE conversations ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
         """,
-    ),
-    (
-        8,
-        "address book: pinyin and name-character search keys, change log, unit head counts",
-        """
+    8: """
         ALTER TABLE users ADD COLUMN py_initials TEXT NOT NULL DEFAULT '';
         ALTER TABLE users ADD COLUMN py_full TEXT NOT NULL DEFAULT '';
         CREATE INDEX users_by_name ON users (name, id);
@@ -282,8 +256,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             WHERE d.path >= units.path AND d.path < units.path || char(127) AND us.disabled = 0
         );
         """,
-    ),
-]
+}
+"""The SQLite SQL of each version of ``store/migrations.py`` ``SCHEMA_HISTORY``."""
+
+MIGRATIONS: Final = with_sql(_SQL)
+"""``(version, description, sql)``, versions and descriptions from ``SCHEMA_HISTORY``."""
 
 
 def migrate(conn: sqlite3.Connection) -> list[int]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from imserver.errors import NoSuchConversation, NoSuchMessage, NotMember, TooManyMembers
+from imserver.store.membership import MembershipSql, check_member_limit, membership_writes
 from imserver.store.records import (
     ROLE_MEMBER,
     ROLE_OWNER,
@@ -29,6 +29,12 @@ from imserver.store.records import (
     NewMessage,
     ReadCursor,
 )
+from imserver.store.refusals import (
+    no_such_conversation,
+    no_such_message,
+    not_member,
+)
+from imserver.store.rows import CONV_COLUMNS, MSG_COLUMNS, conversation_from_row, message_from_row
 from imserver.store.sqlite.audit import SqliteAuditLog, create_schema
 from imserver.store.sqlite.cards import SqliteCardsMixin
 from imserver.store.sqlite.deadlines import SqliteDeadlinesMixin
@@ -43,21 +49,15 @@ from imserver.store.sqlite.worker import SqliteThread
 
 log = logging.getLogger(__name__)
 
-_CONV_SELECT = (
-    "SELECT id, kind, name, owner, last_seq, created_at, archived FROM conversations WHERE id = ?"
-)
+_CONV_SELECT = f"SELECT {CONV_COLUMNS} FROM conversations WHERE id = ?"
 _ADD_MEMBER = "INSERT OR IGNORE INTO members (conv, user, role, read_seq) VALUES (?, ?, ?, 0)"
-_MSG_COLUMNS = "conv, seq, sender, device, kind, body, ts, client_msg_id, recalled"
-
-
-def _message(row: tuple[Any, ...]) -> Message:
-    conv, seq, sender, device, kind, body, ts, cmid, recalled = row
-    return Message(conv, seq, sender, device, kind, orjson.loads(body), ts, cmid, bool(recalled))
-
-
-def _conversation(row: tuple[Any, ...]) -> Conversation:
-    conv, kind, name, owner, last_seq, created_at, archived = row
-    return Conversation(conv, kind, name, owner, last_seq, created_at, bool(archived))
+_MEMBERSHIP_SQL = MembershipSql(
+    archive="UPDATE conversations SET archived = 1 WHERE id = ?",
+    rename="UPDATE conversations SET name = ? WHERE id = ?",
+    remove="DELETE FROM members WHERE conv = ? AND user = ?",
+    add=_ADD_MEMBER,
+    set_role="UPDATE members SET role = ? WHERE conv = ? AND user = ?",
+)
 
 
 def _insert_message(conn: sqlite3.Connection, new: NewMessage) -> Message:
@@ -67,10 +67,10 @@ def _insert_message(conn: sqlite3.Connection, new: NewMessage) -> Message:
         (new.conv,),
     ).fetchone()
     if row is None:
-        raise NoSuchConversation(f"no conversation {new.conv!r}")
+        raise no_such_conversation(new.conv)
     seq = int(row[0])
     conn.execute(
-        f"INSERT INTO messages ({_MSG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+        f"INSERT INTO messages ({MSG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
         (
             new.conv,
             seq,
@@ -249,7 +249,7 @@ class SqliteStore(
                 _CONV_SELECT,
                 (conv,),
             ).fetchone()
-            return None if row is None else _conversation(row)
+            return None if row is None else conversation_from_row(row)
 
         result: Conversation | None = await self._read(job)
         return result
@@ -257,7 +257,7 @@ class SqliteStore(
     async def ensure_dm(self, conv: str, a: str, b: str, now: int) -> Conversation:
         def job(conn: sqlite3.Connection) -> Conversation:
             _create_dm(conn, conv, (a, b), now)
-            return _conversation(conn.execute(_CONV_SELECT, (conv,)).fetchone())
+            return conversation_from_row(conn.execute(_CONV_SELECT, (conv,)).fetchone())
 
         result: Conversation = await self._write(job)
         return result
@@ -290,34 +290,13 @@ class SqliteStore(
         self, conv: str, change: MembershipChange, notice: NewMessage, max_members: int
     ) -> Message:
         def job(conn: sqlite3.Connection) -> Message:
-            if change.archive:
-                conn.execute("UPDATE conversations SET archived = 1 WHERE id = ?", (conv,))
-            if change.rename is not None:
-                conn.execute(
-                    "UPDATE conversations SET name = ? WHERE id = ?", (change.rename, conv)
-                )
-            if change.remove:
-                conn.executemany(
-                    "DELETE FROM members WHERE conv = ? AND user = ?",
-                    [(conv, u) for u in change.remove],
-                )
+            for statement, rows in membership_writes(conv, change, _MEMBERSHIP_SQL):
+                conn.executemany(statement, rows)
             if change.add:
-                conn.executemany(
-                    _ADD_MEMBER,
-                    [(conv, u, role) for u, role in change.add],
-                )
                 (count,) = conn.execute(
                     "SELECT count(*) FROM members WHERE conv = ?", (conv,)
                 ).fetchone()
-                if count > max_members:
-                    raise TooManyMembers(
-                        f"the group would have {count} members; the limit is {max_members}"
-                    )
-            if change.set_roles:
-                conn.executemany(
-                    "UPDATE members SET role = ? WHERE conv = ? AND user = ?",
-                    [(role, conv, u) for u, role in change.set_roles],
-                )
+                check_member_limit(count, max_members)
             return _insert_message(conn, notice)
 
         result: Message = await self._write(job)
@@ -366,11 +345,11 @@ class SqliteStore(
         def job(conn: sqlite3.Connection) -> AppendResult:
             if new.client_msg_id is not None:
                 row = conn.execute(
-                    f"SELECT {_MSG_COLUMNS} FROM messages WHERE sender = ? AND client_msg_id = ?",
+                    f"SELECT {MSG_COLUMNS} FROM messages WHERE sender = ? AND client_msg_id = ?",
                     (new.sender, new.client_msg_id),
                 ).fetchone()
                 if row is not None:
-                    return AppendResult(_message(row), duplicate=True)
+                    return AppendResult(message_from_row(row), duplicate=True)
             if create_dm is not None:
                 _create_dm(conn, new.conv, create_dm, new.ts)
             if (
@@ -379,7 +358,7 @@ class SqliteStore(
                 ).fetchone()
                 is None
             ):
-                raise NotMember(f"you are not a member of {new.conv}")
+                raise not_member(new.conv)
             return AppendResult(_insert_message(conn, new), duplicate=False)
 
         result: AppendResult = await self._write(job)
@@ -388,11 +367,11 @@ class SqliteStore(
     async def messages_after(self, conv: str, after_seq: int, limit: int) -> list[Message]:
         def job(conn: sqlite3.Connection) -> list[Message]:
             rows = conn.execute(
-                f"SELECT {_MSG_COLUMNS} FROM messages WHERE conv = ? AND seq > ?"
+                f"SELECT {MSG_COLUMNS} FROM messages WHERE conv = ? AND seq > ?"
                 " ORDER BY seq LIMIT ?",
                 (conv, after_seq, limit),
             )
-            return [_message(r) for r in rows]
+            return [message_from_row(r) for r in rows]
 
         result: list[Message] = await self._read(job)
         return result
@@ -402,11 +381,11 @@ class SqliteStore(
 
         def job(conn: sqlite3.Connection) -> list[Message]:
             rows = conn.execute(
-                f"SELECT {_MSG_COLUMNS} FROM messages WHERE conv = ? AND seq < ?"
+                f"SELECT {MSG_COLUMNS} FROM messages WHERE conv = ? AND seq < ?"
                 " ORDER BY seq DESC LIMIT ?",
                 (conv, bound, limit),
             ).fetchall()
-            return [_message(r) for r in reversed(rows)]
+            return [message_from_row(r) for r in reversed(rows)]
 
         result: list[Message] = await self._read(job)
         return result
@@ -414,9 +393,9 @@ class SqliteStore(
     async def get_message(self, conv: str, seq: int) -> Message | None:
         def job(conn: sqlite3.Connection) -> Message | None:
             row = conn.execute(
-                f"SELECT {_MSG_COLUMNS} FROM messages WHERE conv = ? AND seq = ?", (conv, seq)
+                f"SELECT {MSG_COLUMNS} FROM messages WHERE conv = ? AND seq = ?", (conv, seq)
             ).fetchone()
-            return None if row is None else _message(row)
+            return None if row is None else message_from_row(row)
 
         result: Message | None = await self._read(job)
         return result
@@ -428,7 +407,7 @@ class SqliteStore(
                 (b"{}", conv, seq),
             )
             if cur.rowcount != 1:
-                raise NoSuchMessage(f"no message {seq} in {conv}")
+                raise no_such_message(conv, seq)
             conn.execute(
                 "DELETE FROM file_refs WHERE conv = ? AND file NOT IN ("
                 "SELECT json_extract(body, '$.file.id') FROM messages"
@@ -450,7 +429,7 @@ class SqliteStore(
                 "SELECT read_seq FROM members WHERE conv = ? AND user = ?", (conv, user)
             ).fetchone()
             if before is None:
-                raise NotMember(f"you are not a member of {conv}")
+                raise not_member(conv)
             row = conn.execute(
                 "UPDATE members SET read_seq = max(read_seq,"
                 " min(?, (SELECT last_seq FROM conversations WHERE id = ?)))"

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from imserver.store.group_commit import settle
+
 log = logging.getLogger(__name__)
 
 Job = Callable[[sqlite3.Connection], Any]
@@ -35,17 +37,6 @@ class _Pending:
 Outcome = tuple[_Pending, Any, BaseException | None]
 
 
-def _settle(outcomes: list[Outcome]) -> None:
-    """Runs on the event loop: hand each job's result or error to its awaiter."""
-    for p, result, error in outcomes:
-        if p.future.done():  # the awaiting task was cancelled
-            continue
-        if error is not None:
-            p.future.set_exception(error)
-        else:
-            p.future.set_result(result)
-
-
 def _resolve_all(outcomes: list[Outcome]) -> None:
     """Settle a whole batch with one wake-up of the event loop.
 
@@ -59,7 +50,7 @@ def _resolve_all(outcomes: list[Outcome]) -> None:
         by_loop.setdefault(outcome[0].loop, []).append(outcome)
     for loop, mine in by_loop.items():
         with contextlib.suppress(RuntimeError):  # loop already closed during shutdown
-            loop.call_soon_threadsafe(_settle, mine)
+            loop.call_soon_threadsafe(settle, mine)
 
 
 def _resolve(p: _Pending, result: Any, error: BaseException | None) -> None:

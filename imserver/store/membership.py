@@ -1,0 +1,59 @@
+"""A group's membership change, for every backend: which statements run, in which order.
+
+Why shared: archiving, renaming, removing, adding and re-roling members must
+apply in the same order with the same limit on both backends; only the
+spelling of each statement differs, so each backend hands in its
+:class:`MembershipSql` and runs the rows this module lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from imserver.store.records import MembershipChange
+from imserver.store.refusals import too_many_members
+
+
+@dataclass(slots=True, frozen=True)
+class MembershipSql:
+    """One backend's statements for a membership change (parameters in the order shown)."""
+
+    archive: str
+    """``(conv,)``: mark the conversation archived."""
+    rename: str
+    """``(name, conv)``."""
+    remove: str
+    """``(conv, user)``: drop one member."""
+    add: str
+    """``(conv, user, role)``: add a member unless already there."""
+    set_role: str
+    """``(role, conv, user)``."""
+
+
+def membership_writes(
+    conv: str, change: MembershipChange, sql: MembershipSql
+) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """``(statement, rows)`` to run with ``executemany``, in order, for ``change``.
+
+    After running them, a change that adds members must pass
+    :func:`check_member_limit` (the job's transaction undoes everything if not).
+    """
+    writes: list[tuple[str, list[tuple[Any, ...]]]] = []
+    if change.archive:
+        writes.append((sql.archive, [(conv,)]))
+    if change.rename is not None:
+        writes.append((sql.rename, [(change.rename, conv)]))
+    if change.remove:
+        writes.append((sql.remove, [(conv, u) for u in change.remove]))
+    if change.add:
+        writes.append((sql.add, [(conv, u, role) for u, role in change.add]))
+    if change.set_roles:
+        writes.append((sql.set_role, [(role, conv, u) for u, role in change.set_roles]))
+    return writes
+
+
+def check_member_limit(count: int, limit: int) -> None:
+    """Refuse a group that would have more than ``limit`` members."""
+    if count > limit:
+        raise too_many_members(count, limit)
