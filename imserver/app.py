@@ -274,7 +274,14 @@ async def start_world(world: World) -> None:
     await world.deadlines.start()
     await world.dings.start()
     await world.gateway.start()
-    runner = web.AppRunner(world.http_app, access_log=None, handle_signals=False)
+    # In-flight HTTP requests get the same grace as sockets on stop (aiohttp's
+    # default would wait up to 60 s).
+    runner = web.AppRunner(
+        world.http_app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=world.config.server.shutdown_grace_s,
+    )
     await runner.setup()
     # Not web.TCPSite: connection caps and a request-head deadline (slowloris).
     site = GuardedSite(runner, cfg.host, cfg.http_port, world.config.http, world.metrics)

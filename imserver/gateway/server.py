@@ -159,7 +159,17 @@ class Gateway:
         self._hub.close_all(CLOSE_RESTARTING, "server restarting")
         if self._server is not None:
             self._server.close(close_connections=True)
-            await self._server.wait_closed()
+            # Bounded: a handler stuck on something that never completes must
+            # not keep the process (and the store's clean close) from stopping.
+            grace = self._config.server.shutdown_grace_s
+            try:
+                async with asyncio.timeout(grace):
+                    await self._server.wait_closed()
+            except TimeoutError:
+                log.error(
+                    "websocket handlers still running %.1f s after close; stopping without them",
+                    grace,
+                )
 
     async def _sweep_idle(self) -> None:
         interval = min(5.0, self._gw.idle_timeout_s / 4)
