@@ -20,7 +20,7 @@ from imserver.protocol.fields import Fields
 from imserver.protocol.requests import ExtensionRequest
 
 CARD_ID_RE = re.compile(r"c_[A-Za-z0-9_-]{8,32}")
-TODO_PAGE = (100, 200)  # (default, maximum) cards per todo answer
+PENDING_CARDS_PAGE = (100, 200)  # (default, maximum) cards per todo answer
 
 
 @dataclass(slots=True, frozen=True)
@@ -63,8 +63,8 @@ def parse_card_get(f: Fields, _: LimitsConfig) -> CardGet:
 
 
 def parse_todo(f: Fields, _: LimitsConfig) -> Todo:
-    limit = f.integer("limit", required=False, minimum=1, maximum=TODO_PAGE[1])
-    return Todo(limit=limit or TODO_PAGE[0])
+    limit = f.integer("limit", required=False, minimum=1, maximum=PENDING_CARDS_PAGE[1])
+    return Todo(limit=limit or PENDING_CARDS_PAGE[0])
 
 
 def read_cards_since(f: Fields, _: LimitsConfig) -> int:
