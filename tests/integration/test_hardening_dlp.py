@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,6 +22,7 @@ import pytest
 from imserver.store.records import NewMessage
 from imserver_sdk import BusinessClient, BusinessError, ServerError
 from tests.cards_support import ADMIN_KEY, approval_card
+from tests.integration.test_dlp_and_audit import stored_files, upload
 from tests.support import Harness, RawClient
 
 # (text, level) as the tester sent them.
@@ -65,22 +65,6 @@ async def send_text(raw: RawClient, text: str, **target: str) -> dict[str, Any]:
     return await raw.request(
         "send", client_msg_id=uuid.uuid4().hex, kind="text", body={"text": text}, **target
     )
-
-
-async def upload(
-    http: aiohttp.ClientSession, h: Harness, user: str, data: bytes, name: str, mime: str
-) -> tuple[int, dict[str, Any]]:
-    headers = {"Authorization": f"Bearer {h.token(user, 'web')}", "Content-Type": mime}
-    async with http.post(
-        f"{h.world.http_url}/api/v1/files", params={"name": name}, data=data, headers=headers
-    ) as resp:
-        body: dict[str, Any] = await resp.json()
-        return resp.status, body
-
-
-def stored_files(h: Harness) -> list[Path]:
-    root = h.world.config.data_path / "files"
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
 def assert_http_refused(status: int, body: dict[str, Any], mark: str) -> None:
