@@ -60,6 +60,8 @@ class CallbackDispatcher:
         self._session: aiohttp.ClientSession | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(config.callback_concurrency)
+        # Not configurable on its own: a claim must outlast the POST it covers
+        # (``callback_timeout_s``), and 10 s more absorbs a slow store write after it.
         self._lease_ms = int((config.callback_timeout_s + 10) * 1000)
 
     def wake(self) -> None:
@@ -157,22 +159,26 @@ class CallbackDispatcher:
         return "", answer if isinstance(answer, dict) else None
 
     async def _after_delivery(self, item: OutboxItem, answer: dict[str, Any] | None) -> None:
+        """Apply the answer's ``card_update`` (one new version), then settle the status.
+
+        Without an update, "delivered" is recorded at the decision's version
+        (``callback_settled``): the app's ``if_version`` from the callback stays valid.
+        """
         card = await self._store.get_card(item.card_id)
         if card is None:
             return
         update = answer.get("card_update") if answer else None
-        state = "pending" if await self._store.pending_callbacks(card.id) else "ok"
-        if update is None:
-            await self._cards.set_callback_state(card.id, state)
-            return
-        try:
-            await self._cards.apply_update(card, update, check_version=False, callback=state)
-        except ImError as e:
-            log.warning(
-                "app %s answered callback %s with an invalid card_update: %s",
-                item.app_id,
-                item.action_id,
-                e.message,
-            )
-            self._metrics.callbacks.labels("bad_update").inc()
-            await self._cards.set_callback_state(card.id, state)
+        if update is not None:
+            state = "pending" if await self._store.pending_callbacks(card.id) else "ok"
+            try:
+                await self._cards.apply_update(card, update, check_version=False, callback=state)
+            except ImError as e:
+                log.warning(
+                    "app %s answered callback %s with an invalid card_update: %s",
+                    item.app_id,
+                    item.action_id,
+                    e.message,
+                )
+                self._metrics.callbacks.labels("bad_update").inc()
+        # After an update this is a no-op, unless an action landed meanwhile.
+        await self._cards.callback_settled(card.id)

@@ -25,6 +25,7 @@ from imserver.store.records import CardRecord, NewMessage, Timer
 log = logging.getLogger(__name__)
 
 BATCH = 100
+#: ``cards.timer_lease_s``'s default: how long a claimed timer is this node's.
 LEASE_MS = 60_000
 
 
@@ -35,11 +36,18 @@ class DeadlineScheduler:
         cards: CardService,
         chat: ChatService,
         clock: Callable[[], float] = time.time,
+        *,
+        lease_ms: int = LEASE_MS,
     ) -> None:
+        """``lease_ms``: a claimed timer is this node's for so long. If the node dies
+        meanwhile, another fires it once the lease runs out (``cards.timer_lease_s``):
+        short enough to bound the delay, longer than a firing takes."""
         self._store = store
         self._cards = cards
         self._chat = chat
         self._clock = clock
+        #: Public so tests (and operators' tooling) can read what is in force.
+        self.lease_ms = lease_ms
         self._loop = DueLoop("deadlines", self.run_once, store.next_timer_due, clock)
 
     async def start(self) -> None:
@@ -50,7 +58,7 @@ class DeadlineScheduler:
 
     async def run_once(self) -> int:
         now = int(self._clock() * 1000)
-        timers = await self._store.claim_timers(now, LEASE_MS, BATCH)
+        timers = await self._store.claim_timers(now, self.lease_ms, BATCH)
         for t in timers:
             try:
                 await self._fire(t, now)

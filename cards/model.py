@@ -315,6 +315,8 @@ def render_view(
             for d in approval.decisions
         ],
         "decided_by": approval.decided_by,
+        # Delivery status of the callbacks ("pending", "ok", "failed"): kept at
+        # the card's version, never a version of its own (docs/cards.md section 6).
         "callback": callback,
     }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from cards.model import (
@@ -503,9 +503,42 @@ class CardService:
         )
 
     async def set_callback_state(self, card_id: str, state: str) -> None:
-        card = await self._store.get_card(card_id)
-        if card is not None and card.callback != state:
-            await self.apply_update(card, {}, check_version=False, callback=state)
+        """Record ``state`` ("failed", or "pending" on an admin retry) at the card's version."""
+        await self._record_delivery(card_id, lambda: _constant(state))
+
+    async def callback_settled(self, card_id: str) -> None:
+        """A callback was delivered: "ok", or "pending" while others are still owed."""
+
+        async def state() -> str:
+            return "pending" if await self._store.pending_callbacks(card_id) else "ok"
+
+        await self._record_delivery(card_id, state)
+
+    async def _record_delivery(self, card_id: str, state: Callable[[], Awaitable[str]]) -> None:
+        """Store the delivery status without a new version; tell holders about failures.
+
+        Why no version: the callback carried the version the decision made,
+        and the app updates with it as ``if_version`` (docs/cards.md section
+        6) — a version for "delivered" would make that 409 every time. A
+        change to or from "failed" is fanned out (same version, new
+        ``callback``) because holders must see a failure and its end; the
+        usual "pending" → "ok" is not (the next read shows it). ``state`` is
+        computed after the card is read, so an action saved in between moves
+        the version, the guarded write misses, and the status is decided again.
+        """
+        for _ in range(MAX_SAVE_TRIES):
+            card = await self._store.get_card(card_id)
+            if card is None:
+                return
+            new = await state()
+            if card.callback == new:
+                return
+            saved = await self._store.set_card_callback(card_id, new, card.version)
+            if saved is not None:
+                if "failed" in (card.callback, new):
+                    await self._fan_out(saved)
+                return
+        log.warning("card %s kept changing; its callback status was not recorded", card_id)
 
     async def notice(self, app: AppRecord, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
@@ -602,6 +635,8 @@ class CardService:
                 "action_id": action_id,
                 "card_id": card.id,
                 "out_track_id": card.out_track_id,
+                # The version this decision creates: the app's ``if_version``
+                # (delivery status never makes a version of its own).
                 "version": card.version + 1,
                 "actor": caller.user,
                 "action": action,
@@ -682,6 +717,10 @@ class CardService:
             "cards_cursor": cards[-1].gseq if cards else cursor,
             "cards_more": more,
         }
+
+
+async def _constant(state: str) -> str:
+    return state
 
 
 def _with_flags(

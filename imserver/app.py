@@ -35,7 +35,8 @@ from imserver.bus.base import (
 )
 from imserver.bus.local import LocalBus
 from imserver.bus.redis import RedisBus, RedisBusSettings
-from imserver.bus.redis_ratelimit import SharedRateLimiter
+from imserver.bus.redis_links import RedisAuth
+from imserver.bus.redis_ratelimit import APP_BUCKETS, SharedRateLimiter
 from imserver.bus.refill import viewer_refill
 from imserver.config import Config
 from imserver.dlp import ClassifiedGuard
@@ -147,6 +148,7 @@ def build_bus(config: Config, store: SqliteStore | PostgresStore) -> Bus:
         url=config.bus.redis_url,
         cluster_nodes=config.bus.redis_cluster_nodes,
         prefix=config.bus.channel_prefix,
+        auth=RedisAuth(config.bus.redis_username, config.bus.redis_password),
     )
     return RedisBus(settings, store)
 
@@ -189,7 +191,9 @@ def build_world(config: Config, *, nonce_store: NonceStore | None = None) -> Wor
             nonce_store = RedisNonceStore(bus.client, config.bus.channel_prefix + "nonce:")
     callbacks = CallbackDispatcher(store, cards, config.cards, metrics)
     cards.wake_callbacks = callbacks.wake
-    deadlines = DeadlineScheduler(store, cards, chat)
+    deadlines = DeadlineScheduler(
+        store, cards, chat, lease_ms=int(config.cards.timer_lease_s * 1000)
+    )
     dings = DingService(store, bus, members, config.chat)
     directory = DirectoryService(store, bus, sealer=protector)
     address_book = AddressBook(store, directory.sealer)
@@ -198,12 +202,20 @@ def build_world(config: Config, *, nonce_store: NonceStore | None = None) -> Wor
     dispatcher = Dispatcher(chat, groups, presence, dings, address_book, extensions)
     identity = IdentityService(store, bus, signer, config.auth, trail)
     gateway = Gateway(config, hub, presence, dispatcher, signer, store, metrics, identity)
-    if isinstance(bus, RedisBus):  # one budget per user across every node
+    app_limiter = RateLimiter(config.cards.app_requests_per_s, config.cards.app_burst)
+    if isinstance(bus, RedisBus):  # one budget per user, and one per app, across every node
         gateway.limiter = SharedRateLimiter(
             config.limits.user_requests_per_s,
             config.limits.user_burst,
             bus.client,
             config.bus.channel_prefix,
+        )
+        app_limiter = SharedRateLimiter(
+            config.cards.app_requests_per_s,
+            config.cards.app_burst,
+            bus.client,
+            config.bus.channel_prefix,
+            buckets=APP_BUCKETS,
         )
     http_app = build_http_app(signer, files, store, metrics, config.auth.admin_api_key)
     http_app[IDENTITY] = identity
@@ -216,7 +228,7 @@ def build_world(config: Config, *, nonce_store: NonceStore | None = None) -> Wor
         store,
         nonce_store if nonce_store is not None else MemoryNonceStore(),
         config.cards,
-        RateLimiter(config.cards.app_requests_per_s, config.cards.app_burst),
+        app_limiter,
     )
     card_routes.add_routes(http_app, cards, store, callbacks.wake)
 

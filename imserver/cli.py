@@ -8,7 +8,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from imserver.errors import (
 if TYPE_CHECKING:
     from imserver.audit import Anchor, VerifyResult
     from imserver.store.postgres import PostgresStore
+    from imserver.store.postgres.jobs import PgConn
     from imserver.store.sqlite.store import SqliteStore
 
 DEFAULT_CONFIG = Path("config/default.toml")
@@ -138,13 +140,56 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+@asynccontextmanager
+async def _postgres_connection(config: Config) -> AsyncIterator[PgConn]:
+    """One connection to the configured PostgreSQL for an operator command; migrates nothing.
+
+    ``StoreUnavailable`` naming the host and the fix when it cannot connect,
+    or when the connection is lost while the command runs.
+    """
+    from imserver.store.postgres.pool import (
+        CONNECTION_LOST,
+        PoolSettings,
+        create_pool,
+        describe_dsn,
+        lost,
+    )
+
+    pool = await create_pool(PoolSettings(config.store.dsn, min_size=1, max_size=1))
+    try:
+        async with pool.acquire() as conn:
+            yield conn
+    except CONNECTION_LOST as e:
+        pool.terminate()  # close() would wait on the lost connection
+        raise lost(describe_dsn(config.store.dsn), e) from e
+    except BaseException:
+        pool.terminate()
+        raise
+    await pool.close()
+
+
+async def _verify_audit_postgres(config: Config, anchor: Anchor | None) -> VerifyResult:
+    """The schema checked first (refusing a newer one), then the chain on one snapshot, paged."""
+    from imserver.store.postgres.audit import verify_on
+    from imserver.store.postgres.pool import describe_dsn
+    from imserver.store.postgres.schema import check_schema
+
+    async with _postgres_connection(config) as conn:
+        await check_schema(conn, describe_dsn(config.store.dsn))
+        return await verify_on(conn, anchor)
+
+
 def _verify_audit(config: Config, anchor: Anchor | None) -> VerifyResult:
     """Verify the chain in the configured store; ``StoreFileError`` if there is none to read.
 
-    The file is checked first (header and schema, not its pages), so a missing,
-    foreign or empty file is named as such rather than as an SQL error.
+    The file (or PostgreSQL schema) is checked first (header and schema, not
+    its pages), so a missing, foreign or empty store is named as such rather
+    than as an SQL error.
     """
     import sqlite3
+
+    if config.store.backend == "postgres":
+        return asyncio.run(_verify_audit_postgres(config, anchor))
 
     from imserver.errors import StoreDamaged
     from imserver.store.sqlite.audit import verify_database
@@ -198,11 +243,66 @@ def cmd_audit_head(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_postgres(config: Config) -> int:
+    """``store check`` on PostgreSQL: schema and version, then invariants the server relies on."""
+    from imserver.store.migrations import SCHEMA_VERSION
+    from imserver.store.postgres.pool import describe_dsn
+    from imserver.store.postgres.schema import DatabaseReport, check_database
+
+    describe = describe_dsn(config.store.dsn)
+
+    async def run() -> DatabaseReport:
+        async with _postgres_connection(config) as conn:
+            return await check_database(conn, describe)
+
+    try:
+        report = asyncio.run(run())
+    except StoreRefused as e:
+        print(f"BAD: {e}")
+        return EXIT_CHECK_FAILED
+    checked = (
+        f"{report.invariants} invariants hold"
+        if report.schema_version == SCHEMA_VERSION
+        else f"older than this release's {SCHEMA_VERSION} (migrated at the next start),"
+        " invariants not checked"
+    )
+    print(
+        f"ok: {describe} (schema {report.schema}): schema version {report.schema_version},"
+        f" tables, indexes and audit triggers present, {checked}"
+    )
+    return 0
+
+
+def _refused_on_postgres(config: Config, command: str, tool: str) -> int | None:
+    """``EXIT_CONFIG`` and the way to do it when the store is PostgreSQL; ``None`` for SQLite.
+
+    ``store backup`` / ``restore`` copy the SQLite file; a PostgreSQL
+    database has its own tools, which also do it consistently while nodes write.
+    """
+    if config.store.backend != "postgres":
+        return None
+    from imserver.store.postgres.pool import describe_dsn
+
+    print(
+        f"error: store {command} copies the SQLite file, but this config's store is PostgreSQL"
+        f" at {describe_dsn(config.store.dsn)}: use {tool}, or PostgreSQL's own base backups"
+        ' with WAL archiving (point-in-time recovery); see docs/cluster.md, "PostgreSQL"',
+        file=sys.stderr,
+    )
+    return EXIT_CONFIG
+
+
 def cmd_store_check(args: argparse.Namespace) -> int:
-    """Full ``integrity_check`` and schema check of the store (or of a backup file)."""
+    """Full check of the store or of a backup file (SQLite ``integrity_check``, or PostgreSQL's).
+
+    A ``path`` is always a SQLite file, whatever the configured backend.
+    """
     from imserver.store.sqlite.file_check import check_store_file
 
-    path = Path(args.path) if args.path else _load(args.config).sqlite_file
+    config = None if args.path else _load(args.config)
+    if config is not None and config.store.backend == "postgres":
+        return _check_postgres(config)
+    path = Path(args.path) if config is None else config.sqlite_file
     try:
         report = check_store_file(path, check="full")
     except StoreRefused as e:
@@ -222,6 +322,9 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
     from imserver.store.sqlite.backup import backup_store_file
 
     config = _load(args.config)
+    refused = _refused_on_postgres(config, "backup", "pg_dump (e.g. `pg_dump -Fc -f FILE`)")
+    if refused is not None:
+        return refused
     target = Path(args.path)
     if not target.parent.is_dir():
         print(f"error: no directory {target.parent} to write the backup in", file=sys.stderr)
@@ -327,6 +430,9 @@ def cmd_store_restore(args: argparse.Namespace) -> int:
     from imserver.store.sqlite.backup import restore_store_file
 
     config = _load(args.config)
+    refused = _refused_on_postgres(config, "restore", "pg_restore on a dump made by pg_dump")
+    if refused is not None:
+        return refused
     backup = Path(args.path)
     if not backup.exists():
         print(f"error: no backup file {backup}", file=sys.stderr)

@@ -53,6 +53,9 @@ class BusConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"  # one Redis; IMSERVER_BUS_REDIS_URL
     redis_cluster_nodes: tuple[str, ...] = ()  # "host:port",...: a Redis Cluster instead
     channel_prefix: str = "imserver:"  # channels and keys; one per deployment on a shared Redis
+    # AUTH for every connection, single Redis or every cluster node (ACL user; empty: "default").
+    redis_username: str = ""  # IMSERVER_BUS_REDIS_USERNAME
+    redis_password: str = field(default="", repr=False)  # IMSERVER_BUS_REDIS_PASSWORD
 
 
 @dataclass(slots=True, frozen=True)
@@ -126,6 +129,7 @@ class ChatConfig:
     recall_window_s: float = 120.0
     ding_interval_s: float = 300.0  # re-notify unconfirmed DING recipients this often
     ding_max_renotify: int = 3
+    ding_lease_s: float = 60.0  # a dead node's claimed DINGs: re-notified elsewhere after this
 
 
 @dataclass(slots=True, frozen=True)
@@ -145,6 +149,7 @@ class CardsConfig:
     reminder_offsets_s: tuple[int, ...] = (3600, 600)  # reminders this long before due_at
     app_requests_per_s: float = 50.0  # signed app requests, per app, on one node
     app_burst: int = 200
+    timer_lease_s: float = 60.0  # a dead node's claimed card timers: fired elsewhere after this
 
 
 @dataclass(slots=True, frozen=True)
@@ -411,6 +416,7 @@ def _validate(c: Config) -> None:
             raise ConfigError("security.dlp_patterns", str(e)) from None
     if c.chat.recall_window_s < 0:
         raise ConfigError("chat.recall_window_s", "must not be negative")
+    positive("chat.ding_lease_s", c.chat.ding_lease_s)
 
 
 def _validate_bus(bus: BusConfig) -> None:
@@ -435,6 +441,14 @@ def _validate_bus(bus: BusConfig) -> None:
         )
     if not bus.channel_prefix or any(ch in bus.channel_prefix for ch in "{} "):
         raise ConfigError("bus.channel_prefix", "must be non-empty, without spaces or braces")
+    _, at, _ = bus.redis_url.partition("://")[2].rpartition("@")
+    if at and not bus.redis_cluster_nodes and (bus.redis_username or bus.redis_password):
+        # Which would win is a guess an operator should not have to make.
+        raise ConfigError(
+            "bus.redis_password" if bus.redis_password else "bus.redis_username",
+            "bus.redis_url carries credentials already: give them in one place"
+            " (the URL, or bus.redis_username / bus.redis_password)",
+        )
 
 
 def _validate_connection_bounds(c: Config) -> None:

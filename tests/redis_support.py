@@ -96,24 +96,84 @@ def free_cluster_port() -> int:
     raise RedisUnavailable("no free port pair (P, P + 10000) for a Redis Cluster node")
 
 
+def _require_binaries() -> None:
+    for binary in ("redis-server", "redis-cli"):
+        if shutil.which(binary) is None:
+            raise RedisUnavailable(
+                f"the Redis tests need {binary} on PATH (apt-get install redis-server)"
+            )
+
+
+@dataclass
+class SingleRedis:
+    """One extra ``redis-server`` on a free loopback port, e.g. with ``requirepass``.
+
+    ``extra`` are more command-line settings (``["--user", "bob", "on", ">pw", ...]``).
+    No persistence: it holds nothing the tests need after it stops.
+    """
+
+    password: str = ""
+    extra: list[str] = field(default_factory=list)
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        _require_binaries()
+        self.port = free_port()
+        auth = ["--requirepass", self.password] if self.password else []
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", *auth, *self.extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password or None)
+        RedisCluster._wait(client.ping, f"redis-server on {self.port}")
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def started_server(password: str = "", extra: list[str] | None = None) -> Iterator[SingleRedis]:
+    """Body of a fixture: one extra Redis, always stopped at the end."""
+    server = SingleRedis(password, extra or [])
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
 @dataclass
 class RedisCluster:
-    """Three masters on loopback; ``nodes`` as ``host:port`` strings for the config."""
+    """Three masters on loopback; ``nodes`` as ``host:port`` strings for the config.
+
+    With ``password`` every node has ``requirepass`` and ``masterauth`` set to it.
+    """
 
     directory: Path
     ports: list[int] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    password: str = ""
 
     @property
     def nodes(self) -> list[str]:
         return [f"127.0.0.1:{p}" for p in self.ports]
 
     def start(self) -> None:
-        for binary in ("redis-server", "redis-cli"):
-            if shutil.which(binary) is None:
-                raise RedisUnavailable(
-                    f"the Redis Cluster tests need {binary} on PATH (apt-get install redis-server)"
-                )
+        _require_binaries()
+        auth = ["--requirepass", self.password, "--masterauth", self.password]
         for _ in range(3):
             port = free_cluster_port()
             node_dir = self.directory / str(port)
@@ -130,18 +190,17 @@ class RedisCluster:
                         "--dir", str(node_dir),
                         "--save", "",
                         "--appendonly", "no",
+                        *(auth if self.password else []),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
             )  # fmt: skip
         for port in self.ports:
-            self._wait(
-                lambda p=port: redis.Redis(host="127.0.0.1", port=p).ping(),
-                f"redis-server on {port}",
-            )
+            self._wait(lambda p=port: self._client(p).ping(), f"redis-server on {port}")
+        cli_auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *self.nodes, "--cluster-yes"],
+            ["redis-cli", *cli_auth, "--cluster", "create", *self.nodes, "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=60,
@@ -149,11 +208,13 @@ class RedisCluster:
         for port in self.ports:
             self._wait(
                 lambda p=port: (
-                    b"cluster_state:ok"
-                    in redis.Redis(host="127.0.0.1", port=p).execute_command("CLUSTER", "INFO")
+                    b"cluster_state:ok" in self._client(p).execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
                 ),
                 f"cluster state ok on {port}",
             )
+
+    def _client(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, password=self.password or None)
 
     @staticmethod
     def _wait(check: object, what: str, timeout: float = 30.0) -> None:
@@ -180,9 +241,10 @@ class RedisCluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def started_cluster() -> Iterator[RedisCluster]:
+def started_cluster(password: str = "") -> Iterator[RedisCluster]:
     """Body of the session fixture: start, hand out, always stop and delete."""
-    cluster = RedisCluster(Path(tempfile.mkdtemp(prefix="imserver-redis-cluster-")))
+    directory = Path(tempfile.mkdtemp(prefix="imserver-redis-cluster-"))
+    cluster = RedisCluster(directory, password=password)
     try:
         cluster.start()
         yield cluster

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import orjson
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from imserver.bus.base import (
     TOPIC_CONV_CHANGED,
@@ -45,7 +45,7 @@ from imserver.bus.base import (
 )
 from imserver.bus.gaps import ConvSeq, Heard, fill
 from imserver.bus.interest import Change, Interest
-from imserver.bus.redis_links import Client, Links, describe, make_client
+from imserver.bus.redis_links import Client, Links, RedisAuth, describe, make_client, start_error
 from imserver.bus.redis_presence import RedisPresence
 from imserver.errors import BusUnavailable
 from imserver.protocol.frames import event_frame
@@ -92,6 +92,8 @@ class RedisBusSettings:
     url: str = "redis://127.0.0.1:6379/0"
     cluster_nodes: tuple[str, ...] = ()
     prefix: str = "imserver:"
+    #: ACL user and password of every connection (``[bus] redis_username`` / ``redis_password``).
+    auth: RedisAuth = field(default_factory=RedisAuth)
     #: Gap fill: messages per store read, and reads before giving up (-> ``resync``).
     fill_page: int = 200
     fill_max_pages: int = 5
@@ -127,7 +129,7 @@ class RedisBus:
         self._tasks: set[asyncio.Task[Any]] = set()
         #: The command connection (publishing, presence, shared rate limits,
         #: nonces). redis-py connects lazily, so it exists before ``start``.
-        self.client: Client = make_client(settings.url, settings.cluster_nodes)
+        self.client: Client = make_client(settings.url, settings.cluster_nodes, settings.auth)
         self._links: Links | None = None
         #: Cluster-wide "who is online" for ``presence.query``.
         self.presence = RedisPresence(self.client, settings.prefix, settings.node_name)
@@ -145,23 +147,24 @@ class RedisBus:
         """Connect and subscribe to the broadcast channels; fail with one clear line."""
         client = self.client
         self._channels.update((self._ctl, self._presence))
-        self._links = Links(client, self._on_message, self.settings.node_name, self.settings.url)
+        self._links = self._new_links()
         try:
             if isinstance(client, RedisCluster):
                 await client.initialize()  # reads the slot map: fails here if unreachable
             await client.ping()
             await self._links.subscribe(sorted(self._channels))
-        except (RedisError, OSError) as e:
+        # A cluster's start-up errors are RedisClusterException, not RedisError.
+        except (RedisError, RedisClusterException, OSError) as e:
             await self._links.close()
             await _close_quietly(client)
-            raise BusUnavailable(
-                f"cannot reach the Redis bus at {self.describe} ({e}); start Redis there,"
-                " or fix [bus] redis_url / redis_cluster_nodes (IMSERVER_BUS_REDIS_URL),"
-                ' or use [bus] backend = "local" for a single node'
-            ) from None
+            raise BusUnavailable(start_error(self.describe, e)) from None
         self.connected = True
         self._supervisor = asyncio.create_task(self._supervise(), name="redis-bus")
         self._spawn(self.presence.run(self._interest.users))
+
+    def _new_links(self) -> Links:
+        s = self.settings
+        return Links(self.client, self._on_message, s.node_name, s.url, s.auth)
 
     async def stop(self) -> None:
         if self._supervisor is not None:
@@ -463,7 +466,7 @@ class RedisBus:
                     break
 
     async def _reconnect(self) -> bool:
-        links = Links(self.client, self._on_message, self.settings.node_name, self.settings.url)
+        links = self._new_links()
         try:
             await self.client.ping()
             async with self._lock:

@@ -11,6 +11,10 @@ switched off with a zero-retry policy): a reconnect must be *noticed*,
 because whatever was published meanwhile is gone and the bus fills it from
 the store. Any read error on any link sets ``lost``; the bus then tears all
 links down, reconnects with backoff and resubscribes everything.
+
+Every connection -- the command client, each link, each cluster node --
+authenticates with the same :class:`RedisAuth` (``[bus] redis_username`` /
+``redis_password``); a password in ``redis_url`` works too, for one Redis.
 """
 
 from __future__ import annotations
@@ -27,8 +31,13 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    RedisClusterException,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +62,41 @@ def parse_node(spec: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def make_client(url: str, cluster_nodes: tuple[str, ...]) -> Client:
+@dataclass(slots=True, frozen=True)
+class RedisAuth:
+    """The ACL user and password every bus connection sends (``AUTH``/``HELLO``).
+
+    Kept out of ``repr`` so that no log line or traceback shows the password.
+    Empty: no ``AUTH`` (or whatever ``redis_url`` carries).
+    """
+
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    @property
+    def user(self) -> str | None:
+        """For redis-py (None: not sent); credentials in a URL win over these."""
+        return self.username or None
+
+    @property
+    def secret(self) -> str | None:
+        return self.password or None
+
+
+NO_AUTH = RedisAuth()
+
+
+def make_client(url: str, cluster_nodes: tuple[str, ...], auth: RedisAuth = NO_AUTH) -> Client:
     """The command client: a Redis Cluster when nodes are listed, else one Redis."""
     if cluster_nodes:
         nodes = [ClusterNode(*parse_node(n)) for n in cluster_nodes]
-        return RedisCluster(startup_nodes=nodes, socket_connect_timeout=3.0)
-    return Redis.from_url(url, socket_connect_timeout=3.0)
+        return RedisCluster(
+            startup_nodes=nodes,
+            socket_connect_timeout=3.0,
+            username=auth.user,
+            password=auth.secret,
+        )
+    return Redis.from_url(url, socket_connect_timeout=3.0, username=auth.user, password=auth.secret)
 
 
 def describe(url: str, cluster_nodes: tuple[str, ...]) -> str:
@@ -67,6 +105,36 @@ def describe(url: str, cluster_nodes: tuple[str, ...]) -> str:
         return "Redis Cluster " + ", ".join(cluster_nodes)
     tail = url.rsplit("@", 1)[-1]
     return tail if "://" in tail else url.split("://", 1)[0] + "://" + tail
+
+
+def start_error(where: str, e: BaseException) -> str:
+    """The one start-up line: unreachable, or reachable but refusing this node.
+
+    Redis's own reason is quoted (it never contains the password); a
+    cluster wraps it (``RedisClusterException`` from the node's error).
+    """
+    cause = e.__cause__ if isinstance(e, RedisClusterException) else e
+    reason = cause if cause is not None else e
+    if isinstance(reason, AuthenticationError):
+        said = str(reason)
+        if said.startswith(("HELLO must be called", "Authentication required")):  # none sent
+            said = "Redis requires a password and none was sent"
+        return (
+            f"the Redis bus at {where} refused this node's credentials ({said}); set [bus]"
+            " redis_username / redis_password (IMSERVER_BUS_REDIS_USERNAME /"
+            " IMSERVER_BUS_REDIS_PASSWORD, or the password in redis_url) to a user and"
+            " password that Redis accepts"
+        )
+    if isinstance(reason, NoPermissionError):
+        return (
+            f"the Redis bus at {where} refused a command of this node's user ({reason});"
+            " allow that user the bus's commands, keys and channels (ACL SETUSER, docs/cluster.md)"
+        )
+    return (
+        f"cannot reach the Redis bus at {where} ({e}); start Redis there,"
+        " or fix [bus] redis_url / redis_cluster_nodes (IMSERVER_BUS_REDIS_URL),"
+        ' or use [bus] backend = "local" for a single node'
+    )
 
 
 @dataclass(slots=True)
@@ -82,10 +150,18 @@ class Link:
 class Links:
     """Subscriber connections, created on demand per shard, dropped together."""
 
-    def __init__(self, client: Client, on_message: OnMessage, name: str, url: str) -> None:
+    def __init__(
+        self,
+        client: Client,
+        on_message: OnMessage,
+        name: str,
+        url: str,
+        auth: RedisAuth = NO_AUTH,
+    ) -> None:
         self._client = client
         self._name = name
         self._url = url  # a single Redis: its one link connects here
+        self._auth = auth
         self._on_message = on_message
         self._links: dict[str, Link] = {}
         #: Subscriptions sent and not yet confirmed by Redis.
@@ -105,11 +181,21 @@ class Links:
         link = self._links.get(name)
         if link is None:
             retry = Retry(NoBackoff(), 0)
+            user, secret = self._auth.user, self._auth.secret
             if isinstance(self._client, RedisCluster):
                 host, port = parse_node(name)
-                redis = Redis(host=host, port=port, retry=retry, client_name=self._name)
+                redis = Redis(
+                    host=host,
+                    port=port,
+                    retry=retry,
+                    client_name=self._name,
+                    username=user,
+                    password=secret,
+                )
             else:
-                redis = Redis.from_url(self._url, retry=retry, client_name=self._name)
+                redis = Redis.from_url(
+                    self._url, retry=retry, client_name=self._name, username=user, password=secret
+                )
             link = Link(redis, redis.pubsub())
             self._links[name] = link
         return link
@@ -185,19 +271,24 @@ class Links:
             raise
         except (RedisError, OSError) as e:
             log.warning("redis bus: subscriber connection lost: %s", e)
+            self._fail_waiting(e)  # e.g. NoPermissionError: say so now, not at the timeout
             self.lost.set()
         except Exception:  # a bug in a handler must not silently end the reader
             log.exception("redis bus: reader failed")
             self.lost.set()
 
-    async def close(self) -> None:
-        """Drop every link (the bus resubscribes on fresh ones)."""
-        links, self._links = list(self._links.values()), {}
+    def _fail_waiting(self, error: BaseException) -> None:
+        """Every subscription still waiting for Redis's confirmation fails with ``error``."""
         waiting, self._confirmations = list(self._confirmations.values()), {}
         for confirmed in waiting:
             if not confirmed.done():
-                confirmed.set_exception(RedisConnectionError("subscriber link closed"))
+                confirmed.set_exception(error)
                 confirmed.exception()  # retrieved: nobody may be waiting any more
+
+    async def close(self) -> None:
+        """Drop every link (the bus resubscribes on fresh ones)."""
+        links, self._links = list(self._links.values()), {}
+        self._fail_waiting(RedisConnectionError("subscriber link closed"))
         for link in links:
             if link.reader is not None:
                 link.reader.cancel()

@@ -1,7 +1,8 @@
-"""One request budget per user across every node (``[bus] backend = "redis"``).
+"""One request budget per user, and one per app, across every node (``[bus] backend = "redis"``).
 
 The budget is the same token bucket as on one node (``limits.user_requests_per_s``,
-``limits.user_burst``), kept in Redis by a small Lua script: one hash per user,
+``limits.user_burst`` for users; ``cards.app_requests_per_s``, ``cards.app_burst``
+for the signed requests of apps), kept in Redis by a small Lua script: one hash per key,
 refilled from Redis's own clock (node clocks may disagree), one key per call
 so it runs unchanged on a Redis Cluster. A token bucket rather than a fixed
 ``INCR`` window because it is what the single node enforces: the same burst,
@@ -10,9 +11,9 @@ the same sustained rate, and no double budget at a window's edge.
 Asking Redis on every request would put a network round trip in front of
 every frame. Instead this node's own bucket stays the first, free filter, and
 what it lets through is *counted* and sent to Redis in one pipelined batch
-every ``flush_s`` (50 ms). When the shared bucket is in debt the user is
+every ``flush_s`` (50 ms). When the shared bucket is in debt the caller is
 refused on this node until the debt is repaid at the refill rate. The cost:
-a user may overshoot the cluster budget by what they can send in one flush
+a caller may overshoot the cluster budget by what they can send in one flush
 interval on each node -- bounded, and self-correcting, since the overshoot is
 debt that is paid back by waiting.
 
@@ -34,7 +35,12 @@ from imserver.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
-#: KEYS[1] the user's bucket; ARGV rate, burst, tokens taken. Returns the
+#: Key namespaces under the channel prefix: a user and an app never share a
+#: bucket, whatever their ids.
+USER_BUCKETS = "rl:"
+APP_BUCKETS = "rl-app:"
+
+#: KEYS[1] the bucket; ARGV rate, burst, tokens taken. Returns the
 #: tokens left (negative: debt), as a string (Lua numbers become integers).
 TAKE_SCRIPT = """
 local rate = tonumber(ARGV[1])
@@ -53,7 +59,11 @@ return tostring(tokens)
 
 
 class SharedRateLimiter(RateLimiter):
-    """A :class:`RateLimiter` whose budget is shared through Redis (see the module doc)."""
+    """A :class:`RateLimiter` whose budget is shared through Redis (see the module doc).
+
+    ``buckets`` is the key namespace (``USER_BUCKETS``, ``APP_BUCKETS``): one
+    limiter per kind of caller, each with its own rate and burst.
+    """
 
     def __init__(
         self,
@@ -62,18 +72,20 @@ class SharedRateLimiter(RateLimiter):
         client: Client,
         prefix: str,
         *,
+        buckets: str = USER_BUCKETS,
         flush_s: float = 0.05,
     ) -> None:
         super().__init__(rate, burst)
         self._client = client
-        self._prefix = prefix
+        self._prefix = prefix + buckets
         self._flush_s = flush_s
         self._counted: Counter[str] = Counter()
         self._blocked_until: dict[str, float] = {}
         self._flusher: asyncio.Task[None] | None = None
 
-    def key(self, user: str) -> str:
-        return f"{self._prefix}rl:{user}"
+    def key(self, caller: str) -> str:
+        """The Redis key of ``caller``'s bucket (a user id, or an app id)."""
+        return f"{self._prefix}{caller}"
 
     def take(self, key: str, now: float) -> float:
         """0.0 if allowed; else seconds to wait -- this node's bucket first, then the cluster's."""
@@ -99,22 +111,24 @@ class SharedRateLimiter(RateLimiter):
             self._flusher = None
 
     async def flush(self) -> None:
-        """Send what was counted since the last flush; block users whose bucket is in debt."""
+        """Send what was counted since the last flush; block callers whose bucket is in debt."""
         counted, self._counted = self._counted, Counter()
         if not counted:
             return
-        users = list(counted)
+        callers = list(counted)
         try:
             # Plain EVAL: a cluster pipeline routes it by its one key.
             async with self._client.pipeline(transaction=False) as pipe:
-                for user in users:
-                    pipe.eval(TAKE_SCRIPT, 1, self.key(user), self.rate, self.burst, counted[user])
+                for caller in callers:
+                    pipe.eval(
+                        TAKE_SCRIPT, 1, self.key(caller), self.rate, self.burst, counted[caller]
+                    )
                 left = await pipe.execute()
         except (RedisError, OSError) as e:
             log.warning("shared rate limit: redis unreachable, local budgets only: %s", e)
             return
         now = time.monotonic()
-        for user, left_tokens in zip(users, left, strict=True):
+        for caller, left_tokens in zip(callers, left, strict=True):
             tokens = float(left_tokens)
             if tokens < 1.0:  # as on one node: the next request needs a whole token
-                self._blocked_until[user] = now + (1.0 - tokens) / self.rate
+                self._blocked_until[caller] = now + (1.0 - tokens) / self.rate

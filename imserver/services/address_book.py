@@ -21,11 +21,12 @@ from imserver.masking import PII_READ
 from imserver.services.caller import Caller
 from imserver.services.directory import ProfileSealer, ancestors
 from imserver.store.directory_changes import MEMBER, UNIT
-from imserver.store.records import ChangeRow, PersonRow, SearchHit
+from imserver.store.records import ChangeRow, LastHit, PersonRow, SearchHit
 
 
 class AddressBookStore(Protocol):
-    async def people(self, users: Any) -> dict[str, PersonRow]: ...
+    async def people(self, users: Any) -> dict[str, PersonRow]:
+        """The active ones among ``users``, with their units (two queries)."""
 
     async def get_unit(self, unit_id: str) -> Unit | None: ...
 
@@ -33,20 +34,19 @@ class AddressBookStore(Protocol):
 
     async def child_units(self, unit_id: str) -> list[tuple[Unit, int]]: ...
 
-    async def unit_people(
-        self, path: str, recursive: bool, after: str, limit: int
-    ) -> list[str]: ...
+    async def unit_people(self, path: str, recursive: bool, after: str, limit: int) -> list[str]:
+        """Active people in the unit (and below), by user id, after ``after``."""
 
     async def search_people(
-        self,
-        query: str,
-        key: str | None,
-        within: str | None,
-        after: tuple[Tier, str, str] | None,
-        limit: int,
-    ) -> list[SearchHit]: ...
+        self, query: str, key: str | None, within: str | None, after: LastHit | None, limit: int
+    ) -> list[SearchHit]:
+        """Up to ``limit`` matches in rank order, after the ``(tier, key, user)`` cursor.
 
-    async def directory_changes(self, since: int, limit: int) -> tuple[list[ChangeRow], int]: ...
+        ``within`` is a unit path: only people with a unit in that subtree.
+        """
+
+    async def directory_changes(self, since: int, limit: int) -> tuple[list[ChangeRow], int]:
+        """Up to ``limit`` changes after ``since`` in order, and the newest change number."""
 
     async def users_with_scope(self, users: Any, scope: str) -> set[str]: ...
 
@@ -138,7 +138,7 @@ class AddressBook:
     ) -> dict[str, Any]:
         """``directory.search``: by name, pinyin initials or full pinyin, ranked, paged."""
         within = (await self._unit(unit_id)).path if unit_id is not None else None
-        after: tuple[Tier, str, str] | None = None
+        after: LastHit | None = None
         listing = f"{unit_id or ''}|{query}"  # a cursor continues the search it came from
         if cursor is not None:
             cursor_listing, tier, key, user = decode_cursor(cursor, "search", (str, int, str, str))

@@ -47,6 +47,8 @@ class DingService:
         self._members = members
         self._interval_ms = int(config.ding_interval_s * 1000)
         self._max = config.ding_max_renotify
+        #: ``chat.ding_lease_s``: a node that dies holding due DINGs delays them this long.
+        self.lease_ms = int(config.ding_lease_s * 1000)
         self._clock = clock
         self._loop = DueLoop("ding", self.run_once, store.next_ding_due, clock)
 
@@ -86,7 +88,7 @@ class DingService:
 
     async def run_once(self) -> int:
         now = int(self._clock() * 1000)
-        due = await self._store.due_dings(now, BATCH)
+        due = await self._store.due_dings(now, self.lease_ms, BATCH)
         for d in due:
             msg = await self._store.get_message(d.conv, d.seq)
             notified = d.notified + 1

@@ -19,13 +19,12 @@ import orjson
 from imserver.bus.base import TOPIC_DIRECTORY, TOPIC_REVOKE, Bus
 from imserver.directory.model import (
     MemberOp,
-    SyncOp,
     SyncReport,
     Unit,
     parse_sync_line,
 )
 from imserver.errors import InvalidField, NoSuchUnit
-from imserver.store.records import MemberProfile, UnitMemberRow
+from imserver.store.records import MemberProfile, SyncBatch, UnitMemberRow
 
 BATCH = 1000
 MAX_LINE_BYTES = 64 * 1024
@@ -53,17 +52,20 @@ class PlainProfiles:
 
 
 class DirectoryStore(Protocol):
-    async def begin_directory_sync(self) -> int: ...
+    async def begin_directory_sync(self) -> int:
+        """A new sync generation number."""
 
     async def apply_directory_batch(
-        self,
-        ops: list[tuple[int, SyncOp, dict[str, str] | None, str]],
-        gen: int,
-        now: int,
-        full: bool = False,
-    ) -> SyncReport: ...
+        self, ops: SyncBatch, gen: int, now: int, full: bool = False
+    ) -> SyncReport:
+        """Apply ``(line, op, stored_profile, profile_digest)`` in one transaction.
 
-    async def sweep_directory(self, gen: int) -> SyncReport: ...
+        A bad line (unknown parent, level out of order, a move into its own
+        subtree) undoes the whole batch and names the line.
+        """
+
+    async def sweep_directory(self, gen: int) -> SyncReport:
+        """End of a full sync: remove what the sync did not mention."""
 
     async def get_unit(self, unit_id: str) -> Unit | None: ...
 
@@ -73,9 +75,12 @@ class DirectoryStore(Protocol):
 
     async def unit_members(
         self, path: str, recursive: bool, after: tuple[str, str], limit: int
-    ) -> list[UnitMemberRow]: ...
+    ) -> list[UnitMemberRow]:
+        """Active memberships in the unit (and its subtree), ordered by (user, unit
+        path), after the ``(user, path)`` cursor — one person in two units is two rows."""
 
-    async def unit_recipients(self, targets: Any) -> set[str]: ...
+    async def unit_recipients(self, targets: Any) -> set[str]:
+        """Active users in the given (unit path, include sub-units) targets."""
 
     async def user_memberships(self, user: str) -> list[tuple[Unit, str, bool]]: ...
 
@@ -85,7 +90,8 @@ class DirectoryStore(Protocol):
 
     async def directory_cursor(self) -> int: ...
 
-    async def count_unit_members(self) -> None: ...
+    async def count_unit_members(self) -> None:
+        """Refresh ``units.members`` (after a sync that changed the directory)."""
 
 
 async def ndjson_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, bytes]]:
@@ -139,7 +145,7 @@ class DirectoryService:
     async def _apply(self, chunks: AsyncIterator[bytes], *, full: bool) -> SyncReport:
         gen = await self._store.begin_directory_sync()
         report = SyncReport()
-        batch: list[tuple[int, SyncOp, dict[str, str] | None, str]] = []
+        batch: SyncBatch = []
         now = int(self._clock() * 1000)
         async for n, raw in ndjson_lines(chunks):
             try:

@@ -149,7 +149,13 @@ class CardStore(Protocol):
 
     async def create_card(
         self, card: NewCard, messages: list[NewMessage], notice_convs: list[tuple[str, str, str]]
-    ) -> tuple[CardRecord, list[Message], bool]: ...
+    ) -> tuple[CardRecord, list[Message], bool]:
+        """Store a card, its holders, todo rows and delivery messages at once.
+
+        ``notice_convs`` are ``(conv, user, name)`` to create if absent. If the
+        app already has a card with this ``out_track_id``, nothing is written
+        and the existing card comes back with ``True`` (a duplicate).
+        """
 
     async def get_card(self, card_id: str) -> CardRecord | None: ...
 
@@ -159,13 +165,25 @@ class CardStore(Protocol):
 
     async def save_card(self, change: CardChange) -> CardRecord | None: ...
 
+    async def set_card_callback(
+        self, card_id: str, state: str, expected_version: int
+    ) -> CardRecord | None:
+        """Record the callback delivery status at the card's current version.
+
+        Not a new version: the callback told the app the version its decision
+        made, and the app's ``if_version`` must keep matching it. The card's
+        ``gseq`` moves, so ``sync`` hands the new status out. ``None`` (nothing
+        written) if the card is gone or no longer at ``expected_version``.
+        """
+
     async def card_holders(self, card_id: str) -> list[str]: ...
 
     async def cards_changed_for(
         self, user: str, after_gseq: int, limit: int
     ) -> list[CardRecord]: ...
 
-    async def todo_cards(self, user: str, limit: int) -> tuple[list[CardRecord], int]: ...
+    async def todo_cards(self, user: str, limit: int) -> tuple[list[CardRecord], int]:
+        """Pending cards for ``user``, soonest deadline first (none last); and the total."""
 
     async def deliver_notice(
         self, messages: list[NewMessage], notice_convs: list[tuple[str, str, str]], now: int
@@ -209,7 +227,9 @@ class DeadlineStore(Protocol):
         self, card_id: str, sender: str | None = None
     ) -> tuple[list[str], list[str]]: ...
 
-    async def due_dings(self, now: int, limit: int) -> list[DingDue]: ...
+    async def due_dings(self, now: int, lease_ms: int, limit: int) -> list[DingDue]:
+        """Unconfirmed DINGs due at ``now``, held ``lease_ms`` by a store several nodes share."""
+        ...
 
     async def next_ding_due(self) -> int | None: ...
 

@@ -1,17 +1,19 @@
-"""A group's membership change, for every backend: which statements run, in which order.
+"""A group's members, for every backend: who a new group holds, and which statements a
+change runs, in which order.
 
-Why shared: archiving, renaming, removing, adding and re-roling members must
-apply in the same order with the same limit on both backends; only the
-spelling of each statement differs, so each backend hands in its
-:class:`MembershipSql` and runs the rows this module lists.
+Why shared: a new group's roles, and archiving, renaming, removing, adding and
+re-roling members, must come out the same with the same limit on both
+backends; only the spelling of each statement differs, so each backend hands
+in its :class:`MembershipSql` and runs the rows this module lists.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from imserver.store.records import MembershipChange
+from imserver.store.records import ROLE_MEMBER, ROLE_OWNER, MembershipChange
 from imserver.store.refusals import too_many_members
 
 
@@ -51,6 +53,13 @@ def membership_writes(
     if change.set_roles:
         writes.append((sql.set_role, [(role, conv, u) for u, role in change.set_roles]))
     return writes
+
+
+def group_members(owner: str, members: Iterable[str]) -> list[tuple[str, str]]:
+    """A new group's ``(user, role)`` rows: ``owner`` first as owner, then every
+    other named user once (in the order given) as a member."""
+    others = [m for m in dict.fromkeys(members) if m != owner]
+    return [(owner, ROLE_OWNER), *((m, ROLE_MEMBER) for m in others)]
 
 
 def check_member_limit(count: int, limit: int) -> None:

@@ -11,7 +11,10 @@ Append new versions here first; never edit or reorder a released one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
+
+from imserver.errors import StoreTooNew
 
 SCHEMA_HISTORY: Final[tuple[tuple[int, str], ...]] = (
     (1, "users, conversations, members, messages, files"),
@@ -48,3 +51,20 @@ def with_sql(sql_by_version: dict[int, str]) -> list[tuple[int, str, str]]:
     return [
         (version, description, sql_by_version[version]) for version, description in SCHEMA_HISTORY
     ]
+
+
+def refuse_newer(where: object, applied: Iterable[int]) -> None:
+    """Raise :class:`StoreTooNew` naming ``where`` if ``applied`` has versions not in the history.
+
+    Such a database was migrated by a newer release; this one must not serve
+    or migrate it, whichever engine holds it.
+    """
+    known = [version for version, _ in SCHEMA_HISTORY]
+    unknown = [version for version in applied if version not in known]
+    if unknown:
+        raise StoreTooNew(
+            where,
+            f"written by a newer imserver (schema versions {unknown}; this release knows"
+            f" up to {known[-1]})",
+            "run the release that wrote it, or restore a backup made by this one",
+        )

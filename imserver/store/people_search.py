@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from imserver.directory.search_rank import Tier
 from imserver.store.directory_sync import PATH_END
-from imserver.store.records import PersonRow, SearchHit
+from imserver.store.records import LastHit, PersonRow, SearchHit
 
 NAME_END: Final = "\U0010ffff"
 """Above every character a name may hold."""
@@ -86,7 +86,7 @@ class PeopleSearch:
         query: str,
         key: str | None,
         within: str | None,
-        after: tuple[Tier, str, str] | None,
+        after: LastHit | None,
         limit: int,
         *,
         active: str,

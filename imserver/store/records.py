@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
+from imserver.directory.model import SyncOp
 from imserver.directory.search_rank import Tier
 
 ROLE_OWNER = "owner"
@@ -261,6 +262,10 @@ class MemberProfile:
     digest: str
 
 
+SyncBatch: TypeAlias = list[tuple[int, SyncOp, dict[str, str] | None, str]]
+"""Directory sync lines applied in one transaction: ``(line, op, stored_profile, digest)``."""
+
+
 @dataclass(slots=True, frozen=True)
 class UnitMemberRow:
     user: str
@@ -288,6 +293,11 @@ class SearchHit:
     tier: Tier
     key: str
     user: str
+
+
+LastHit: TypeAlias = tuple[Tier, str, str]
+"""The ``(tier, key, user)`` of the last hit a people search returned: the next page
+starts after it."""
 
 
 @dataclass(slots=True, frozen=True)

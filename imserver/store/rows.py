@@ -20,6 +20,7 @@ from imserver.store.records import (
     DingStatus,
     Message,
     NewCard,
+    NewMessage,
     OutboxItem,
     UnitMemberRow,
 )
@@ -54,6 +55,13 @@ def load_json(raw: str | bytes) -> Any:
 def message_from_row(row: Row) -> Message:
     conv, seq, sender, device, kind, body, ts, cmid, recalled = row
     return Message(conv, seq, sender, device, kind, load_json(body), ts, cmid, bool(recalled))
+
+
+def stored_message(new: NewMessage, seq: int) -> Message:
+    """The record of ``new`` as just stored at ``seq`` (not recalled)."""
+    return Message(
+        new.conv, seq, new.sender, new.device, new.kind, new.body, new.ts, new.client_msg_id
+    )
 
 
 def conversation_from_row(row: Row) -> Conversation:

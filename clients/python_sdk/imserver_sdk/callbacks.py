@@ -55,6 +55,8 @@ class CallbackAction:
 
     ``version`` and ``state`` are the card's *after* this action (so
     ``state == "approved"`` means this action completed the policy);
+    ``version`` is what to pass as ``if_version`` to ``update_card`` (the
+    delivery itself makes no new version, docs/cards.md section 6);
     ``decision`` is ``"approve"`` or ``"reject"``; ``at`` is ms since the
     epoch. ``raw`` keeps the whole decoded payload so keys added by newer
     servers are not lost.

@@ -9,17 +9,15 @@ backends (``store/people_search.py``) and numbered for PostgreSQL by
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 from imserver.directory.model import Unit
-from imserver.directory.search_rank import Tier
 from imserver.store.directory_changes import ChangeFeedCursor
 from imserver.store.directory_sync import PATH_END
 from imserver.store.people_search import DENSE_SUBTREE, PeopleSearch, person_rows, rarest_char
-from imserver.store.postgres.jobs import PgConn, PgJob
+from imserver.store.postgres.jobs import PgConn, PgJobs
 from imserver.store.postgres.named import positional
-from imserver.store.records import ChangeRow, PersonRow, SearchHit
+from imserver.store.records import ChangeRow, LastHit, PersonRow, SearchHit
 from imserver.store.rows import load_json
 
 
@@ -48,18 +46,14 @@ async def _rarest_char(conn: PgConn, query: str) -> str | None:
     return rarest_char(query, {r[0]: r[1] for r in rows})
 
 
-class PgAddressBookMixin(ChangeFeedCursor):
-    _read: Callable[[PgJob], Awaitable[Any]]
-
+class PgAddressBookMixin(ChangeFeedCursor, PgJobs):
     async def people(self, users: Iterable[str]) -> dict[str, PersonRow]:
-        """The active ones among ``users``, with their units (two queries)."""
         wanted = list(dict.fromkeys(users))
 
         async def job(conn: PgConn) -> dict[str, PersonRow]:
             return await _people(conn, wanted)
 
-        result: dict[str, PersonRow] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def child_units(self, unit_id: str) -> list[tuple[Unit, int]]:
         """Direct sub-units in display order, each with its number of active people below."""
@@ -72,12 +66,9 @@ class PgAddressBookMixin(ChangeFeedCursor):
             )
             return [(Unit(*tuple(r)[:6]), int(r[6])) for r in rows]
 
-        result: list[tuple[Unit, int]] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def unit_people(self, path: str, recursive: bool, after: str, limit: int) -> list[str]:
-        """Active people in the unit (and below), by user id, after ``after``."""
-
         async def job(conn: PgConn) -> list[str]:
             if not recursive:
                 rows = await conn.fetch(
@@ -112,22 +103,11 @@ class PgAddressBookMixin(ChangeFeedCursor):
                 )
             return [r[0] for r in await conn.fetch(sql, path, path + PATH_END, after, limit)]
 
-        result: list[str] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def search_people(
-        self,
-        query: str,
-        key: str | None,
-        within: str | None,
-        after: tuple[Tier, str, str] | None,
-        limit: int,
+        self, query: str, key: str | None, within: str | None, after: LastHit | None, limit: int
     ) -> list[SearchHit]:
-        """Up to ``limit`` matches in rank order, after the ``(tier, key, user)`` cursor.
-
-        ``within`` is a unit path: only people with a unit in that subtree.
-        """
-
         async def job(conn: PgConn) -> list[SearchHit]:
             search = PeopleSearch(query, key, within, after, limit, active="NOT u.disabled")
             for tier in search.tiers():
@@ -139,12 +119,9 @@ class PgAddressBookMixin(ChangeFeedCursor):
                 search.add(tier, await conn.fetch(sql, *values))
             return search.hits
 
-        result: list[SearchHit] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def directory_changes(self, since: int, limit: int) -> tuple[list[ChangeRow], int]:
-        """Up to ``limit`` changes after ``since`` in order, and the newest change number."""
-
         async def job(conn: PgConn) -> tuple[list[ChangeRow], int]:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 rows = await conn.fetch(
@@ -158,5 +135,4 @@ class PgAddressBookMixin(ChangeFeedCursor):
                 )
             return [ChangeRow(*r) for r in rows], int(newest)
 
-        result: tuple[list[ChangeRow], int] = await self._read(job)
-        return result
+        return await self._read(job)

@@ -10,39 +10,37 @@ both extend the same head. Triggers refuse ``UPDATE``, ``DELETE``,
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Awaitable, Iterator
 from typing import Any, Final
+
+import asyncpg
 
 from imserver.audit.chain import (
     APPEND_ONLY,
     GENESIS,
-    RECORD_COLUMNS,
     Anchor,
     AuditRecord,
     VerifyResult,
-    record_from_row,
     record_row,
-    seal,
     verify_rows,
 )
-from imserver.store.audit_log import AuditLogBase
+from imserver.store.audit_log import AuditLogBase, SealNext, audit_statements
 from imserver.store.postgres.jobs import PgConn
 
 AUDIT_LOCK: Final = 0x1A5E_A0D1
 """``pg_advisory_xact_lock`` key that serialises appends across nodes."""
 
+SQL: Final = audit_statements("BIGINT", lambda n: f"${n}")
+"""The table and statements (shared with SQLite's), in PostgreSQL's types and ``$n`` style."""
+
+VERIFY_PAGE: Final = 1000
+"""Rows fetched at a time while verifying: about half a megabyte."""
+
 
 _SCHEMA: Final = f"""
-CREATE TABLE IF NOT EXISTS audit_log (
-    seq        BIGINT PRIMARY KEY CHECK (seq >= 1),
-    at         BIGINT NOT NULL,
-    actor      TEXT NOT NULL,
-    action     TEXT NOT NULL,
-    target     TEXT NOT NULL,
-    details    TEXT NOT NULL,
-    prev_hash  TEXT NOT NULL,
-    hash       TEXT NOT NULL,
-    algorithm  TEXT NOT NULL
-);
+{SQL.table};
 CREATE OR REPLACE FUNCTION audit_log_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION '{APPEND_ONLY}: % refused', TG_OP;
@@ -81,77 +79,79 @@ async def create_audit_schema(conn: PgConn) -> None:
     runs ``create_schema`` at every open. When all are there it changes
     nothing: replacing a trigger locks the table against every node's appends.
     """
-    present = await conn.fetchval(
-        "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('audit_log')"
-        " AND tgname = ANY($1::text[])",
-        list(_TRIGGERS),
-    )
-    if present != len(_TRIGGERS):
+    if await missing_audit_triggers(conn):
         await conn.execute(_SCHEMA)
 
 
-async def last_record(conn: PgConn) -> AuditRecord | None:
-    row = await conn.fetchrow(f"SELECT {RECORD_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1")
-    return None if row is None else record_from_row(row)
+async def missing_audit_triggers(conn: PgConn) -> list[str]:
+    """The append-only triggers ``audit_log`` lacks or has disabled (all when there is no table).
+
+    A disabled one (``ALTER TABLE ... DISABLE TRIGGER``) enforces nothing, so
+    it counts as missing: ``store check`` names it, and the next open recreates it.
+    """
+    present = await conn.fetch(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass('audit_log')"
+        " AND tgname = ANY($1::text[]) AND tgenabled <> 'D'",
+        list(_TRIGGERS),
+    )
+    return sorted(set(_TRIGGERS) - {row[0] for row in present})
 
 
-class PostgresAuditLog(AuditLogBase):
-    """Append-only, hash-chained audit log in the PostgreSQL store (``SqliteAuditLog``'s twin)."""
+async def newest_row(conn: PgConn) -> asyncpg.Record | None:
+    """The newest stored row, or ``None`` when the log is empty."""
+    row: asyncpg.Record | None = await conn.fetchrow(SQL.newest)
+    return row
 
-    last_in = staticmethod(last_record)
 
-    async def append_in(
-        self,
-        conn: PgConn,
-        at: int,
-        actor: str,
-        action: str,
-        target: str,
-        details: dict[str, Any],
-        algorithm: str | None = None,
-    ) -> AuditRecord:
-        """Seal and insert the next record inside the caller's transaction.
+async def verify_on(conn: PgConn, anchor: Anchor | None = None) -> VerifyResult:
+    """Verify the whole chain as of one snapshot, :data:`VERIFY_PAGE` rows in memory at a time.
 
-        The advisory lock is held until that transaction ends, so no other
-        node reads the same head meanwhile; a transaction that rolls back
-        takes its record (and the lock) with it, leaving no hole.
+    The check is :func:`~imserver.audit.chain.verify_rows` over one stream of
+    rows, as on SQLite. That function is synchronous and the rows come from
+    an asyncpg cursor, so it runs on a worker thread that asks this event
+    loop for each next page; the loop stays free meanwhile (a node verifying
+    keeps serving). Used by ``audit verify`` / ``audit head`` and by
+    :meth:`PostgresAuditLog.verify`.
+    """
+    loop = asyncio.get_running_loop()
+    done = threading.Event()  # set when the check ends here: the thread asks for no more pages
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        cursor = await conn.cursor(SQL.after, 0)
+
+        def rows() -> Iterator[Any]:
+            while not done.is_set():
+                page = asyncio.run_coroutine_threadsafe(cursor.fetch(VERIFY_PAGE), loop).result()
+                if not page:
+                    return
+                yield from page
+
+        try:
+            return await asyncio.to_thread(verify_rows, rows(), anchor)
+        finally:
+            done.set()
+
+
+class PostgresAuditLog(AuditLogBase["PgConn", Awaitable[AuditRecord]]):
+    """Append-only, hash-chained audit log in the PostgreSQL store (``SqliteAuditLog``'s twin).
+
+    ``append_in`` gives an awaitable here: ``await log.append_in(conn, ...)``.
+    """
+
+    last_in = staticmethod(newest_row)
+    verify_in = staticmethod(verify_on)
+
+    async def extend_in(self, conn: PgConn, seal_next: SealNext) -> AuditRecord:
+        """Insert ``seal_next(head)`` holding the append lock until the transaction ends.
+
+        No other node reads the same head meanwhile; a transaction that rolls
+        back takes its record (and the lock) with it, leaving no hole.
         """
         await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
-        record = seal(
-            await last_record(conn), at, actor, action, target, details, algorithm or self.algorithm
-        )
-        await conn.execute(
-            f"INSERT INTO audit_log ({RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            *record_row(record),
-        )
+        record = seal_next(await newest_row(conn))
+        await conn.execute(SQL.insert, *record_row(record))
         return record
 
-    async def records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
-        """Up to ``limit`` records with seq > ``after_seq``, oldest first (for paging)."""
-
-        async def job(conn: PgConn) -> list[AuditRecord]:
-            rows = await conn.fetch(
-                f"SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
-                after_seq,
-                limit,
-            )
-            return [record_from_row(r) for r in rows]
-
-        result: list[AuditRecord] = await self._read(job)
-        return result
-
-    async def verify(self, anchor: Anchor | None = None) -> VerifyResult:
-        """Verify the whole chain as of one snapshot (and against ``anchor``, if given).
-
-        The records of the snapshot are held in memory while verifying: about
-        half a kilobyte each.
-        """
-
-        async def job(conn: PgConn) -> VerifyResult:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                everything = f"SELECT {RECORD_COLUMNS} FROM audit_log ORDER BY seq"
-                rows = [r async for r in conn.cursor(everything)]
-            return verify_rows(rows, anchor)
-
-        result: VerifyResult = await self._read(job)
-        return result
+    @staticmethod
+    async def page_in(conn: PgConn, after_seq: int, limit: int) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await conn.fetch(SQL.page, after_seq, limit)
+        return rows

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
-from typing import Any, Final
+from typing import Final
 
 from imserver.store.card_docs import CardDocSealing
 from imserver.store.postgres.audit import PostgresAuditLog
-from imserver.store.postgres.jobs import PgConn, PgJob
+from imserver.store.postgres.jobs import PgConn, PgJobs
 from imserver.store.records import (
     ROLE_MEMBER,
     AppRecord,
@@ -87,11 +87,9 @@ class _VersionMoved(Exception):
     """Raised inside a write job so its savepoint (and the gseq bump) is rolled back."""
 
 
-class PgCardsMixin(CardDocSealing):
+class PgCardsMixin(CardDocSealing, PgJobs):
     """Card storage; needs ``_write``/``_read``, ``_insert`` and ``audit`` from the store."""
 
-    _write: Callable[[PgJob], Awaitable[Any]]
-    _read: Callable[[PgJob], Awaitable[Any]]
     _insert: Callable[[PgConn, NewMessage], Awaitable[Message]]
     audit: PostgresAuditLog
 
@@ -125,18 +123,14 @@ class PgCardsMixin(CardDocSealing):
             row = await conn.fetchrow(f"SELECT {APP_COLUMNS} FROM apps WHERE id = $1", app_id)
             return None if row is None else app_from_row(row)
 
-        result: AppRecord | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     # -- cards ---------------------------------------------------------------
     async def create_card(
         self, card: NewCard, messages: list[NewMessage], notice_convs: list[tuple[str, str, str]]
     ) -> tuple[CardRecord, list[Message], bool]:
-        """Store a card, its holders, todo rows and delivery messages at once.
-
-        A second card with the same ``(app_id, out_track_id)`` — from this node
-        or another — returns the existing card with ``True`` and writes nothing.
-        """
+        """A creator on another node racing for the same ``(app_id, out_track_id)``:
+        whichever inserts second writes nothing and returns the first one's card."""
         track = card.doc["out_track_id"]
 
         async def job(conn: PgConn) -> tuple[CardRecord, list[Message], bool]:
@@ -170,28 +164,25 @@ class PgCardsMixin(CardDocSealing):
             return created_card(card, gseq), stored, False
 
         try:
-            result: tuple[CardRecord, list[Message], bool] = await self._write(job)
+            return await self._write(job)
         except _TrackTaken:
             existing = await self.get_card_by_track(card.app_id, track)
             assert existing is not None
             return existing, [], True
-        return result
 
     async def get_card(self, card_id: str) -> CardRecord | None:
         async def job(conn: PgConn) -> CardRecord | None:
             row = await conn.fetchrow(f"SELECT {CARD_COLUMNS} FROM cards WHERE id = $1", card_id)
             return None if row is None else self._card_record(row)
 
-        result: CardRecord | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def get_card_by_track(self, app_id: str, out_track_id: str) -> CardRecord | None:
         async def job(conn: PgConn) -> CardRecord | None:
             row = await conn.fetchrow(_CARD_BY_TRACK, app_id, out_track_id)
             return None if row is None else self._card_record(row)
 
-        result: CardRecord | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def cards_by_ids(self, ids: Iterable[str]) -> dict[str, CardRecord]:
         wanted = list(dict.fromkeys(ids))
@@ -202,8 +193,7 @@ class PgCardsMixin(CardDocSealing):
             )
             return {row[0]: self._card_record(row) for row in rows}
 
-        result: dict[str, CardRecord] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def save_card(self, change: CardChange) -> CardRecord | None:
         """Write a new version if the card is still at ``expected_version``; else None.
@@ -251,18 +241,44 @@ class PgCardsMixin(CardDocSealing):
             return replace(self._card_record(row), gseq=gseq)
 
         try:
-            result: CardRecord = await self._write(job)
+            return await self._write(job)
         except _VersionMoved:
             return None
-        return result
+
+    async def set_card_callback(
+        self, card_id: str, state: str, expected_version: int
+    ) -> CardRecord | None:
+        """The delivery status only: same version, new ``gseq`` (see ``CardStore``)."""
+
+        async def job(conn: PgConn) -> CardRecord:
+            # Version check first, as in save_card: a miss never touches the counter.
+            moved = await conn.fetchval(
+                "UPDATE cards SET callback = $1 WHERE id = $2 AND version = $3 RETURNING id",
+                state,
+                card_id,
+                expected_version,
+            )
+            if moved is None:
+                raise _VersionMoved
+            row = await conn.fetchrow(
+                f"UPDATE cards SET gseq = $1 WHERE id = $2 RETURNING {CARD_COLUMNS}",
+                await next_gseq(conn),
+                card_id,
+            )
+            assert row is not None  # the row is locked by the update above
+            return self._card_record(row)
+
+        try:
+            return await self._write(job)
+        except _VersionMoved:
+            return None
 
     async def card_holders(self, card_id: str) -> list[str]:
         async def job(conn: PgConn) -> list[str]:
             rows = await conn.fetch('SELECT "user" FROM card_holders WHERE card_id = $1', card_id)
             return [r[0] for r in rows]
 
-        result: list[str] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def cards_changed_for(self, user: str, after_gseq: int, limit: int) -> list[CardRecord]:
         async def job(conn: PgConn) -> list[CardRecord]:
@@ -276,12 +292,9 @@ class PgCardsMixin(CardDocSealing):
             )
             return [self._card_record(r) for r in rows]
 
-        result: list[CardRecord] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def todo_cards(self, user: str, limit: int) -> tuple[list[CardRecord], int]:
-        """Pending cards for ``user``, soonest deadline first (none last); and the total."""
-
         async def job(conn: PgConn) -> tuple[list[CardRecord], int]:
             total = await conn.fetchval('SELECT count(*) FROM card_pending WHERE "user" = $1', user)
             rows = await conn.fetch(
@@ -293,8 +306,7 @@ class PgCardsMixin(CardDocSealing):
             )
             return [self._card_record(r) for r in rows], int(total)
 
-        result: tuple[list[CardRecord], int] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def deliver_notice(
         self, messages: list[NewMessage], notice_convs: list[tuple[str, str, str]], now: int
@@ -304,8 +316,7 @@ class PgCardsMixin(CardDocSealing):
                 await ensure_notice_conv(conn, conv, user, name, now)
             return [await self._insert(conn, m) for m in messages]
 
-        result: list[Message] = await self._write(job)
-        return result
+        return await self._write(job)
 
     # -- callback outbox -----------------------------------------------------
     async def claim_callbacks(self, now: int, lease_ms: int, limit: int) -> list[OutboxItem]:
@@ -324,8 +335,7 @@ class PgCardsMixin(CardDocSealing):
             items = [outbox_from_row(r) for r in rows]
             return sorted(items, key=lambda item: (item.next_at, item.id))
 
-        result: list[OutboxItem] = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def next_callback_due(self) -> int | None:
         async def job(conn: PgConn) -> int | None:
@@ -334,8 +344,7 @@ class PgCardsMixin(CardDocSealing):
             )
             return None if at is None else int(at)
 
-        result: int | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def finish_callback(
         self, item_id: int, *, state: str, attempts: int, next_at: int, error: str
@@ -362,8 +371,7 @@ class PgCardsMixin(CardDocSealing):
             )
             return None if row is None else outbox_from_row(row)
 
-        result: OutboxItem | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def list_callbacks(self, state: str, limit: int) -> list[OutboxItem]:
         async def job(conn: PgConn) -> list[OutboxItem]:
@@ -374,8 +382,7 @@ class PgCardsMixin(CardDocSealing):
             )
             return [outbox_from_row(r) for r in rows]
 
-        result: list[OutboxItem] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def pending_callbacks(self, card_id: str) -> int:
         async def job(conn: PgConn) -> int:
@@ -384,8 +391,7 @@ class PgCardsMixin(CardDocSealing):
             )
             return int(n)
 
-        result: int = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def retry_callback(self, item_id: int, now: int) -> None:
         async def job(conn: PgConn) -> None:

@@ -122,12 +122,13 @@ class PgDeadlinesMixin:
         result: tuple[list[str], list[str]] = await self._read(job)
         return result
 
-    async def due_dings(self, now: int, limit: int) -> list[DingDue]:
+    async def due_dings(self, now: int, lease_ms: int, limit: int) -> list[DingDue]:
         """Unconfirmed DINGs due for re-notification, leased so one node sends each.
 
         The SQLite store only reads here (one process); with several nodes the
         rows are taken ``FOR UPDATE SKIP LOCKED`` and their ``next_at`` pushed
-        out by a lease, which ``ding_renotified`` then overwrites.
+        out by ``lease_ms`` (``chat.ding_lease_s``), which ``ding_renotified``
+        then overwrites.
         """
 
         async def job(conn: PgConn) -> list[DingDue]:
@@ -139,7 +140,7 @@ class PgDeadlinesMixin:
                 ' RETURNING d.conv, d.seq, d."user", d.notified',
                 now,
                 limit,
-                now + DING_LEASE_MS,
+                now + lease_ms,
             )
             return sorted((DingDue(*r) for r in rows), key=lambda d: (d.conv, d.seq, d.user))
 
@@ -169,7 +170,3 @@ class PgDeadlinesMixin:
             )
 
         await self._write(job)
-
-
-DING_LEASE_MS = 60_000
-"""How long a node holds a due DING before another may re-notify it (it died meanwhile)."""

@@ -11,14 +11,12 @@ each batch is one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 from imserver.directory.model import (
     MemberOp,
     RemoveMemberOp,
     RemoveUnitOp,
-    SyncOp,
     SyncReport,
     Unit,
     UnitOp,
@@ -36,8 +34,8 @@ from imserver.store.directory_sync import (
 from imserver.store.postgres.address_book import PgAddressBookMixin
 from imserver.store.postgres.directory_changes import PgChangeRecorder
 from imserver.store.postgres.directory_members import MemberRun
-from imserver.store.postgres.jobs import PgConn, PgJob
-from imserver.store.records import MemberProfile, UnitMemberRow
+from imserver.store.postgres.jobs import PgConn
+from imserver.store.records import MemberProfile, SyncBatch, UnitMemberRow
 from imserver.store.rows import load_json, qualified, unit_member_from_row
 
 
@@ -101,13 +99,8 @@ async def _count_unit_members(conn: PgConn) -> None:
 
 
 class PgDirectoryMixin(PgAddressBookMixin):
-    _write: Callable[[PgJob], Awaitable[Any]]
-    _read: Callable[[PgJob], Awaitable[Any]]
-
     # -- sync ----------------------------------------------------------------
     async def begin_directory_sync(self) -> int:
-        """A new sync generation number."""
-
         async def job(conn: PgConn) -> int:
             gen = await conn.fetchval(
                 "UPDATE counters SET value = value + 1 WHERE name = 'directory_sync'"
@@ -115,21 +108,13 @@ class PgDirectoryMixin(PgAddressBookMixin):
             )
             return int(gen)
 
-        result: int = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def apply_directory_batch(
-        self,
-        ops: list[tuple[int, SyncOp, dict[str, str] | None, str]],
-        gen: int,
-        now: int,
-        full: bool = False,
+        self, ops: SyncBatch, gen: int, now: int, full: bool = False
     ) -> SyncReport:
-        """Apply ``(line, op, stored_profile, profile_digest)`` in one transaction.
-
-        A bad line (unknown parent, level out of order, a move into its own
-        subtree) undoes the whole batch and names the line.
-        """
+        """Member lines are written a run at a time (:class:`MemberRun`); any other line
+        first writes the run before it, so the batch still applies in line order."""
 
         async def job(conn: PgConn) -> SyncReport:
             rep = SyncReport()
@@ -155,12 +140,9 @@ class PgDirectoryMixin(PgAddressBookMixin):
             await changes.store(conn)
             return rep
 
-        result: SyncReport = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def sweep_directory(self, gen: int) -> SyncReport:
-        """End of a full sync: remove what the sync did not mention."""
-
         async def job(conn: PgConn) -> SyncReport:
             rep = SyncReport()
             changes = PgChangeRecorder()
@@ -183,11 +165,9 @@ class PgDirectoryMixin(PgAddressBookMixin):
             await changes.store(conn)
             return rep
 
-        result: SyncReport = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def count_unit_members(self) -> None:
-        """Refresh ``units.members`` (after a sync that changed the directory)."""
         await self._write(_count_unit_members)
 
     # -- queries -------------------------------------------------------------
@@ -196,8 +176,7 @@ class PgDirectoryMixin(PgAddressBookMixin):
             row = await conn.fetchrow(f"SELECT {UNIT_COLUMNS} FROM units WHERE id = $1", unit_id)
             return None if row is None else Unit(*row)
 
-        result: Unit | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def units_by_ids(self, ids: Iterable[str]) -> dict[str, Unit]:
         wanted = list(dict.fromkeys(ids))
@@ -208,8 +187,7 @@ class PgDirectoryMixin(PgAddressBookMixin):
             )
             return {row[0]: Unit(*row) for row in rows}
 
-        result: dict[str, Unit] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def subtree(self, path: str, max_depth: int, limit: int) -> list[Unit]:
         base_depth = path.count("/") - 1
@@ -226,14 +204,11 @@ class PgDirectoryMixin(PgAddressBookMixin):
             )
             return [Unit(*r) for r in rows]
 
-        result: list[Unit] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def unit_members(
         self, path: str, recursive: bool, after: tuple[str, str], limit: int
     ) -> list[UnitMemberRow]:
-        """Active memberships in the unit (and its subtree), ordered by (user, unit
-        path), after the ``(user, path)`` cursor — one person in two units is two rows."""
         if recursive:
             where, args = "u.path >= $1 AND u.path < $2", [path, path + PATH_END]
         else:
@@ -253,11 +228,9 @@ class PgDirectoryMixin(PgAddressBookMixin):
             )
             return [unit_member_from_row(r) for r in rows]
 
-        result: list[UnitMemberRow] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def unit_recipients(self, targets: Iterable[tuple[str, bool]]) -> set[str]:
-        """Active users in the given (unit path, include sub-units) targets."""
         wanted = list(targets)
 
         async def job(conn: PgConn) -> set[str]:
@@ -273,8 +246,7 @@ class PgDirectoryMixin(PgAddressBookMixin):
                 users.update(r[0] for r in rows)
             return users
 
-        result: set[str] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def user_memberships(self, user: str) -> list[tuple[Unit, str, bool]]:
         async def job(conn: PgConn) -> list[tuple[Unit, str, bool]]:
@@ -286,8 +258,7 @@ class PgDirectoryMixin(PgAddressBookMixin):
             )
             return [(Unit(*tuple(r)[:6]), r[6], bool(r[7])) for r in rows]
 
-        result: list[tuple[Unit, str, bool]] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def unit_leaders(self, unit_ids: Iterable[str]) -> dict[str, list[str]]:
         wanted = list(dict.fromkeys(unit_ids))
@@ -304,8 +275,7 @@ class PgDirectoryMixin(PgAddressBookMixin):
                 out[unit].append(user)
             return out
 
-        result: dict[str, list[str]] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def member_profile(self, user: str) -> MemberProfile | None:
         async def job(conn: PgConn) -> MemberProfile | None:
@@ -318,8 +288,7 @@ class PgDirectoryMixin(PgAddressBookMixin):
                 return None
             return MemberProfile(row[0], row[1], load_json(row[2]), row[3])
 
-        result: MemberProfile | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     # -- admin grants ----------------------------------------------------------
     async def grant_admin(self, user: str, unit: str, now: int) -> None:
@@ -341,12 +310,9 @@ class PgDirectoryMixin(PgAddressBookMixin):
             )
             return _count(status) > 0
 
-        result: bool = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def admin_scopes(self, user: str) -> list[Unit]:
-        """The units (with their current paths) ``user`` administers."""
-
         async def job(conn: PgConn) -> list[Unit]:
             rows = await conn.fetch(
                 f"SELECT {qualified(UNIT_COLUMNS, 'u')}"
@@ -356,8 +322,7 @@ class PgDirectoryMixin(PgAddressBookMixin):
             )
             return [Unit(*r) for r in rows]
 
-        result: list[Unit] = await self._read(job)
-        return result
+        return await self._read(job)
 
     # -- user scopes (e.g. pii:read) -------------------------------------------
     async def set_scope(self, user: str, scope: str, granted: bool, now: int) -> bool:
@@ -376,8 +341,7 @@ class PgDirectoryMixin(PgAddressBookMixin):
                 )
             return _count(status) > 0
 
-        result: bool = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def users_with_scope(self, users: Iterable[str], scope: str) -> set[str]:
         wanted = list(dict.fromkeys(users))
@@ -390,8 +354,7 @@ class PgDirectoryMixin(PgAddressBookMixin):
             )
             return {r[0] for r in rows}
 
-        result: set[str] = await self._read(job)
-        return result
+        return await self._read(job)
 
 
 async def _apply_unit(

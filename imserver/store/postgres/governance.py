@@ -6,11 +6,8 @@ lookups: across a network every round trip costs, and PostgreSQL plans it well.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from imserver.governance import GroupStats
-from imserver.store.postgres.jobs import PgConn, PgJob
+from imserver.store.postgres.jobs import PgConn, PgJobs
 
 _GROUP_FACTS = """
 SELECT c.id, c.name, c.owner, c.created_at,
@@ -27,9 +24,7 @@ ORDER BY c.id
 """
 
 
-class PgGovernanceMixin:
-    _read: Callable[[PgJob], Awaitable[Any]]
-
+class PgGovernanceMixin(PgJobs):
     async def group_stats(self, scope_paths: list[str] | None) -> list[GroupStats]:
         """Every live group whose unit (its owner's first unit) is inside ``scope_paths``.
 
@@ -58,5 +53,4 @@ class PgGovernanceMixin:
                 )
             return out
 
-        result: list[GroupStats] = await self._read(job)
-        return result
+        return await self._read(job)

@@ -7,17 +7,11 @@ other "reused" — as on one SQLite writer.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
-from imserver.store.postgres.jobs import PgConn, PgJob
+from imserver.store.postgres.jobs import PgConn, PgJobs
 from imserver.store.records import ALL_DEVICES, RefreshUse
 
 
-class PgIdentityMixin:
-    _write: Callable[[PgJob], Awaitable[Any]]
-    _read: Callable[[PgJob], Awaitable[Any]]
-
+class PgIdentityMixin(PgJobs):
     async def store_refresh_token(
         self, token_hash: str, user: str, device: str, expires_at: int, now: int
     ) -> None:
@@ -53,8 +47,7 @@ class PgIdentityMixin:
                 )
             return found
 
-        result: RefreshUse | None = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def revoke(self, user: str, device: str | None, now: int) -> None:
         """Refuse the user's (or one device's) tokens issued before now; drop refresh tokens."""
@@ -89,5 +82,4 @@ class PgIdentityMixin:
             )
             return int(at)
 
-        result: int = await self._read(job)
-        return result
+        return await self._read(job)

@@ -8,16 +8,20 @@ lock is held until the writer's batch commits.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final
+from collections.abc import Iterable
+from typing import Final
 
 import asyncpg
 
-from imserver.store.membership import MembershipSql, check_member_limit, membership_writes
-from imserver.store.postgres.jobs import PgConn, PgJob
+from imserver.store.membership import (
+    MembershipSql,
+    check_member_limit,
+    group_members,
+    membership_writes,
+)
+from imserver.store.postgres.jobs import PgConn, PgJobs, RetryJob
 from imserver.store.records import (
     ROLE_MEMBER,
-    ROLE_OWNER,
     AppendResult,
     Conversation,
     ConvState,
@@ -39,6 +43,7 @@ from imserver.store.rows import (
     conversation_from_row,
     dump_json,
     message_from_row,
+    stored_message,
 )
 
 IDEMPOTENCY_INDEX: Final = "messages_idempotency"
@@ -60,7 +65,11 @@ _BY_CLIENT_MSG_ID: Final = (
 
 
 async def insert_message(conn: PgConn, new: NewMessage) -> Message:
-    """Assign the next seq and insert; the caller's transaction makes it atomic."""
+    """Assign the next seq and insert; the caller's transaction makes it atomic.
+
+    For the messages that are not a member's plain send (group changes,
+    recalls, notices); sends take :data:`_APPEND`.
+    """
     seq = await conn.fetchval(
         "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
         new.conv,
@@ -85,6 +94,12 @@ async def insert_message(conn: PgConn, new: NewMessage) -> Message:
         new.conv,
         new.sender,
     )
+    await _append_extras(conn, new, seq)
+    return stored_message(new, seq)
+
+
+async def _append_extras(conn: PgConn, new: NewMessage, seq: int) -> None:
+    """The rows only some messages have: DING recipients, a file's reference."""
     if new.ding_to:
         await conn.executemany(
             'INSERT INTO dings (conv, seq, "user", sender, card_id, next_at)'
@@ -97,9 +112,6 @@ async def insert_message(conn: PgConn, new: NewMessage) -> Message:
             new.body["file"]["id"],
             new.conv,
         )
-    return Message(
-        new.conv, seq, new.sender, new.device, new.kind, new.body, new.ts, new.client_msg_id
-    )
 
 
 async def create_dm(conn: PgConn, conv: str, parties: tuple[str, str], now: int) -> None:
@@ -112,31 +124,72 @@ async def create_dm(conn: PgConn, conv: str, parties: tuple[str, str], now: int)
     await conn.executemany(_ADD_MEMBER, [(conv, u, ROLE_MEMBER) for u in parties])
 
 
+_APPEND: Final = f"""
+WITH dup AS (
+    SELECT 1 FROM messages WHERE sender = $1 AND client_msg_id = $2
+), mem AS (
+    SELECT 1 FROM members WHERE conv = $3 AND "user" = $1
+), next AS (
+    UPDATE conversations SET last_seq = last_seq + 1
+    WHERE id = $3 AND NOT EXISTS (SELECT 1 FROM dup) AND EXISTS (SELECT 1 FROM mem)
+    RETURNING last_seq
+), ins AS (
+    INSERT INTO messages ({MSG_COLUMNS})
+    SELECT $3, last_seq, $1, $4::text, $5::text, $6::text, $7::bigint, $2, FALSE FROM next
+    RETURNING seq
+), mark AS (
+    UPDATE members SET read_seq = greatest(read_seq, ins.seq)
+    FROM ins WHERE conv = $3 AND "user" = $1
+)
+SELECT (SELECT seq FROM ins), EXISTS (SELECT 1 FROM dup), EXISTS (SELECT 1 FROM mem)
+"""
+"""The whole common append in one statement, so one round trip: the dedupe
+lookup, the membership check, the next seq, the insert and the sender's read
+cursor. Each step runs only if the one before allowed it; the answer says
+which (``seq``, or duplicate / not a member). The conversation's row lock
+serialises appenders across nodes, and ``last_seq + 1`` is re-read after
+waiting for it (READ COMMITTED), so seqs stay gapless and unique."""
+
+
 async def _append(
     conn: PgConn, new: NewMessage, dm_parties: tuple[str, str] | None
 ) -> AppendResult:
-    if new.client_msg_id is not None:
-        row = await conn.fetchrow(_BY_CLIENT_MSG_ID, new.sender, new.client_msg_id)
-        if row is not None:
-            return AppendResult(message_from_row(row), duplicate=True)
     if dm_parties is not None:
+        # A resend aimed at a new peer must create nothing: look up first.
+        if new.client_msg_id is not None:
+            row = await conn.fetchrow(_BY_CLIENT_MSG_ID, new.sender, new.client_msg_id)
+            if row is not None:
+                return AppendResult(message_from_row(row), duplicate=True)
         await create_dm(conn, new.conv, dm_parties, new.ts)
-    is_member = await conn.fetchval(
-        'SELECT 1 FROM members WHERE conv = $1 AND "user" = $2', new.conv, new.sender
-    )
-    if is_member is None:
-        raise not_member(new.conv)
     try:
-        async with conn.transaction():  # a savepoint: a lost race undoes only the insert
-            return AppendResult(await insert_message(conn, new), duplicate=False)
+        answer = await conn.fetchrow(
+            _APPEND,
+            new.sender,
+            new.client_msg_id,
+            new.conv,
+            new.device,
+            new.kind,
+            dump_json(new.body),
+            new.ts,
+        )
     except asyncpg.UniqueViolationError as e:
         if e.constraint_name != IDEMPOTENCY_INDEX:
             raise
-    # Another node stored the same (sender, client_msg_id) between our lookup
-    # and our insert; its transaction has committed, so it is visible now.
-    row = await conn.fetchrow(_BY_CLIENT_MSG_ID, new.sender, new.client_msg_id)
-    assert row is not None
-    return AppendResult(message_from_row(row), duplicate=True)
+        # Another node stored the same (sender, client_msg_id) after our lookup;
+        # its row is committed, so run again: the lookup then finds it.
+        raise RetryJob(f"{new.sender}/{new.client_msg_id} stored meanwhile") from e
+    assert answer is not None  # the final SELECT always yields one row
+    seq, duplicate, is_member = answer
+    if duplicate:
+        row = await conn.fetchrow(_BY_CLIENT_MSG_ID, new.sender, new.client_msg_id)
+        assert row is not None
+        return AppendResult(message_from_row(row), duplicate=True)
+    if not is_member:
+        raise not_member(new.conv)
+    if seq is None:
+        raise no_such_conversation(new.conv)
+    await _append_extras(conn, new, seq)
+    return AppendResult(stored_message(new, seq), duplicate=False)
 
 
 async def _apply_membership(
@@ -149,11 +202,8 @@ async def _apply_membership(
         check_member_limit(count, max_members)
 
 
-class PgMessagesMixin:
+class PgMessagesMixin(PgJobs):
     """Users, conversations, messages, cursors and files; needs ``_write``/``_read``."""
-
-    _write: Callable[[PgJob], Awaitable[Any]]
-    _read: Callable[[PgJob], Awaitable[Any]]
 
     # -- users ---------------------------------------------------------------
     async def upsert_users(self, users: Iterable[tuple[str, str]], now: int) -> int:
@@ -167,8 +217,7 @@ class PgMessagesMixin:
             )
             return len(rows)
 
-        result: int = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def existing_users(self, ids: Iterable[str]) -> set[str]:
         wanted = list(dict.fromkeys(ids))
@@ -179,8 +228,7 @@ class PgMessagesMixin:
             )
             return {r[0] for r in rows}
 
-        result: set[str] = await self._read(job)
-        return result
+        return await self._read(job)
 
     # -- conversations -------------------------------------------------------
     async def get_conversation(self, conv: str) -> Conversation | None:
@@ -188,8 +236,7 @@ class PgMessagesMixin:
             row = await conn.fetchrow(_CONV_SELECT, conv)
             return None if row is None else conversation_from_row(row)
 
-        result: Conversation | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def ensure_dm(self, conv: str, a: str, b: str, now: int) -> Conversation:
         async def job(conn: PgConn) -> Conversation:
@@ -198,13 +245,12 @@ class PgMessagesMixin:
             assert row is not None  # just inserted, or already there
             return conversation_from_row(row)
 
-        result: Conversation = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def create_group(
         self, conv: str, name: str, owner: str, members: Iterable[str], notice: NewMessage
     ) -> Message:
-        others = [m for m in dict.fromkeys(members) if m != owner]
+        rows = [(conv, user, role) for user, role in group_members(owner, members)]
 
         async def job(conn: PgConn) -> Message:
             await conn.execute(
@@ -216,13 +262,11 @@ class PgMessagesMixin:
                 notice.ts,
             )
             await conn.executemany(
-                'INSERT INTO members (conv, "user", role, read_seq) VALUES ($1, $2, $3, 0)',
-                [(conv, owner, ROLE_OWNER), *((conv, m, ROLE_MEMBER) for m in others)],
+                'INSERT INTO members (conv, "user", role, read_seq) VALUES ($1, $2, $3, 0)', rows
             )
             return await insert_message(conn, notice)
 
-        result: Message = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def change_group(
         self, conv: str, change: MembershipChange, notice: NewMessage, max_members: int
@@ -231,8 +275,7 @@ class PgMessagesMixin:
             await _apply_membership(conn, conv, change, max_members)
             return await insert_message(conn, notice)
 
-        result: Message = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def members(self, conv: str) -> list[Member]:
         async def job(conn: PgConn) -> list[Member]:
@@ -241,8 +284,7 @@ class PgMessagesMixin:
             )
             return [Member(*row) for row in rows]
 
-        result: list[Member] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def member_role(self, conv: str, user: str) -> str | None:
         async def job(conn: PgConn) -> str | None:
@@ -251,8 +293,7 @@ class PgMessagesMixin:
             )
             return None if role is None else str(role)
 
-        result: str | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def conversations_of(self, user: str) -> list[ConvState]:
         async def job(conn: PgConn) -> list[ConvState]:
@@ -265,8 +306,7 @@ class PgMessagesMixin:
             )
             return [ConvState(*row) for row in rows]
 
-        result: list[ConvState] = await self._read(job)
-        return result
+        return await self._read(job)
 
     # -- messages ------------------------------------------------------------
     async def append_message(
@@ -275,8 +315,7 @@ class PgMessagesMixin:
         async def job(conn: PgConn) -> AppendResult:
             return await _append(conn, new, create_dm)
 
-        result: AppendResult = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def messages_after(self, conv: str, after_seq: int, limit: int) -> list[Message]:
         async def job(conn: PgConn) -> list[Message]:
@@ -289,8 +328,7 @@ class PgMessagesMixin:
             )
             return [message_from_row(r) for r in rows]
 
-        result: list[Message] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def messages_before(self, conv: str, before_seq: int | None, limit: int) -> list[Message]:
         bound = before_seq if before_seq is not None else 2**62
@@ -305,8 +343,7 @@ class PgMessagesMixin:
             )
             return [message_from_row(r) for r in reversed(rows)]
 
-        result: list[Message] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def get_message(self, conv: str, seq: int) -> Message | None:
         async def job(conn: PgConn) -> Message | None:
@@ -315,8 +352,7 @@ class PgMessagesMixin:
             )
             return None if row is None else message_from_row(row)
 
-        result: Message | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def recall_message(self, conv: str, seq: int, notice: NewMessage) -> Message:
         async def job(conn: PgConn) -> Message:
@@ -335,8 +371,7 @@ class PgMessagesMixin:
             )
             return await insert_message(conn, notice)
 
-        result: Message = await self._write(job)
-        return result
+        return await self._write(job)
 
     # -- read cursors --------------------------------------------------------
     async def set_read_cursor(self, conv: str, user: str, seq: int) -> int:
@@ -367,8 +402,7 @@ class PgMessagesMixin:
             )
             return ReadCursor(int(cursor), int(cursor) > int(before))
 
-        result: ReadCursor = await self._write(job)
-        return result
+        return await self._write(job)
 
     # -- files ---------------------------------------------------------------
     async def record_file(self, meta: FileMeta, uploader: str) -> None:
@@ -396,8 +430,7 @@ class PgMessagesMixin:
             )
             return None if row is None else FileMeta(*row)
 
-        result: FileMeta | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def file_visible_to(self, file_id: str, user: str) -> bool:
         async def job(conn: PgConn) -> bool:
@@ -410,5 +443,4 @@ class PgMessagesMixin:
             )
             return found is not None
 
-        result: bool = await self._read(job)
-        return result
+        return await self._read(job)

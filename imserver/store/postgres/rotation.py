@@ -8,18 +8,16 @@ rewritten so a concurrent card save on another node is not overwritten.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from imserver.store.base import Rotator
-from imserver.store.postgres.jobs import PgConn, PgJob
+from imserver.store.postgres.jobs import PgConn, PgJobs
 from imserver.store.rotation import BATCH, rotate_all, rotate_batch
 from imserver.store.rows import dump_json
 
 
-class PgRotationMixin:
-    _write: Callable[[PgJob], Awaitable[Any]]
-
+class PgRotationMixin(PgJobs):
     async def rotate_sealed(self, rotator: Rotator) -> tuple[int, int]:
         """(profiles, cards) re-encrypted with the active key."""
         profiles = await self._rotate_table("users", "profile", rotator.rotate_profile)
@@ -42,7 +40,6 @@ class PgRotationMixin:
                     )
                 return last, len(rewritten)
 
-            result: tuple[str | None, int] = await self._write(job)
-            return result
+            return await self._write(job)
 
         return await rotate_all(batch)

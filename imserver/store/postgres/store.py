@@ -11,7 +11,7 @@ sees it.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -21,7 +21,7 @@ from imserver.store.postgres.deadlines import PgDeadlinesMixin
 from imserver.store.postgres.directory import PgDirectoryMixin
 from imserver.store.postgres.governance import PgGovernanceMixin
 from imserver.store.postgres.identity import PgIdentityMixin
-from imserver.store.postgres.jobs import PgJob
+from imserver.store.postgres.jobs import PgConn, T
 from imserver.store.postgres.messages import PgMessagesMixin, insert_message
 from imserver.store.postgres.pool import (
     CONNECTION_LOST,
@@ -78,7 +78,7 @@ class PostgresStore(
         pool = await create_pool(self._settings)
         try:
             async with pool.acquire() as conn:
-                await migrate(conn)
+                await migrate(conn, self._describe)
         except (OSError, asyncpg.InterfaceError) as e:
             await pool.close()
             raise unavailable(self._settings.dsn, e) from e
@@ -105,12 +105,12 @@ class PostgresStore(
             return 0, 0
         return self._writer.batches, self._writer.jobs
 
-    async def _write(self, fn: PgJob) -> Any:
+    async def _write(self, fn: Callable[[PgConn], Awaitable[T]]) -> T:
         if self._writer is None:
             raise unavailable(self._settings.dsn, RuntimeError("the store is not open"))
         return await self._writer.run(fn)
 
-    async def _read(self, fn: PgJob) -> Any:
+    async def _read(self, fn: Callable[[PgConn], Awaitable[T]]) -> T:
         if self._pool is None:
             raise unavailable(self._settings.dsn, RuntimeError("the store is not open"))
         try:

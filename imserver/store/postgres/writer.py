@@ -3,8 +3,9 @@
 Why not one transaction per call from the pool: each commit waits for a WAL
 flush, so under load a node would spend its time in fsync. As the SQLite
 writer does (``store/sqlite/worker.py``), this one drains its queue, runs each
-job in its own savepoint (one failing job undoes only itself), commits once
-and then settles every job's future in the same event-loop iteration.
+batch in one transaction, commits once and then settles every job's future
+in the same event-loop iteration. Should a job fail, the batch is run again
+with each job in its own savepoint, so one failing job undoes only itself.
 
 What changes with several nodes: a job may wait on a row another node has
 locked, and two nodes' batches may deadlock (PostgreSQL aborts one statement)
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -24,13 +26,13 @@ import asyncpg
 
 from imserver.errors import StoreUnavailable
 from imserver.store.group_commit import settle
-from imserver.store.postgres.jobs import PgConn, PgJob
+from imserver.store.postgres.jobs import PgConn, PgJob, RetryJob, T
 from imserver.store.postgres.pool import CONNECTION_LOST, lost
 
 log = logging.getLogger(__name__)
 
 
-TRANSIENT: Final = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+TRANSIENT: Final = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, RetryJob)
 """Errors that say "try again", not "this job is wrong"."""
 MAX_ATTEMPTS: Final = 5
 
@@ -59,11 +61,11 @@ class PgWriter:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._main(), name="pg-writer")
 
-    async def run(self, fn: PgJob) -> Any:
+    async def run(self, fn: Callable[[PgConn], Awaitable[T]]) -> T:
         if self._closing or self._task is None or self._task.done():
             # After stop() a job would queue behind the stop marker and never run.
             raise StoreUnavailable("the PostgreSQL store is not open")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(fn, fut))
         return await fut
 
@@ -130,24 +132,66 @@ class PgWriter:
             outcomes.append((p, result, None))
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
-        outcomes: list[tuple[_Pending, Any, BaseException | None]] = []
-        retry: list[_Pending] = []
+        """Commit ``batch``: first all at once, and only if a job fails, job by job.
+
+        A savepoint per job costs two round trips (``SAVEPOINT``, ``RELEASE``)
+        -- more than a whole one-statement append. Jobs rarely fail, so the
+        batch first runs without them; if any job raises, that transaction is
+        rolled back and the batch runs again with a savepoint per job, where
+        the failing job undoes only itself. Jobs are database work only, so
+        running one twice (the first time rolled back) is safe -- as it is for
+        a transient retry.
+        """
         try:
-            async with self._pool.acquire() as conn:
-                try:
-                    async with conn.transaction():
-                        for p in batch:
-                            await self._run_job(conn, p, outcomes, retry)
-                except CONNECTION_LOST:
-                    conn.terminate()  # the pool must not hand this connection out again
-                    raise
+            outcomes = await self._commit(batch, careful=False)
+        except _JobFailed:
+            outcomes = None
         except (*CONNECTION_LOST, asyncpg.PostgresError) as e:
-            # The transaction itself failed: nothing in this batch is durable.
-            log.error("postgres write batch failed on %s: %s", self._describe, e)
-            error = lost(self._describe, e)
-            settle([(p, None, error) for p in batch])
+            self._fail(batch, e)
             return
+        retry: list[_Pending] = []
+        if outcomes is None:
+            try:
+                outcomes = await self._commit(batch, careful=True, retry=retry)
+            except (*CONNECTION_LOST, asyncpg.PostgresError) as e:
+                self._fail(batch, e)
+                return
         self.batches += 1
         self.jobs += len(outcomes)
         self._redo.extend(retry)
         settle(outcomes)
+
+    async def _commit(
+        self, batch: list[_Pending], *, careful: bool, retry: list[_Pending] | None = None
+    ) -> list[tuple[_Pending, Any, BaseException | None]]:
+        """One transaction over ``batch``; without ``careful`` a failing job raises _JobFailed."""
+        outcomes: list[tuple[_Pending, Any, BaseException | None]] = []
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    for p in batch:
+                        if careful:
+                            assert retry is not None
+                            await self._run_job(conn, p, outcomes, retry)
+                            continue
+                        try:
+                            result = await p.fn(conn)
+                        except CONNECTION_LOST:
+                            raise
+                        except Exception as e:  # roll back; the careful pass says whose
+                            raise _JobFailed from e
+                        outcomes.append((p, result, None))
+            except CONNECTION_LOST:
+                conn.terminate()  # the pool must not hand this connection out again
+                raise
+        return outcomes
+
+    def _fail(self, batch: list[_Pending], e: BaseException) -> None:
+        # The transaction itself failed: nothing in this batch is durable.
+        log.error("postgres write batch failed on %s: %s", self._describe, e)
+        error = lost(self._describe, e)
+        settle([(p, None, error) for p in batch])
+
+
+class _JobFailed(Exception):
+    """A job of an all-at-once batch raised: run the batch again, job by job."""

@@ -11,20 +11,17 @@ of :mod:`imserver.directory.search_rank`; each is one range scan on
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import orjson
 
 from imserver.directory.model import Unit
-from imserver.directory.search_rank import Tier
 from imserver.store.directory_changes import ChangeFeedCursor
 from imserver.store.directory_sync import PATH_END
 from imserver.store.people_search import DENSE_SUBTREE, PeopleSearch, person_rows, rarest_char
-from imserver.store.records import ChangeRow, PersonRow, SearchHit
+from imserver.store.records import ChangeRow, LastHit, PersonRow, SearchHit
 from imserver.store.sqlite.in_list import select_in
-
-Job = Callable[[sqlite3.Connection], Any]
+from imserver.store.sqlite.jobs import SqliteJobs
 
 
 def _rarest_char(conn: sqlite3.Connection, query: str) -> str | None:
@@ -40,18 +37,14 @@ def _rarest_char(conn: sqlite3.Connection, query: str) -> str | None:
     return rarest_char(query, counts)
 
 
-class SqliteAddressBookMixin(ChangeFeedCursor):
-    _read: Callable[[Job], Awaitable[Any]]
-
+class SqliteAddressBookMixin(ChangeFeedCursor, SqliteJobs):
     async def people(self, users: Iterable[str]) -> dict[str, PersonRow]:
-        """The active ones among ``users``, with their units (two queries)."""
         wanted = list(users)  # read here, not in the store's thread
 
         def job(conn: sqlite3.Connection) -> dict[str, PersonRow]:
             return _people(conn, wanted)
 
-        result: dict[str, PersonRow] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def child_units(self, unit_id: str) -> list[tuple[Unit, int]]:
         """Direct sub-units in display order, each with its number of active people
@@ -65,12 +58,9 @@ class SqliteAddressBookMixin(ChangeFeedCursor):
             )
             return [(Unit(*r[:6]), int(r[6])) for r in rows]
 
-        result: list[tuple[Unit, int]] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def unit_people(self, path: str, recursive: bool, after: str, limit: int) -> list[str]:
-        """Active people in the unit (and below), by user id, after ``after``."""
-
         def job(conn: sqlite3.Connection) -> list[str]:
             if not recursive:
                 rows = conn.execute(
@@ -101,22 +91,11 @@ class SqliteAddressBookMixin(ChangeFeedCursor):
                 )
             return [r[0] for r in conn.execute(sql, (path, path + PATH_END, after, limit))]
 
-        result: list[str] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def search_people(
-        self,
-        query: str,
-        key: str | None,
-        within: str | None,
-        after: tuple[Tier, str, str] | None,
-        limit: int,
+        self, query: str, key: str | None, within: str | None, after: LastHit | None, limit: int
     ) -> list[SearchHit]:
-        """Up to ``limit`` matches in rank order, after the ``(tier, key, user)`` cursor.
-
-        ``within`` is a unit path: only people with a unit in that subtree.
-        """
-
         def job(conn: sqlite3.Connection) -> list[SearchHit]:
             search = PeopleSearch(query, key, within, after, limit, active="u.disabled = 0")
             for tier in search.tiers():
@@ -127,12 +106,9 @@ class SqliteAddressBookMixin(ChangeFeedCursor):
                 search.add(tier, conn.execute(*statement))
             return search.hits
 
-        result: list[SearchHit] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def directory_changes(self, since: int, limit: int) -> tuple[list[ChangeRow], int]:
-        """Up to ``limit`` changes after ``since`` in order, and the newest change number."""
-
         def job(conn: sqlite3.Connection) -> tuple[list[ChangeRow], int]:
             rows = conn.execute(
                 "SELECT kind, id, seq FROM directory_changes WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -144,8 +120,7 @@ class SqliteAddressBookMixin(ChangeFeedCursor):
             ).fetchone()
             return changes, int(newest)
 
-        result: tuple[list[ChangeRow], int] = await self._read(job)
-        return result
+        return await self._read(job)
 
 
 def _people(conn: sqlite3.Connection, users: list[str]) -> dict[str, PersonRow]:

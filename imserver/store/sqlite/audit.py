@@ -28,29 +28,20 @@ from typing import Any, ClassVar, Final
 from imserver.audit.chain import (
     APPEND_ONLY,
     GENESIS,
-    RECORD_COLUMNS,
     Anchor,
     AuditRecord,
     VerifyResult,
     record_from_row,
     record_row,
-    seal,
     verify_rows,
 )
-from imserver.store.audit_log import AuditLogBase
+from imserver.store.audit_log import AuditLogBase, SealNext, audit_statements
+
+SQL: Final = audit_statements("INTEGER", lambda _: "?", at_check=" CHECK (typeof(at) = 'integer')")
+"""The table and statements (shared with PostgreSQL's), in SQLite's types and ``?`` style."""
 
 SCHEMA_STATEMENTS: Final[tuple[str, ...]] = (
-    """CREATE TABLE IF NOT EXISTS audit_log (
-    seq        INTEGER PRIMARY KEY CHECK (seq >= 1),
-    at         INTEGER NOT NULL CHECK (typeof(at) = 'integer'),
-    actor      TEXT NOT NULL,
-    action     TEXT NOT NULL,
-    target     TEXT NOT NULL,
-    details    TEXT NOT NULL,
-    prev_hash  TEXT NOT NULL,
-    hash       TEXT NOT NULL,
-    algorithm  TEXT NOT NULL
-)""",
+    SQL.table,
     f"""CREATE TRIGGER IF NOT EXISTS audit_log_no_update
 BEFORE UPDATE ON audit_log
 BEGIN
@@ -95,9 +86,7 @@ def _rows(conn: sqlite3.Connection, after_seq: int = 0) -> Iterator[tuple[Any, .
     One ``SELECT``: constant memory, and (in WAL mode) one consistent snapshot
     even while the writer keeps appending.
     """
-    cursor = conn.execute(
-        f"SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq", (after_seq,)
-    )
+    cursor = conn.execute(SQL.after, (after_seq,))
     try:
         yield from cursor
     finally:
@@ -110,11 +99,10 @@ def iter_records(conn: sqlite3.Connection, after_seq: int = 0) -> Iterator[Audit
         yield record_from_row(row)
 
 
-def last_record(conn: sqlite3.Connection) -> AuditRecord | None:
-    """The newest record, or ``None`` when the log is empty."""
-    newest = f"SELECT {RECORD_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1"
-    row = conn.execute(newest).fetchone()
-    return None if row is None else record_from_row(row)
+def newest_row(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+    """The newest stored row, or ``None`` when the log is empty."""
+    row: tuple[Any, ...] | None = conn.execute(SQL.newest).fetchone()
+    return row
 
 
 def verify_database(path: Path | str, anchor: Anchor | None = None) -> VerifyResult:
@@ -134,80 +122,52 @@ def verify_database(path: Path | str, anchor: Anchor | None = None) -> VerifyRes
         conn.close()
 
 
-class SqliteAuditLog(AuditLogBase):
+class SqliteAuditLog(AuditLogBase[sqlite3.Connection, AuditRecord]):
     """Append-only, hash-chained audit log in the store's SQLite database.
 
     ``write`` and ``read`` run jobs on the store's writer and reader threads
     (``SqliteStore._write`` / ``_read``). All appends go through the single
     writer, so reading the last record and inserting the next cannot race; the
     insert trigger would refuse a racing append from another process anyway.
+    ``append_in`` is synchronous here: it runs on the writer thread.
     """
 
     SCHEMA_SQL: ClassVar[str] = SCHEMA_SQL
 
     create_schema = staticmethod(create_schema)
     iter_all = staticmethod(iter_records)
-    last_in = staticmethod(last_record)
+    last_in = staticmethod(newest_row)
 
-    def append_in(
-        self,
-        conn: sqlite3.Connection,
-        at: int,
-        actor: str,
-        action: str,
-        target: str,
-        details: dict[str, Any],
-        algorithm: str | None = None,
-    ) -> AuditRecord:
-        """Seal and insert the next record on ``conn``; synchronous.
+    def extend_in(self, conn: sqlite3.Connection, seal_next: SealNext) -> AuditRecord:
+        """Insert ``seal_next(head)``; on a connection with no open transaction, in its own.
 
-        Meant to be called inside a store write job, so the record commits —
-        or rolls back — with the change it describes; a job that fails after
-        calling this leaves no record and so no hole in the chain. Called on a
-        connection with no open transaction, it opens (``BEGIN IMMEDIATE``:
-        take the write lock before reading the head) and commits its own.
+        That transaction is ``BEGIN IMMEDIATE``: it takes the write lock
+        before reading the head, so no other connection extends it meanwhile.
         """
         if not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                record = self.append_in(conn, at, actor, action, target, details, algorithm)
+                record = self.extend_in(conn, seal_next)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
             return record
-        record = seal(
-            last_record(conn), at, actor, action, target, details, algorithm or self.algorithm
-        )
-        conn.execute(
-            f"INSERT INTO audit_log ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            record_row(record),
-        )
+        record = seal_next(newest_row(conn))
+        conn.execute(SQL.insert, record_row(record))
         return record
 
-    async def records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
-        """Up to ``limit`` records with seq > ``after_seq``, oldest first (for paging)."""
+    @staticmethod
+    def page_in(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = conn.execute(SQL.page, (after_seq, limit)).fetchall()
+        return rows
 
-        def job(conn: sqlite3.Connection) -> list[AuditRecord]:
-            rows = conn.execute(
-                f"SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
-            ).fetchall()
-            return [record_from_row(r) for r in rows]
+    @staticmethod
+    def verify_in(conn: sqlite3.Connection, anchor: Anchor | None) -> VerifyResult:
+        """One ``SELECT`` stepped row by row (constant memory) on the reader thread.
 
-        result: list[AuditRecord] = await self._read(job)
-        return result
-
-    async def verify(self, anchor: Anchor | None = None) -> VerifyResult:
-        """Verify the whole chain on the reader thread.
-
-        Streams in constant memory but occupies the reader for the duration
-        (roughly a second per few hundred thousand records); for large logs
-        prefer :func:`verify_database` on a connection of its own.
+        It occupies the reader for the duration (roughly a second per few
+        hundred thousand records); for large logs prefer
+        :func:`verify_database` on a connection of its own.
         """
-
-        def job(conn: sqlite3.Connection) -> VerifyResult:
-            return verify_rows(_rows(conn), anchor)
-
-        result: VerifyResult = await self._read(job)
-        return result
+        return verify_rows(_rows(conn), anchor)

@@ -8,8 +8,7 @@ callback are committed in one transaction.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
 
 import orjson
 
@@ -36,8 +35,7 @@ from imserver.store.rows import (
 )
 from imserver.store.sqlite.audit import SqliteAuditLog
 from imserver.store.sqlite.in_list import select_in
-
-Job = Callable[[sqlite3.Connection], Any]
+from imserver.store.sqlite.jobs import SqliteJobs
 
 
 def _next_gseq(conn: sqlite3.Connection) -> int:
@@ -77,11 +75,9 @@ def ensure_notice_conv(conn: sqlite3.Connection, conv: str, user: str, name: str
     )
 
 
-class SqliteCardsMixin(CardDocSealing):
+class SqliteCardsMixin(CardDocSealing, SqliteJobs):
     """Card storage; needs ``_write``/``_read`` and ``_insert_message`` from the store."""
 
-    _write: Callable[[Job], Awaitable[Any]]
-    _read: Callable[[Job], Awaitable[Any]]
     _insert: Callable[[sqlite3.Connection, NewMessage], Message]
     audit: SqliteAuditLog
 
@@ -117,20 +113,12 @@ class SqliteCardsMixin(CardDocSealing):
             row = conn.execute(f"SELECT {APP_COLUMNS} FROM apps WHERE id = ?", (app_id,)).fetchone()
             return None if row is None else app_from_row(row)
 
-        result: AppRecord | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     # -- cards ---------------------------------------------------------------
     async def create_card(
         self, card: NewCard, messages: list[NewMessage], notice_convs: list[tuple[str, str, str]]
     ) -> tuple[CardRecord, list[Message], bool]:
-        """Store a card, its holders, todo rows and delivery messages at once.
-
-        ``notice_convs`` are ``(conv, user, name)`` to create if absent. If the
-        app already has a card with this ``out_track_id``, nothing is written
-        and the existing card comes back with ``True`` (a duplicate).
-        """
-
         def job(conn: sqlite3.Connection) -> tuple[CardRecord, list[Message], bool]:
             row = conn.execute(
                 f"SELECT {CARD_COLUMNS} FROM cards WHERE app_id = ? AND out_track_id = ?",
@@ -163,8 +151,7 @@ class SqliteCardsMixin(CardDocSealing):
             stored = [self._insert(conn, m) for m in messages]
             return created_card(card, gseq), stored, False
 
-        result: tuple[CardRecord, list[Message], bool] = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def get_card(self, card_id: str) -> CardRecord | None:
         def job(conn: sqlite3.Connection) -> CardRecord | None:
@@ -172,8 +159,7 @@ class SqliteCardsMixin(CardDocSealing):
             found = row.fetchone()
             return None if found is None else self._card_record(found)
 
-        result: CardRecord | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def get_card_by_track(self, app_id: str, out_track_id: str) -> CardRecord | None:
         def job(conn: sqlite3.Connection) -> CardRecord | None:
@@ -183,8 +169,7 @@ class SqliteCardsMixin(CardDocSealing):
             ).fetchone()
             return None if row is None else self._card_record(row)
 
-        result: CardRecord | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def cards_by_ids(self, ids: Iterable[str]) -> dict[str, CardRecord]:
         ids = list(ids)  # read here, not in the store's thread
@@ -193,8 +178,7 @@ class SqliteCardsMixin(CardDocSealing):
             sql = f"SELECT {CARD_COLUMNS} FROM cards WHERE id IN ({{marks}})"
             return {row[0]: self._card_record(row) for row in select_in(conn, sql, ids)}
 
-        result: dict[str, CardRecord] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def save_card(self, change: CardChange) -> CardRecord | None:
         """Write a new version if the card is still at ``expected_version``; else None.
@@ -244,10 +228,29 @@ class SqliteCardsMixin(CardDocSealing):
             return self._card_record(row)
 
         try:
-            result: CardRecord = await self._write(job)
+            return await self._write(job)
         except _VersionMoved:
             return None
-        return result
+
+    async def set_card_callback(
+        self, card_id: str, state: str, expected_version: int
+    ) -> CardRecord | None:
+        """The delivery status only: same version, new ``gseq`` (see ``CardStore``)."""
+
+        def job(conn: sqlite3.Connection) -> CardRecord:
+            row = conn.execute(
+                "UPDATE cards SET gseq = ?, callback = ? WHERE id = ? AND version = ?"
+                f" RETURNING {CARD_COLUMNS}",
+                (_next_gseq(conn), state, card_id, expected_version),
+            ).fetchone()
+            if row is None:
+                raise _VersionMoved  # undo the gseq bump with the job's savepoint
+            return self._card_record(row)
+
+        try:
+            return await self._write(job)
+        except _VersionMoved:
+            return None
 
     async def card_holders(self, card_id: str) -> list[str]:
         def job(conn: sqlite3.Connection) -> list[str]:
@@ -256,8 +259,7 @@ class SqliteCardsMixin(CardDocSealing):
                 for r in conn.execute("SELECT user FROM card_holders WHERE card_id = ?", (card_id,))
             ]
 
-        result: list[str] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def cards_changed_for(self, user: str, after_gseq: int, limit: int) -> list[CardRecord]:
         def job(conn: sqlite3.Connection) -> list[CardRecord]:
@@ -269,12 +271,9 @@ class SqliteCardsMixin(CardDocSealing):
             )
             return [self._card_record(r) for r in rows]
 
-        result: list[CardRecord] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def todo_cards(self, user: str, limit: int) -> tuple[list[CardRecord], int]:
-        """Pending cards for ``user``, soonest deadline first (none last); and the total."""
-
         def job(conn: sqlite3.Connection) -> tuple[list[CardRecord], int]:
             (total,) = conn.execute(
                 "SELECT count(*) FROM card_pending WHERE user = ?", (user,)
@@ -287,8 +286,7 @@ class SqliteCardsMixin(CardDocSealing):
             )
             return [self._card_record(r) for r in rows], int(total)
 
-        result: tuple[list[CardRecord], int] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def deliver_notice(
         self, messages: list[NewMessage], notice_convs: list[tuple[str, str, str]], now: int
@@ -298,8 +296,7 @@ class SqliteCardsMixin(CardDocSealing):
                 ensure_notice_conv(conn, conv, user, name, now)
             return [self._insert(conn, m) for m in messages]
 
-        result: list[Message] = await self._write(job)
-        return result
+        return await self._write(job)
 
     # -- callback outbox -----------------------------------------------------
     async def claim_callbacks(self, now: int, lease_ms: int, limit: int) -> list[OutboxItem]:
@@ -317,8 +314,7 @@ class SqliteCardsMixin(CardDocSealing):
             )
             return [outbox_from_row(r) for r in rows]
 
-        result: list[OutboxItem] = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def next_callback_due(self) -> int | None:
         def job(conn: sqlite3.Connection) -> int | None:
@@ -327,8 +323,7 @@ class SqliteCardsMixin(CardDocSealing):
             ).fetchone()
             return None if row[0] is None else int(row[0])
 
-        result: int | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def finish_callback(
         self, item_id: int, *, state: str, attempts: int, next_at: int, error: str
@@ -350,8 +345,7 @@ class SqliteCardsMixin(CardDocSealing):
             ).fetchone()
             return None if row is None else outbox_from_row(row)
 
-        result: OutboxItem | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def list_callbacks(self, state: str, limit: int) -> list[OutboxItem]:
         def job(conn: sqlite3.Connection) -> list[OutboxItem]:
@@ -361,8 +355,7 @@ class SqliteCardsMixin(CardDocSealing):
             )
             return [outbox_from_row(r) for r in rows]
 
-        result: list[OutboxItem] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def pending_callbacks(self, card_id: str) -> int:
         def job(conn: sqlite3.Connection) -> int:
@@ -371,8 +364,7 @@ class SqliteCardsMixin(CardDocSealing):
             ).fetchone()
             return int(n)
 
-        result: int = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def retry_callback(self, item_id: int, now: int) -> None:
         def job(conn: sqlite3.Connection) -> None:

@@ -116,7 +116,10 @@ class SqliteDeadlinesMixin:
         result: tuple[list[str], list[str]] = await self._read(job)
         return result
 
-    async def due_dings(self, now: int, limit: int) -> list[DingDue]:
+    async def due_dings(self, now: int, lease_ms: int, limit: int) -> list[DingDue]:
+        """Only reads: one process reads and re-notifies, nothing else claims (no lease)."""
+        del lease_ms
+
         def job(conn: sqlite3.Connection) -> list[DingDue]:
             rows = conn.execute(
                 "SELECT conv, seq, user, notified FROM dings"

@@ -10,7 +10,7 @@ touch. Subtrees are path ranges: ``path >= '/jx/nc/' AND path < '/jx/nc/\\x7f'``
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -19,7 +19,6 @@ from imserver.directory.model import (
     MemberOp,
     RemoveMemberOp,
     RemoveUnitOp,
-    SyncOp,
     SyncReport,
     Unit,
     UnitOp,
@@ -37,14 +36,12 @@ from imserver.store.directory_sync import (
     unit_path,
     unit_retitled,
 )
-from imserver.store.records import MemberProfile, UnitMemberRow
+from imserver.store.records import MemberProfile, SyncBatch, UnitMemberRow
 from imserver.store.rows import qualified, unit_member_from_row
 from imserver.store.sqlite.address_book import SqliteAddressBookMixin
 from imserver.store.sqlite.directory_changes import SqliteChangeRecorder
 from imserver.store.sqlite.directory_keys import index_name, recount_unit_members
 from imserver.store.sqlite.in_list import select_in
-
-Job = Callable[[sqlite3.Connection], Any]
 
 
 def _unit(row: tuple[Any, ...]) -> Unit:
@@ -94,13 +91,8 @@ def _disable_user(
 
 
 class SqliteDirectoryMixin(SqliteAddressBookMixin):
-    _write: Callable[[Job], Awaitable[Any]]
-    _read: Callable[[Job], Awaitable[Any]]
-
     # -- sync ----------------------------------------------------------------
     async def begin_directory_sync(self) -> int:
-        """A new sync generation number."""
-
         def job(conn: sqlite3.Connection) -> int:
             (gen,) = conn.execute(
                 "UPDATE counters SET value = value + 1 WHERE name = 'directory_sync'"
@@ -108,22 +100,11 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
             ).fetchone()
             return int(gen)
 
-        result: int = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def apply_directory_batch(
-        self,
-        ops: list[tuple[int, SyncOp, dict[str, str] | None, str]],
-        gen: int,
-        now: int,
-        full: bool = False,
+        self, ops: SyncBatch, gen: int, now: int, full: bool = False
     ) -> SyncReport:
-        """Apply ``(line, op, stored_profile, profile_digest)`` in one transaction.
-
-        A bad line (unknown parent, level out of order, a move into its own
-        subtree) undoes the whole batch and names the line.
-        """
-
         def job(conn: sqlite3.Connection) -> SyncReport:
             rep = SyncReport()
             changes = SqliteChangeRecorder()
@@ -144,8 +125,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
             changes.flush(conn)
             return rep
 
-        result: SyncReport = await self._write(job)
-        return result
+        return await self._write(job)
 
     @staticmethod
     def _apply_unit(
@@ -279,8 +259,6 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
             changes.note(MEMBER, [op.user])
 
     async def sweep_directory(self, gen: int) -> SyncReport:
-        """End of a full sync: remove what the sync did not mention."""
-
         def job(conn: sqlite3.Connection) -> SyncReport:
             rep = SyncReport()
             changes = SqliteChangeRecorder()
@@ -308,11 +286,9 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
             changes.flush(conn)
             return rep
 
-        result: SyncReport = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def count_unit_members(self) -> None:
-        """Refresh ``units.members`` (after a sync that changed the directory)."""
         await self._write(recount_unit_members)
 
     # -- queries -------------------------------------------------------------
@@ -323,8 +299,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
             ).fetchone()
             return None if row is None else _unit(row)
 
-        result: Unit | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def units_by_ids(self, ids: Iterable[str]) -> dict[str, Unit]:
         ids = list(ids)  # read here, not in the store's thread
@@ -333,8 +308,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
             sql = f"SELECT {UNIT_COLUMNS} FROM units WHERE id IN ({{marks}})"
             return {row[0]: _unit(row) for row in select_in(conn, sql, ids)}
 
-        result: dict[str, Unit] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def subtree(self, path: str, max_depth: int, limit: int) -> list[Unit]:
         base_depth = path.count("/") - 1
@@ -348,15 +322,11 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
             )
             return [_unit(r) for r in rows]
 
-        result: list[Unit] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def unit_members(
         self, path: str, recursive: bool, after: tuple[str, str], limit: int
     ) -> list[UnitMemberRow]:
-        """Active memberships in the unit (and its subtree), ordered by (user, unit
-        path), after the ``(user, path)`` cursor — one person in two units is two rows."""
-
         def job(conn: sqlite3.Connection) -> list[UnitMemberRow]:
             where = "u.path >= ? AND u.path < ?" if recursive else "u.path = ?"
             args: tuple[Any, ...] = (path, path + PATH_END) if recursive else (path,)
@@ -369,11 +339,9 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
             )
             return [unit_member_from_row(r) for r in rows]
 
-        result: list[UnitMemberRow] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def unit_recipients(self, targets: Iterable[tuple[str, bool]]) -> set[str]:
-        """Active users in the given (unit path, include sub-units) targets."""
         wanted = list(targets)
 
         def job(conn: sqlite3.Connection) -> set[str]:
@@ -391,8 +359,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
                 )
             return users
 
-        result: set[str] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def user_memberships(self, user: str) -> list[tuple[Unit, str, bool]]:
         def job(conn: sqlite3.Connection) -> list[tuple[Unit, str, bool]]:
@@ -404,8 +371,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
             )
             return [(_unit(r[:6]), r[6], bool(r[7])) for r in rows]
 
-        result: list[tuple[Unit, str, bool]] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def unit_leaders(self, unit_ids: Iterable[str]) -> dict[str, list[str]]:
         wanted = list(dict.fromkeys(unit_ids))
@@ -423,8 +389,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
                 ]
             return out
 
-        result: dict[str, list[str]] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def member_profile(self, user: str) -> MemberProfile | None:
         def job(conn: sqlite3.Connection) -> MemberProfile | None:
@@ -436,8 +401,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
                 return None
             return MemberProfile(row[0], row[1], orjson.loads(row[2]), row[3])
 
-        result: MemberProfile | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     # -- admin grants ----------------------------------------------------------
     async def grant_admin(self, user: str, unit: str, now: int) -> None:
@@ -454,12 +418,9 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
             cur = conn.execute("DELETE FROM admin_grants WHERE user = ? AND unit = ?", (user, unit))
             return cur.rowcount > 0
 
-        result: bool = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def admin_scopes(self, user: str) -> list[Unit]:
-        """The units (with their current paths) ``user`` administers."""
-
         def job(conn: sqlite3.Connection) -> list[Unit]:
             rows = conn.execute(
                 f"SELECT {qualified(UNIT_COLUMNS, 'u')}"
@@ -469,8 +430,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
             )
             return [_unit(r) for r in rows]
 
-        result: list[Unit] = await self._read(job)
-        return result
+        return await self._read(job)
 
     # -- user scopes (e.g. pii:read) -------------------------------------------
     async def set_scope(self, user: str, scope: str, granted: bool, now: int) -> bool:
@@ -486,8 +446,7 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
                 )
             return cur.rowcount > 0
 
-        result: bool = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def users_with_scope(self, users: Iterable[str], scope: str) -> set[str]:
         users = list(users)  # read here, not in the store's thread
@@ -496,5 +455,4 @@ class SqliteDirectoryMixin(SqliteAddressBookMixin):
             sql = "SELECT user FROM user_scopes WHERE scope = ? AND user IN ({marks})"
             return {r[0] for r in select_in(conn, sql, users, (scope,))}
 
-        result: set[str] = await self._read(job)
-        return result
+        return await self._read(job)

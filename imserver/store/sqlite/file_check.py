@@ -40,8 +40,8 @@ from imserver.errors import (
     StoreForeign,
     StoreNotSqlite,
     StoreRefused,
-    StoreTooNew,
 )
+from imserver.store.migrations import refuse_newer
 from imserver.store.sqlite.schema import MIGRATIONS
 
 SQLITE_HEADER: Final = b"SQLite format 3\x00"
@@ -187,15 +187,7 @@ def _check_schema(path: Path, conn: sqlite3.Connection) -> int:
             _FIX_PATH,
         )
     applied = sorted(int(v) for (v,) in conn.execute("SELECT version FROM schema_migrations"))
-    known = [version for version, _, _ in MIGRATIONS]
-    unknown = [v for v in applied if v not in known]
-    if unknown:
-        raise StoreTooNew(
-            path,
-            f"written by a newer imserver (schema versions {unknown}; this release knows"
-            f" up to {known[-1]})",
-            "run the release that wrote it, or restore a backup made by this one",
-        )
+    refuse_newer(path, applied)
     if not applied:
         if tables <= _NOT_OURS_TABLES:
             return 0

@@ -7,18 +7,14 @@ group in one job rather than keeping counters on the hot message path.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from imserver.governance import GroupStats
+from imserver.store.sqlite.jobs import SqliteJobs
 
-Job = Callable[[sqlite3.Connection], Any]
 END = "\x7f"
 
 
-class SqliteGovernanceMixin:
-    _read: Callable[[Job], Awaitable[Any]]
-
+class SqliteGovernanceMixin(SqliteJobs):
     async def group_stats(self, scope_paths: list[str] | None) -> list[GroupStats]:
         """Every live group whose unit (its owner's first unit) is inside ``scope_paths``.
 
@@ -58,5 +54,4 @@ class SqliteGovernanceMixin:
                 )
             return out
 
-        result: list[GroupStats] = await self._read(job)
-        return result
+        return await self._read(job)

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from imserver.store.records import ALL_DEVICES, RefreshUse
+from imserver.store.sqlite.jobs import SqliteJobs
 
-Job = Callable[[sqlite3.Connection], Any]
 
-
-class SqliteIdentityMixin:
-    _write: Callable[[Job], Awaitable[Any]]
-    _read: Callable[[Job], Awaitable[Any]]
-
+class SqliteIdentityMixin(SqliteJobs):
     async def store_refresh_token(
         self, token_hash: str, user: str, device: str, expires_at: int, now: int
     ) -> None:
@@ -43,8 +37,7 @@ class SqliteIdentityMixin:
                 conn.execute("UPDATE refresh_tokens SET used = 1 WHERE hash = ?", (token_hash,))
             return found
 
-        result: RefreshUse | None = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def revoke(self, user: str, device: str | None, now: int) -> None:
         """Refuse the user's (or one device's) tokens issued before now; drop refresh tokens."""
@@ -76,5 +69,4 @@ class SqliteIdentityMixin:
             ).fetchone()
             return int(at)
 
-        result: int = await self._read(job)
-        return result
+        return await self._read(job)

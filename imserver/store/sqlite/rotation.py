@@ -7,20 +7,17 @@ as write jobs on the store's writer.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from imserver.store.base import Rotator
 from imserver.store.rotation import BATCH, rotate_all, rotate_batch
+from imserver.store.sqlite.jobs import SqliteJobs
 
-Job = Callable[[sqlite3.Connection], Any]
 
-
-class SqliteRotationMixin:
-    _write: Callable[[Job], Awaitable[Any]]
-
+class SqliteRotationMixin(SqliteJobs):
     async def rotate_sealed(self, rotator: Rotator) -> tuple[int, int]:
         """(profiles, cards) re-encrypted with the active key."""
         profiles = await self._rotate_table(
@@ -45,7 +42,6 @@ class SqliteRotationMixin:
                 conn.executemany(update, [(orjson.dumps(new), key) for key, new in rewritten])
                 return last, len(rewritten)
 
-            result: tuple[str | None, int] = await self._write(job)
-            return result
+            return await self._write(job)
 
         return await rotate_all(batch)

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import orjson
 
-from imserver.store.membership import MembershipSql, check_member_limit, membership_writes
+from imserver.store.membership import (
+    MembershipSql,
+    check_member_limit,
+    group_members,
+    membership_writes,
+)
 from imserver.store.records import (
     ROLE_MEMBER,
-    ROLE_OWNER,
     AppendResult,
     Conversation,
     ConvState,
@@ -34,7 +37,13 @@ from imserver.store.refusals import (
     no_such_message,
     not_member,
 )
-from imserver.store.rows import CONV_COLUMNS, MSG_COLUMNS, conversation_from_row, message_from_row
+from imserver.store.rows import (
+    CONV_COLUMNS,
+    MSG_COLUMNS,
+    conversation_from_row,
+    message_from_row,
+    stored_message,
+)
 from imserver.store.sqlite.audit import SqliteAuditLog, create_schema
 from imserver.store.sqlite.cards import SqliteCardsMixin
 from imserver.store.sqlite.deadlines import SqliteDeadlinesMixin
@@ -43,6 +52,7 @@ from imserver.store.sqlite.file_check import check_store_file, create_store_file
 from imserver.store.sqlite.governance import SqliteGovernanceMixin
 from imserver.store.sqlite.identity import SqliteIdentityMixin
 from imserver.store.sqlite.in_list import select_in
+from imserver.store.sqlite.jobs import T
 from imserver.store.sqlite.rotation import SqliteRotationMixin
 from imserver.store.sqlite.schema import migrate
 from imserver.store.sqlite.worker import SqliteThread
@@ -98,9 +108,7 @@ def _insert_message(conn: sqlite3.Connection, new: NewMessage) -> Message:
             "INSERT OR IGNORE INTO file_refs (file, conv) VALUES (?, ?)",
             (new.body["file"]["id"], new.conv),
         )
-    return Message(
-        new.conv, seq, new.sender, new.device, new.kind, new.body, new.ts, new.client_msg_id
-    )
+    return stored_message(new, seq)
 
 
 def _create_dm(conn: sqlite3.Connection, conv: str, parties: tuple[str, str], now: int) -> None:
@@ -211,10 +219,10 @@ class SqliteStore(
         """(transactions committed, jobs in them) — group-commit effectiveness."""
         return self._writer.batches, self._writer.jobs
 
-    async def _write(self, fn: Any) -> Any:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._writer.run(fn)
 
-    async def _read(self, fn: Any) -> Any:
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._reader.run(fn)
 
     # -- users ---------------------------------------------------------------
@@ -229,8 +237,7 @@ class SqliteStore(
             )
             return len(rows)
 
-        result: int = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def existing_users(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)  # read here, not in the store's thread
@@ -239,8 +246,7 @@ class SqliteStore(
             sql = "SELECT id FROM users WHERE id IN ({marks}) AND disabled = 0"
             return {r[0] for r in select_in(conn, sql, ids)}
 
-        result: set[str] = await self._read(job)
-        return result
+        return await self._read(job)
 
     # -- conversations -------------------------------------------------------
     async def get_conversation(self, conv: str) -> Conversation | None:
@@ -251,21 +257,19 @@ class SqliteStore(
             ).fetchone()
             return None if row is None else conversation_from_row(row)
 
-        result: Conversation | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def ensure_dm(self, conv: str, a: str, b: str, now: int) -> Conversation:
         def job(conn: sqlite3.Connection) -> Conversation:
             _create_dm(conn, conv, (a, b), now)
             return conversation_from_row(conn.execute(_CONV_SELECT, (conv,)).fetchone())
 
-        result: Conversation = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def create_group(
         self, conv: str, name: str, owner: str, members: Iterable[str], notice: NewMessage
     ) -> Message:
-        others = [m for m in dict.fromkeys(members) if m != owner]
+        rows = [(conv, user, role) for user, role in group_members(owner, members)]
 
         def job(conn: sqlite3.Connection) -> Message:
             conn.execute(
@@ -273,18 +277,12 @@ class SqliteStore(
                 " VALUES (?, 'group', ?, ?, 0, ?)",
                 (conv, name, owner, notice.ts),
             )
-            conn.execute(
-                "INSERT INTO members (conv, user, role, read_seq) VALUES (?, ?, ?, 0)",
-                (conv, owner, ROLE_OWNER),
-            )
             conn.executemany(
-                "INSERT INTO members (conv, user, role, read_seq) VALUES (?, ?, ?, 0)",
-                [(conv, m, ROLE_MEMBER) for m in others],
+                "INSERT INTO members (conv, user, role, read_seq) VALUES (?, ?, ?, 0)", rows
             )
             return _insert_message(conn, notice)
 
-        result: Message = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def change_group(
         self, conv: str, change: MembershipChange, notice: NewMessage, max_members: int
@@ -299,8 +297,7 @@ class SqliteStore(
                 check_member_limit(count, max_members)
             return _insert_message(conn, notice)
 
-        result: Message = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def members(self, conv: str) -> list[Member]:
         def job(conn: sqlite3.Connection) -> list[Member]:
@@ -311,8 +308,7 @@ class SqliteStore(
                 )
             ]
 
-        result: list[Member] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def member_role(self, conv: str, user: str) -> str | None:
         def job(conn: sqlite3.Connection) -> str | None:
@@ -321,8 +317,7 @@ class SqliteStore(
             ).fetchone()
             return None if row is None else str(row[0])
 
-        result: str | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def conversations_of(self, user: str) -> list[ConvState]:
         def job(conn: sqlite3.Connection) -> list[ConvState]:
@@ -335,8 +330,7 @@ class SqliteStore(
             )
             return [ConvState(*row) for row in rows]
 
-        result: list[ConvState] = await self._read(job)
-        return result
+        return await self._read(job)
 
     # -- messages ------------------------------------------------------------
     async def append_message(
@@ -361,8 +355,7 @@ class SqliteStore(
                 raise not_member(new.conv)
             return AppendResult(_insert_message(conn, new), duplicate=False)
 
-        result: AppendResult = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def messages_after(self, conv: str, after_seq: int, limit: int) -> list[Message]:
         def job(conn: sqlite3.Connection) -> list[Message]:
@@ -373,8 +366,7 @@ class SqliteStore(
             )
             return [message_from_row(r) for r in rows]
 
-        result: list[Message] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def messages_before(self, conv: str, before_seq: int | None, limit: int) -> list[Message]:
         bound = before_seq if before_seq is not None else 2**62
@@ -387,8 +379,7 @@ class SqliteStore(
             ).fetchall()
             return [message_from_row(r) for r in reversed(rows)]
 
-        result: list[Message] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def get_message(self, conv: str, seq: int) -> Message | None:
         def job(conn: sqlite3.Connection) -> Message | None:
@@ -397,8 +388,7 @@ class SqliteStore(
             ).fetchone()
             return None if row is None else message_from_row(row)
 
-        result: Message | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def recall_message(self, conv: str, seq: int, notice: NewMessage) -> Message:
         def job(conn: sqlite3.Connection) -> Message:
@@ -416,8 +406,7 @@ class SqliteStore(
             )
             return _insert_message(conn, notice)
 
-        result: Message = await self._write(job)
-        return result
+        return await self._write(job)
 
     # -- read cursors --------------------------------------------------------
     async def set_read_cursor(self, conv: str, user: str, seq: int) -> int:
@@ -438,8 +427,7 @@ class SqliteStore(
             ).fetchone()
             return ReadCursor(int(row[0]), int(row[0]) > int(before[0]))
 
-        result: ReadCursor = await self._write(job)
-        return result
+        return await self._write(job)
 
     # -- files ---------------------------------------------------------------
     async def record_file(self, meta: FileMeta, uploader: str) -> None:
@@ -462,8 +450,7 @@ class SqliteStore(
             ).fetchone()
             return None if row is None else FileMeta(*row)
 
-        result: FileMeta | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def file_visible_to(self, file_id: str, user: str) -> bool:
         def job(conn: sqlite3.Connection) -> bool:
@@ -475,5 +462,4 @@ class SqliteStore(
             ).fetchone()
             return row is not None
 
-        result: bool = await self._read(job)
-        return result
+        return await self._read(job)

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from imserver.store.group_commit import settle
+from imserver.store.sqlite.jobs import Job, T
 
 log = logging.getLogger(__name__)
-
-Job = Callable[[sqlite3.Connection], Any]
 
 
 @dataclass(slots=True)
@@ -86,9 +85,9 @@ class SqliteThread:
         if self._start_error is not None:
             raise self._start_error
 
-    async def run(self, fn: Job) -> Any:
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Pending(fn, fut, loop))
         return await fut
 
