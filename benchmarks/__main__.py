@@ -67,6 +67,19 @@ def build_parser(found: dict[str, Any]) -> argparse.ArgumentParser:
             action="store_true",
             help="do not pin the server to the first CPU and the load to the others",
         )
+        p.add_argument(
+            "--store",
+            choices=("sqlite", "postgres"),
+            default="sqlite",
+            help="the store under test: the embedded SQLite file (default) or a throw-away"
+            " PostgreSQL database on this machine (benchmarks/backends.py)",
+        )
+        p.add_argument(
+            "--bus",
+            choices=("local", "redis"),
+            default="local",
+            help="the bus: in-process (default) or the Redis of this machine",
+        )
         p.add_argument("--no-plot", action="store_true", help="skip the PNG")
         p.add_argument("--quiet", action="store_true", help="no progress on stderr")
         module.add_arguments(p)

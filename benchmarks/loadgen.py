@@ -15,6 +15,8 @@ Worker kinds:
 
 * ``members``   — many listening connections; record send→delivery latency of
   every marked message, per phase (fan-out receivers).
+* ``counted_members`` — ``members`` that also count each message's arrivals
+  per connection: every member got every message exactly once? (cluster)
 * ``publisher`` — one connection; creates the group and sends marked messages
   at a paced rate; records send→ack latency and its own echo deliveries.
 * ``pairs``     — 1:1 conversations; both ends live in this worker; sends at a
@@ -292,6 +294,52 @@ class Members(Agent):
         if cmd == "collect":
             st = self.phases.pop(msg[1], PhaseStats())
             return {"count": st.count, "last_ns": st.last_ns, "lat_us": st.lat_us.tobytes()}
+        return await super().handle(msg)
+
+
+class CountedMembers(Members):
+    """Members that also count, per connection, how often each message arrived (cluster).
+
+    A total per worker cannot tell a loss from a duplicate elsewhere (they
+    cancel out); with members spread over several nodes the question is
+    whether *every* member got *every* message exactly once. Per phase and
+    connection a byte per message index (the ``I=`` of the text) counts
+    arrivals, saturating at 255.
+    """
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__(spec)
+        self.seen: dict[int, list[bytearray]] = {}
+
+    def on_marked(self, client: Client, payload: bytes, i: int, now_ns: int) -> None:
+        super().on_marked(client, payload, i, now_ns)
+        phase = int(payload[i + P_OFF : i + P_OFF + 3])
+        start = i + S_OFF + 9  # after "<6-digit sender>;I="
+        index = int(payload[start : payload.index(b";", start)])
+        per_client = self.seen.get(phase)
+        if per_client is None:
+            per_client = self.seen[phase] = [bytearray() for _ in self.clients]
+        counts = per_client[client.index]
+        if index >= len(counts):
+            counts.extend(bytes(index + 1 - len(counts)))
+        if counts[index] < 255:
+            counts[index] += 1
+
+    def arrivals(self, phase: int, sent: int) -> dict[str, list[int]]:
+        """Per user: [distinct messages of 0..sent-1 received, duplicates, indices ≥ sent]."""
+        per_client = self.seen.pop(phase, None) or [bytearray() for _ in self.clients]
+        out: dict[str, list[int]] = {}
+        for client, counts in zip(self.clients, per_client, strict=True):
+            head = counts[:sent]
+            distinct = len(head) - head.count(0)
+            duplicates = sum(c - 1 for c in counts if c > 1)
+            beyond = len(counts[sent:]) - counts[sent:].count(0)
+            out[client.user] = [distinct, duplicates, beyond]
+        return out
+
+    async def handle(self, msg: tuple[Any, ...]) -> Any:
+        if msg[0] == "arrivals":
+            return self.arrivals(msg[1], msg[2])
         return await super().handle(msg)
 
 
@@ -1093,6 +1141,7 @@ class CardDesk(Agent):
 
 AGENTS: dict[str, type[Agent]] = {
     "members": Members,
+    "counted_members": CountedMembers,
     "publisher": Publisher,
     "pairs": Pairs,
     "idle": Idle,

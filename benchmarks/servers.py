@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.backends import EMBEDDED, Backends, provisioned
 from benchmarks.common import REPO, Pinning, pin_process_tree, raise_nofile_limit
 
 #: Subprotocol both servers are spoken to with (the baseline ignores it).
@@ -78,8 +80,13 @@ def imserver_config(
     max_group_members: int,
     secret: str,
     admin_api_key: str = "",
+    backends: Backends = EMBEDDED,
 ) -> str:
-    """The TOML the benchmark runs imserver with (see README: "Server configuration")."""
+    """The TOML the benchmark runs imserver with (see README: "Server configuration").
+
+    ``backends``: the embedded default, or the PostgreSQL database and Redis
+    prefix every node of a multi-node run shares (``benchmarks/backends.py``).
+    """
     # The admin HTTP API (registering apps) only where a scenario needs it.
     admin = f'admin_api_key = "{admin_api_key}"\n' if admin_api_key else ""
     return f"""\
@@ -93,7 +100,7 @@ use_uvloop = true
 
 [store]
 sqlite_synchronous = "{synchronous}"
-
+{backends.toml()}
 [auth]
 secret = "{secret}"
 token_ttl_s = {TOKEN_TTL_S}
@@ -123,10 +130,21 @@ app_burst = 1000000000
 """
 
 
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """One node's config file and ports (several share one store and bus)."""
+
+    config_path: Path
+    ws_port: int
+    http_port: int
+
+
 @dataclass(slots=True)
 class Provisioned:
     config_path: Path
     tokens: dict[str, str]
+    #: Every node's config; ``nodes[0]`` is ``config_path``.
+    nodes: list[NodeConfig] = field(default_factory=list)
 
 
 def provision_imserver(
@@ -136,37 +154,48 @@ def provision_imserver(
     synchronous: str,
     max_group_members: int,
     admin_api_key: str = "",
+    backends: Backends = EMBEDDED,
+    nodes: int = 1,
 ) -> tuple[Provisioned, int, int]:
     """Write the config, create ``users`` and mint their tokens before the server starts.
 
     This does in-process what ``python -m imserver token --user U --device D``
     does per user (upsert the user in the store, sign a token with the same
-    secret): running that CLI 1,000 times would take minutes.
+    secret): running that CLI 1,000 times would take minutes. ``nodes`` > 1
+    writes one config per node (own ports and data directory, the same store,
+    bus and secret); that needs ``backends`` with PostgreSQL and Redis.
+    Returns the first node's ports.
     """
+    from imserver.app import build_store
     from imserver.config import load_config
-    from imserver.store.sqlite.store import SqliteStore
     from imserver.tokens import TokenSigner
 
-    data_dir = workdir / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    ws_port, http_port = free_port(), free_port()
+    if nodes > 1 and (backends.store != "postgres" or backends.bus != "redis"):
+        raise ValueError("several nodes need a shared store and bus (PostgreSQL and Redis)")
     secret = secrets.token_hex(32)
-    config_path = workdir / "imserver.toml"
-    config_path.write_text(
-        imserver_config(
-            data_dir,
-            ws_port,
-            http_port,
-            synchronous=synchronous,
-            max_group_members=max_group_members,
-            secret=secret,
-            admin_api_key=admin_api_key,
+    configs: list[NodeConfig] = []
+    for i in range(nodes):
+        data_dir = workdir / ("data" if i == 0 else f"data-{i}")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        ws_port, http_port = free_port(), free_port()
+        config_path = workdir / ("imserver.toml" if i == 0 else f"imserver-{i}.toml")
+        config_path.write_text(
+            imserver_config(
+                data_dir,
+                ws_port,
+                http_port,
+                synchronous=synchronous,
+                max_group_members=max_group_members,
+                secret=secret,
+                admin_api_key=admin_api_key,
+                backends=backends,
+            )
         )
-    )
-    config = load_config(config_path, env={})
+        configs.append(NodeConfig(config_path, ws_port, http_port))
+    config = load_config(configs[0].config_path, env={})
 
     async def create() -> None:
-        store = SqliteStore(config.sqlite_file, synchronous=config.store.sqlite_synchronous)
+        store = build_store(config)  # PostgreSQL: applies the migrations, as a node would
         await store.open()
         try:
             now_ms = int(time.time() * 1000)
@@ -178,7 +207,26 @@ def provision_imserver(
     asyncio.run(create())
     signer = TokenSigner(secret)
     tokens = {u: signer.mint(u, DEVICE, TOKEN_TTL_S) for u in users}
-    return Provisioned(config_path, tokens), ws_port, http_port
+    first = configs[0]
+    return Provisioned(first.config_path, tokens, configs), first.ws_port, first.http_port
+
+
+@contextlib.contextmanager
+def workspace(
+    scenario: str, store: str = "sqlite", bus: str = "local", pool_max_size: int = 10
+) -> Iterator[tuple[Path, Backends]]:
+    """A temporary directory for a server's config, data and log, and its store and bus.
+
+    What ``--store``/``--bus`` name is created here (a throw-away PostgreSQL
+    database, a Redis prefix) and removed on exit, after the directory's
+    server must have been stopped; pass the ``Backends`` to
+    :func:`provision_imserver` and record ``backends.as_json()``.
+    """
+    with (
+        tempfile.TemporaryDirectory(prefix=f"imserver-bench-{scenario}-") as tmp,
+        provisioned(store, bus, pool_max_size) as backends,
+    ):
+        yield Path(tmp), backends
 
 
 PR_SET_PDEATHSIG = 1
@@ -253,12 +301,19 @@ def _wait_port(handle: ServerHandle, timeout: float) -> None:
 
 
 def start_imserver(
-    workdir: Path, config_path: Path, ws_port: int, http_port: int, pinning: Pinning
+    workdir: Path,
+    config_path: Path,
+    ws_port: int,
+    http_port: int,
+    pinning: Pinning,
+    *,
+    name: str = "imserver",
 ) -> ServerHandle:
+    """Start one node and wait until ``/healthz`` answers 200; ``name`` names its log."""
     handle = _spawn(
-        "imserver",
+        name,
         [sys.executable, "-m", "imserver", "serve", "--config", str(config_path)],
-        workdir / "imserver.log",
+        workdir / f"{name}.log",
         ws_port,
         pinning,
     )
@@ -274,7 +329,7 @@ def start_imserver(
             pass
         if time.monotonic() > deadline:
             stop(handle)
-            raise RuntimeError(f"imserver not healthy in 30s; log tail:\n{handle.log_tail()}")
+            raise RuntimeError(f"{name} not healthy in 30s; log tail:\n{handle.log_tail()}")
         time.sleep(0.05)
     _wait_port(handle, 10)
     if pinning.enabled:  # belt and braces: every thread, now that they exist

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import secrets
-import tempfile
 import time
 from array import array
 from pathlib import Path
@@ -42,7 +41,7 @@ from benchmarks.common import (
 )
 from benchmarks.plotting import log_axis, pyplot
 from benchmarks.scenarios import pick
-from benchmarks.servers import SUBPROTOCOL, provision_imserver, start_imserver, stop
+from benchmarks.servers import SUBPROTOCOL, provision_imserver, start_imserver, stop, workspace
 from benchmarks.workers import Worker, WorkerError, start_worker, wait_connected
 
 DESCRIPTION = "card to A approvers, one approves, app answers the callback: click → update p99"
@@ -90,8 +89,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     admin_key = secrets.token_hex(24)
     total = cfg["cards"] + cfg["warmup"]
     lifetime = 180 + total * 2
-    with tempfile.TemporaryDirectory(prefix="imserver-bench-cards-") as tmp:
-        workdir = Path(tmp)
+    with workspace("cards", args.store, args.bus) as (workdir, backends):
         progress.update("starting imserver")
         prov, ws_port, http_port = provision_imserver(
             workdir,
@@ -99,6 +97,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             synchronous=cfg["synchronous"],
             max_group_members=1000,
             admin_api_key=admin_key,
+            backends=backends,
         )
         server = start_imserver(workdir, prov.config_path, ws_port, http_port, pinning)
         workers: list[Worker] = []
@@ -157,6 +156,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         "config": cfg,
         "pinning": pinning.as_json(),
         "pinned": server.pinned,
+        "backends": backends.as_json(),
         "callback_url": callback_url,
         "cards_measured": measured,
         "failures": st["failures"],

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import tempfile
 import time
 from array import array
 from pathlib import Path
@@ -56,6 +55,7 @@ from benchmarks.servers import (
     provision_imserver,
     start_imserver,
     stop,
+    workspace,
 )
 from benchmarks.workers import Worker, WorkerError, split, start_worker
 from benchmarks.wsclient import RawWebSocket
@@ -118,11 +118,14 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     users = [f"i{i:05d}" for i in range(n)]
     warm = [f"w{i:04d}" for i in range(cfg["warmup"])]
     lifetime = 300 + n / 50 + cfg["idle_s"]
-    with tempfile.TemporaryDirectory(prefix="imserver-bench-connect-") as tmp:
-        workdir = Path(tmp)
+    with workspace("connect", args.store, args.bus) as (workdir, backends):
         progress.update("starting imserver", f"creating {n + len(warm)} users")
         prov, ws_port, http_port = provision_imserver(
-            workdir, warm + users, synchronous=cfg["synchronous"], max_group_members=1000
+            workdir,
+            warm + users,
+            synchronous=cfg["synchronous"],
+            max_group_members=1000,
+            backends=backends,
         )
         server = start_imserver(workdir, prov.config_path, ws_port, http_port, pinning)
         workers: list[Worker] = []
@@ -160,6 +163,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     metrics["config"] = cfg
     metrics["pinning"] = pinning.as_json()
     metrics["pinned"] = server.pinned
+    metrics["backends"] = backends.as_json()
     metrics["nofile"] = {"orchestrator": fd_limits, "server": server_fds}
     series = {
         "cdf_grid": CDF_GRID,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from array import array
 from pathlib import Path
@@ -39,6 +38,7 @@ from benchmarks.servers import (
     start_baseline,
     start_imserver,
     stop,
+    workspace,
 )
 from benchmarks.workers import Worker, WorkerError, split, start_worker, wait_connected
 
@@ -116,6 +116,9 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         "sweep": bool(args.sweep),
         "publishers": max(1, args.publishers),
         "rounds": pick(args.rounds, 1 if args.sweep else 3, 1, q),
+        # imserver's store and bus; the baselines have neither.
+        "store": args.store,
+        "bus": args.bus,
     }
     pinning = plan_pinning(not args.no_pin)
     if not pinning.enabled and not args.no_pin:
@@ -126,9 +129,9 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     # Rounds alternate the servers (A B A B ...) so that slow drifts of the
     # machine (a VM's neighbours, frequency) hit both alike; medians are kept.
     runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
-    for r in range(cfg["rounds"]):
+    for n_round in range(1, cfg["rounds"] + 1):
         for target in targets:
-            label = target if cfg["rounds"] == 1 else f"{target} round {r + 1}/{cfg['rounds']}"
+            label = target if cfg["rounds"] == 1 else f"{target} round {n_round}/{cfg['rounds']}"
             runs[target].append(_run_target(target, label, cfg, pinning, progress))
     results = {
         t: {
@@ -198,8 +201,9 @@ def _run_target(
     users = [f"m{i:05d}" for i in range(n)]
     publishers = [f"pub{i:03d}" for i in range(cfg["publishers"])]
     lifetime = 120 + len(cfg["rates"]) * (cfg["duration_s"] + cfg["drain_s"] + 30)
-    with tempfile.TemporaryDirectory(prefix=f"imserver-bench-{target}-") as tmp:
-        workdir = Path(tmp)
+    ours = target == "imserver"
+    engines = (cfg["store"], cfg["bus"]) if ours else ("sqlite", "local")
+    with workspace(target, *engines) as (workdir, backends):
         progress.update(f"{label}: starting server")
         if target == "imserver":
             prov, ws_port, http_port = provision_imserver(
@@ -207,6 +211,7 @@ def _run_target(
                 [*publishers, *users],
                 synchronous=cfg["synchronous"],
                 max_group_members=max(1000, n + 10),
+                backends=backends,
             )
             tokens = prov.tokens
             server = start_imserver(workdir, prov.config_path, ws_port, http_port, pinning)
@@ -282,7 +287,12 @@ def _run_target(
                     progress,
                 )
                 half["saturation_msgs_per_s"] = capacity
-            info = {"pinned": server.pinned, "server_pid_threads": _threads(server.pid)}
+            info: dict[str, Any] = {
+                "pinned": server.pinned,
+                "server_pid_threads": _threads(server.pid),
+            }
+            if ours:
+                info["backends"] = backends.as_json()
         finally:
             for w in workers:
                 w.stop()

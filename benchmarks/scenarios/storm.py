@@ -20,7 +20,6 @@ by event or by sync. Target (the issue): 5,000 resynced in ≤ 15 s, 0 lost.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from array import array
 from pathlib import Path
@@ -41,7 +40,14 @@ from benchmarks.common import (
 )
 from benchmarks.plotting import log_axis, pyplot
 from benchmarks.scenarios import pick
-from benchmarks.servers import SUBPROTOCOL, ServerHandle, provision_imserver, start_imserver, stop
+from benchmarks.servers import (
+    SUBPROTOCOL,
+    ServerHandle,
+    provision_imserver,
+    start_imserver,
+    stop,
+    workspace,
+)
 from benchmarks.workers import Worker, WorkerError, split, start_worker, wait_connected
 
 DESCRIPTION = "N clients in G groups drop at once and resume (auth + sync): resync time, loss"
@@ -121,14 +127,14 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     publisher = "pub"
     members = [[u for i, u in enumerate(users) if i % groups == g] for g in range(groups)]
     lifetime = 300 + n / 20 + cfg["steady_s"] + cfg["after_s"] + cfg["drain_s"]
-    with tempfile.TemporaryDirectory(prefix="imserver-bench-storm-") as tmp:
-        workdir = Path(tmp)
+    with workspace("storm", args.store, args.bus) as (workdir, backends):
         progress.update("starting imserver", f"creating {n + 1} users")
         prov, ws_port, http_port = provision_imserver(
             workdir,
             [publisher, *users],
             synchronous=cfg["synchronous"],
             max_group_members=max(1000, n // groups + 10),
+            backends=backends,
         )
         server = start_imserver(workdir, prov.config_path, ws_port, http_port, pinning)
         workers: list[Worker] = []
@@ -178,6 +184,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     metrics["config"] = cfg
     metrics["pinning"] = pinning.as_json()
     metrics["pinned"] = server.pinned
+    metrics["backends"] = backends.as_json()
     series = {
         "cdf_grid": CDF_GRID,
         "resync_cdf_ms": metrics.pop("resync_cdf_ms"),
