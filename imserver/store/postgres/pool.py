@@ -55,6 +55,17 @@ def lost(describe: str, error: BaseException) -> StoreUnavailable:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset between borrowers: nothing beyond asyncpg's own rollback.
+
+    asyncpg's default sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL`` every time a connection goes back to the pool --
+    one more round trip per read. The store leaves no session state behind:
+    locks are ``pg_advisory_xact_lock``, settings are per transaction, nothing
+    LISTENs; and an open transaction is still rolled back by asyncpg itself.
+    """
+
+
 async def create_pool(settings: PoolSettings) -> asyncpg.Pool:
     """An open pool on ``settings.dsn``; :class:`StoreUnavailable` if it cannot connect."""
     try:
@@ -63,6 +74,7 @@ async def create_pool(settings: PoolSettings) -> asyncpg.Pool:
             min_size=settings.min_size,
             max_size=settings.max_size,
             timeout=CONNECT_TIMEOUT_S,
+            reset=_keep_session,
         )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
         raise unavailable(settings.dsn, e) from e
