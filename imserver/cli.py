@@ -179,7 +179,7 @@ async def _verify_audit_postgres(config: Config, anchor: Anchor | None) -> Verif
         return await verify_on(conn, anchor)
 
 
-def _verify_audit(config: Config, anchor: Anchor | None) -> VerifyResult:
+def verify_audit(config: Config, anchor: Anchor | None) -> VerifyResult:
     """Verify the chain in the configured store; ``StoreFileError`` if there is none to read.
 
     The file (or PostgreSQL schema) is checked first (header and schema, not
@@ -214,7 +214,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: --head: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    result = _verify_audit(config, anchor)
+    result = verify_audit(config, anchor)
     if result.ok:
         anchored = "" if anchor is None else f"; anchor {anchor.seq} matches"
         print(f"ok: {result.checked} records verified; head hash {result.head_hash}{anchored}")
@@ -232,7 +232,7 @@ def cmd_audit_head(args: argparse.Namespace) -> int:
     Verifies first: anchoring the head of a chain that is already broken would
     vouch for the tampering.
     """
-    result = _verify_audit(_load(args.config), None)
+    result = verify_audit(_load(args.config), None)
     if not result.ok:
         print(
             f"BROKEN at record {result.first_bad_seq}: {result.reason}; not printing a head",

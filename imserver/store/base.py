@@ -217,15 +217,21 @@ class DeadlineStore(Protocol):
 
     async def add_card_holder(
         self, card_id: str, user: str, message: NewMessage, notice_conv: tuple[str, str, str]
-    ) -> Message | None: ...
+    ) -> Message | None:
+        """Give ``user`` the card (escalation); None if they already held it."""
+        ...
 
-    async def confirm_ding(self, conv: str, seq: int, user: str, now: int) -> str | None: ...
+    async def confirm_ding(self, conv: str, seq: int, user: str, now: int) -> str | None:
+        """Record the confirmation; the DING's sender, or None if there was nothing to confirm."""
+        ...
 
     async def ding_status(self, conv: str, seq: int) -> DingStatus | None: ...
 
     async def card_ding_status(
         self, card_id: str, sender: str | None = None
-    ) -> tuple[list[str], list[str]]: ...
+    ) -> tuple[list[str], list[str]]:
+        """(confirmed, unconfirmed) users of the DING rows of a card or notice id."""
+        ...
 
     async def due_dings(self, now: int, lease_ms: int, limit: int) -> list[DingDue]:
         """Unconfirmed DINGs due at ``now``, held ``lease_ms`` by a store several nodes share."""

@@ -28,9 +28,9 @@ import aiohttp
 import pytest
 
 from imserver.audit import AuditRecord, canonical, digest
+from imserver.cli import verify_audit
 from imserver.errors import ConfigError
 from imserver.services.membership import dm_id
-from imserver.store.sqlite.audit import verify_database
 from imserver.tokens import TokenSigner, load_or_create_secret
 from imserver_sdk import BusinessClient, BusinessError, Client, ServerError
 from tests.cards_support import ADMIN_KEY, BusinessStub, approval_card
@@ -589,8 +589,8 @@ async def test_whole_chain_verifies_after_mixed_activity(
     result = await card_server.world.store.audit.verify()
     assert result.ok and result.checked == 8
     assert last is not None and result.head_hash == last.hash
-    # The same file checked from outside the server, as the CLI does.
-    outside = await asyncio.to_thread(verify_database, card_server.world.config.sqlite_file)
+    # The same store checked from outside the server, as the CLI does.
+    outside = await asyncio.to_thread(verify_audit, card_server.world.config, None)
     assert outside.ok and outside.checked == 8 and outside.head_hash == last.hash
 
 
@@ -705,7 +705,7 @@ async def test_sm3_records_carry_sm3_and_verify(
         )
         assert r.hash == digest("sm3", data) != digest("sha256", data)
     await assert_chain_ok(h)
-    outside = await asyncio.to_thread(verify_database, h.world.config.sqlite_file)
+    outside = await asyncio.to_thread(verify_audit, h.world.config, None)
     assert outside.ok and outside.checked == 2
 
 

@@ -181,7 +181,11 @@ async def test_scoped_admin_cannot_touch_other_units(seeded: Harness) -> None:
 
 async def test_cli_report(seeded: Harness, tmp_path: Any) -> None:
     cfg = tmp_path / "cli.toml"
-    cfg.write_text(f'[server]\ndata_dir = "{seeded.world.config.server.data_dir}"\n')
+    store = seeded.world.config.store  # the same store the server used, either backend
+    cfg.write_text(
+        f'[server]\ndata_dir = "{seeded.world.config.server.data_dir}"\n'
+        f'[store]\nbackend = "{store.backend}"\ndsn = "{store.dsn}"\n'
+    )
     out = await asyncio.to_thread(
         subprocess.run,
         [

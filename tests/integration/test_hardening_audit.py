@@ -15,6 +15,7 @@ import pytest
 
 from imserver.audit import AuditRecord, details_text_problem, parse_anchor
 from imserver.audit.chain import REASON_DUPLICATE_KEY, REASON_NOT_CANONICAL, seal
+from imserver.cli import verify_audit
 from imserver.store.sqlite.audit import verify_database
 from imserver.store.sqlite.store import SqliteStore
 from tests.cards_support import BusinessStub
@@ -101,7 +102,7 @@ async def test_apps_file_registration_is_audited_once_per_change(tmp_path: Path)
     assert details["created"] is False and details["changed"] == ["callback_url"]
     assert details["callback_url"] == "http://127.0.0.1:9/two"
     assert stub.secret not in str(third)  # the secret itself is never logged
-    assert verify_database(config.sqlite_file).ok
+    assert (await asyncio.to_thread(verify_audit, config, None)).ok  # from outside, as the CLI
 
 
 # --------------------------------------------------------------------------- canonical details

@@ -8,19 +8,16 @@ elsewhere once its lease runs out.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from imserver.store.postgres.cards import ensure_notice_conv
-from imserver.store.postgres.jobs import PgConn, PgJob
+from imserver.store.postgres.jobs import PgConn, PgJobs
 from imserver.store.records import DingDue, DingStatus, Message, NewMessage, Timer
 from imserver.store.rows import confirmed_split, ding_status_from_rows
 
 
-class PgDeadlinesMixin:
+class PgDeadlinesMixin(PgJobs):
     """Card timers (reminders, overdue, escalation) and DING confirmations."""
 
-    _write: Callable[[PgJob], Awaitable[Any]]
-    _read: Callable[[PgJob], Awaitable[Any]]
     _insert: Callable[[PgConn, NewMessage], Awaitable[Message]]
 
     async def claim_timers(self, now: int, lease_ms: int, limit: int) -> list[Timer]:
@@ -36,8 +33,7 @@ class PgDeadlinesMixin:
             )
             return sorted((Timer(*r) for r in rows), key=lambda t: (t.fire_at, t.id))
 
-        result: list[Timer] = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def finish_timer(self, timer_id: int) -> None:
         async def job(conn: PgConn) -> None:
@@ -52,14 +48,11 @@ class PgDeadlinesMixin:
             )
             return None if at is None else int(at)
 
-        result: int | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def add_card_holder(
         self, card_id: str, user: str, message: NewMessage, notice_conv: tuple[str, str, str]
     ) -> Message | None:
-        """Give ``user`` the card (escalation); None if they already held it."""
-
         async def job(conn: PgConn) -> Message | None:
             status = await conn.execute(
                 'INSERT INTO card_holders ("user", card_id) VALUES ($1, $2) ON CONFLICT DO NOTHING',
@@ -72,12 +65,9 @@ class PgDeadlinesMixin:
             await ensure_notice_conv(conn, conv, who, name, message.ts)
             return await self._insert(conn, message)
 
-        result: Message | None = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def confirm_ding(self, conv: str, seq: int, user: str, now: int) -> str | None:
-        """Record the confirmation; the DING's sender, or None if there was nothing to confirm."""
-
         async def job(conn: PgConn) -> str | None:
             sender = await conn.fetchval(
                 "UPDATE dings SET confirmed_at = coalesce(confirmed_at, $1), next_at = NULL"
@@ -89,8 +79,7 @@ class PgDeadlinesMixin:
             )
             return None if sender is None else str(sender)
 
-        result: str | None = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def ding_status(self, conv: str, seq: int) -> DingStatus | None:
         async def job(conn: PgConn) -> DingStatus | None:
@@ -102,14 +91,11 @@ class PgDeadlinesMixin:
             )
             return ding_status_from_rows(rows)
 
-        result: DingStatus | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def card_ding_status(
         self, card_id: str, sender: str | None = None
     ) -> tuple[list[str], list[str]]:
-        """(confirmed, unconfirmed) users of the DING rows of a card or notice id."""
-
         async def job(conn: PgConn) -> tuple[list[str], list[str]]:
             rows = await conn.fetch(
                 'SELECT "user", confirmed_at FROM dings WHERE card_id = $1'
@@ -119,8 +105,7 @@ class PgDeadlinesMixin:
             )
             return confirmed_split(rows)
 
-        result: tuple[list[str], list[str]] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def due_dings(self, now: int, lease_ms: int, limit: int) -> list[DingDue]:
         """Unconfirmed DINGs due for re-notification, leased so one node sends each.
@@ -144,16 +129,14 @@ class PgDeadlinesMixin:
             )
             return sorted((DingDue(*r) for r in rows), key=lambda d: (d.conv, d.seq, d.user))
 
-        result: list[DingDue] = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def next_ding_due(self) -> int | None:
         async def job(conn: PgConn) -> int | None:
             at = await conn.fetchval("SELECT min(next_at) FROM dings WHERE next_at IS NOT NULL")
             return None if at is None else int(at)
 
-        result: int | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def ding_renotified(
         self, conv: str, seq: int, user: str, notified: int, next_at: int | None

@@ -7,21 +7,20 @@ reminder or an escalation scheduled before a restart still fires after it.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from imserver.store.records import DingDue, DingStatus, Message, NewMessage, Timer
 from imserver.store.rows import confirmed_split, ding_status_from_rows
 from imserver.store.sqlite.cards import ensure_notice_conv
+from imserver.store.sqlite.jobs import SqliteJobs
 
 Job = Callable[[sqlite3.Connection], Any]
 
 
-class SqliteDeadlinesMixin:
+class SqliteDeadlinesMixin(SqliteJobs):
     """Card timers (reminders, overdue, escalation) and DING confirmations."""
 
-    _write: Callable[[Job], Awaitable[Any]]
-    _read: Callable[[Job], Awaitable[Any]]
     _insert: Callable[[sqlite3.Connection, NewMessage], Message]
 
     async def claim_timers(self, now: int, lease_ms: int, limit: int) -> list[Timer]:
@@ -37,8 +36,7 @@ class SqliteDeadlinesMixin:
             )
             return [Timer(*r) for r in rows]
 
-        result: list[Timer] = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def finish_timer(self, timer_id: int) -> None:
         def job(conn: sqlite3.Connection) -> None:
@@ -53,14 +51,11 @@ class SqliteDeadlinesMixin:
             ).fetchone()
             return None if at is None else int(at)
 
-        result: int | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def add_card_holder(
         self, card_id: str, user: str, message: NewMessage, notice_conv: tuple[str, str, str]
     ) -> Message | None:
-        """Give ``user`` the card (escalation); None if they already held it."""
-
         def job(conn: sqlite3.Connection) -> Message | None:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO card_holders (user, card_id) VALUES (?, ?)", (user, card_id)
@@ -71,12 +66,9 @@ class SqliteDeadlinesMixin:
             ensure_notice_conv(conn, conv, who, name, message.ts)
             return self._insert(conn, message)
 
-        result: Message | None = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def confirm_ding(self, conv: str, seq: int, user: str, now: int) -> str | None:
-        """Record the confirmation; the DING's sender, or None if there was nothing to confirm."""
-
         def job(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
                 "UPDATE dings SET confirmed_at = coalesce(confirmed_at, ?), next_at = NULL"
@@ -85,8 +77,7 @@ class SqliteDeadlinesMixin:
             ).fetchone()
             return None if row is None else str(row[0])
 
-        result: str | None = await self._write(job)
-        return result
+        return await self._write(job)
 
     async def ding_status(self, conv: str, seq: int) -> DingStatus | None:
         def job(conn: sqlite3.Connection) -> DingStatus | None:
@@ -97,14 +88,11 @@ class SqliteDeadlinesMixin:
             ).fetchall()
             return ding_status_from_rows(rows)
 
-        result: DingStatus | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def card_ding_status(
         self, card_id: str, sender: str | None = None
     ) -> tuple[list[str], list[str]]:
-        """(confirmed, unconfirmed) users of the DING rows of a card or notice id."""
-
         def job(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
             rows = conn.execute(
                 "SELECT user, confirmed_at FROM dings WHERE card_id = ?"
@@ -113,8 +101,7 @@ class SqliteDeadlinesMixin:
             ).fetchall()
             return confirmed_split(rows)
 
-        result: tuple[list[str], list[str]] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def due_dings(self, now: int, lease_ms: int, limit: int) -> list[DingDue]:
         """Only reads: one process reads and re-notifies, nothing else claims (no lease)."""
@@ -128,8 +115,7 @@ class SqliteDeadlinesMixin:
             )
             return [DingDue(*r) for r in rows]
 
-        result: list[DingDue] = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def next_ding_due(self) -> int | None:
         def job(conn: sqlite3.Connection) -> int | None:
@@ -138,8 +124,7 @@ class SqliteDeadlinesMixin:
             ).fetchone()
             return None if at is None else int(at)
 
-        result: int | None = await self._read(job)
-        return result
+        return await self._read(job)
 
     async def ding_renotified(
         self, conv: str, seq: int, user: str, notified: int, next_at: int | None
