@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -64,6 +65,11 @@ def server_bus_overrides() -> dict[str, object]:
     if os.environ.get(BUS_VAR, "local") != "redis":
         return {}
     return {"backend": "redis", "redis_url": require_redis(), "channel_prefix": fresh_prefix()}
+
+
+def bus_settings(target: dict[str, Any]) -> dict[str, Any]:
+    """The ``[bus]`` settings of a ``bus_target`` fixture value (its ``_`` keys dropped)."""
+    return {k: v for k, v in target.items() if not k.startswith("_")}
 
 
 def fresh_prefix() -> str:

@@ -1,15 +1,38 @@
-"""Fixtures for card tests: a business system on loopback and a server that knows it."""
+"""Fixtures for integration tests: a business system on loopback and a server that
+knows it; the Redis targets (one Redis, a Redis Cluster) the bus tests run on."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from imserver_sdk import BusinessClient
 from tests.cards_support import ADMIN_KEY, CARD_SETTINGS, BusinessStub, business
+from tests.redis_support import RedisCluster, require_redis, started_cluster
 from tests.support import Harness
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster on free loopback ports, for the whole session."""
+    yield from started_cluster()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def bus_target(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """``[bus]`` settings for one Redis or for the test cluster.
+
+    Keys starting with ``_`` are not settings: ``_addresses`` are the Redis
+    servers' ``host:port`` (for ``CLIENT KILL``); drop them with :func:`bus_settings`.
+    """
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return {"redis_cluster_nodes": cluster.nodes, "_addresses": cluster.nodes}
+    url = require_redis()
+    address = url.split("://", 1)[1].rsplit("@", 1)[-1].split("/", 1)[0]
+    return {"redis_url": url, "_addresses": [address]}
 
 
 @pytest.fixture

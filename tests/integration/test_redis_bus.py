@@ -14,7 +14,7 @@ import dataclasses
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,11 @@ from tests.cards_support import ADMIN_KEY, CARD_SETTINGS, BusinessStub, approval
 from tests.postgres_support import drop_schema, fresh_dsn
 from tests.redis_support import (
     DelayingProxy,
-    RedisCluster,
+    bus_settings,
     free_port,
     fresh_prefix,
     kill_bus_connections,
     require_redis,
-    started_cluster,
 )
 from tests.support import Harness, RawClient, make_test_config, start_harness, stop_harness
 
@@ -45,22 +44,6 @@ KEYS = {
     "field_key_active": "k1",
     "field_index_key": base64.b64encode(b"i" * 32).decode(),
 }
-
-
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisCluster]:
-    yield from started_cluster()
-
-
-@pytest.fixture(params=["redis", "cluster"])
-def bus_target(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """``[bus]`` settings for one Redis or for the test cluster; ``_addresses`` for CLIENT KILL."""
-    if request.param == "cluster":
-        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-        return {"redis_cluster_nodes": cluster.nodes, "_addresses": cluster.nodes}
-    url = require_redis()
-    address = url.split("://", 1)[1].rsplit("@", 1)[-1].split("/", 1)[0]
-    return {"redis_url": url, "_addresses": [address]}
 
 
 @dataclasses.dataclass
@@ -77,7 +60,7 @@ class Nodes:
 @pytest.fixture
 async def nodes(tmp_path: Path, bus_target: dict[str, Any]) -> AsyncIterator[Nodes]:
     dsn, schema = fresh_dsn()
-    bus = {k: v for k, v in bus_target.items() if not k.startswith("_")}
+    bus = bus_settings(bus_target)
     shared = {
         "store": {"backend": "postgres", "dsn": dsn, "pool_min_size": 1, "pool_max_size": 4},
         "bus": {"backend": "redis", "channel_prefix": fresh_prefix(), **bus},
@@ -299,7 +282,7 @@ async def test_the_request_budget_is_shared_by_both_nodes(
 ) -> None:
     """4 requests on A use up a burst of 4: B refuses soon after, though its own bucket is full."""
     dsn, schema = fresh_dsn()
-    bus = {k: v for k, v in bus_target.items() if not k.startswith("_")}
+    bus = bus_settings(bus_target)
     shared = {
         "store": {"backend": "postgres", "dsn": dsn, "pool_min_size": 1, "pool_max_size": 4},
         "bus": {"backend": "redis", "channel_prefix": fresh_prefix(), **bus},

@@ -9,17 +9,14 @@ cluster-wide bucket decides, as one node's bucket would on a single node.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from imserver.bus.redis import RedisBus
 from imserver_sdk import BusinessClient, BusinessError
 from tests.cards_support import ADMIN_KEY, CARD_SETTINGS, BusinessStub, register_app
 from tests.postgres_support import drop_schema, fresh_dsn
-from tests.redis_support import RedisCluster, fresh_prefix, require_redis, started_cluster
+from tests.redis_support import bus_settings, fresh_prefix
 from tests.support import make_test_config, start_harness, stop_harness
 
 SECRET = "s" * 40
@@ -29,19 +26,6 @@ RATE = 0.2
 #: Between two requests (one node each): longer than a flush (50 ms) plus its round
 #: trip, so every node has heard the bucket's answer before its next request.
 GAP_S = 0.15
-
-
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisCluster]:
-    yield from started_cluster()
-
-
-@pytest.fixture(params=["redis", "cluster"])
-def bus_target(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "cluster":
-        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-        return {"redis_cluster_nodes": cluster.nodes}
-    return {"redis_url": require_redis()}
 
 
 async def test_an_apps_requests_over_two_nodes_are_refused_once_the_shared_budget_is_spent(
@@ -54,7 +38,7 @@ async def test_an_apps_requests_over_two_nodes_are_refused_once_the_shared_budge
     prefix = fresh_prefix()
     shared = {
         "store": {"backend": "postgres", "dsn": dsn, "pool_min_size": 1, "pool_max_size": 4},
-        "bus": {"backend": "redis", "channel_prefix": prefix, **bus_target},
+        "bus": {"backend": "redis", "channel_prefix": prefix, **bus_settings(bus_target)},
         "auth": {"secret": SECRET, "admin_api_key": ADMIN_KEY},
         "cards": {**CARD_SETTINGS, "app_requests_per_s": RATE, "app_burst": BURST},
     }
