@@ -41,6 +41,11 @@ def backoff_ms(attempts: int, initial_s: float, max_s: float, rng: random.Random
     return int(1000 * rng.uniform(base / 2, base))
 
 
+def _app_gone(item: OutboxItem) -> str:
+    """The error recorded for a callback whose app was deleted (docs/admin.md "Apps")."""
+    return f"app {item.app_id} no longer exists"
+
+
 class CallbackDispatcher:
     def __init__(
         self,
@@ -96,6 +101,7 @@ class CallbackDispatcher:
     async def _deliver(self, item: OutboxItem) -> None:
         async with self._slots:
             outcome, answer = await self._post(item)
+        app_gone = outcome == _app_gone(item)
         attempts = item.attempts + 1
         now = int(self._clock() * 1000)
         if outcome == "":
@@ -105,7 +111,8 @@ class CallbackDispatcher:
             self._metrics.callbacks.labels("delivered").inc()
             await self._after_delivery(item, answer)
             return
-        if attempts >= self._config.callback_max_attempts:
+        # A deleted app cannot come back with its callbacks' secret: no point retrying.
+        if attempts >= self._config.callback_max_attempts or app_gone:
             log.warning(
                 "callback %s/%s to app %s failed for good after %d attempts: %s",
                 item.card_id,
@@ -137,7 +144,7 @@ class CallbackDispatcher:
         """('', answer) on 2xx, else (reason, None)."""
         app = await self._store.get_app(item.app_id)
         if app is None:
-            return f"app {item.app_id} no longer exists", None
+            return _app_gone(item), None
         body = orjson.dumps(item.payload)
         headers = sign_headers(app.app_id, app.secret, body, now=self._clock())
         headers["Content-Type"] = "application/json"

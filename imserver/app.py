@@ -47,7 +47,7 @@ from imserver.gateway.server import Gateway
 from imserver.gateway.session import server_frame
 from imserver.http.admin_auth import DIRECTORY_STORE
 from imserver.http.api import BUS_HEALTH, IDENTITY, TRAIL, USER_LIMITER, build_http_app
-from imserver.http.apps_api import add_app_routes
+from imserver.http.apps_api import FILE_APP_IDS, add_app_routes
 from imserver.http.directory_api import DIRECTORY, add_directory_routes
 from imserver.http.governance_api import GOVERNANCE_STORE, GROUPS, add_governance_routes
 from imserver.http.guarded_server import GuardedSite
@@ -277,6 +277,8 @@ async def start_world(world: World) -> None:
     # Check the apps file before opening anything, so a bad file leaks nothing.
     apps = load_apps_file(world.config.cards.apps_file) if world.config.cards.apps_file else []
     await world.store.open()
+    # The file owns these: the admin API will not delete them or rotate their secrets.
+    world.http_app[FILE_APP_IDS] = frozenset(a.app_id for a in apps)
     if apps:  # new or changed apps only, each with its audit record (docs/security.md)
         await register_apps(
             world.store, apps, world.config.cards.apps_file, int(time.time() * 1000)

@@ -3,7 +3,9 @@
 Both directions use one scheme (docs/cards.md section 2): HMAC-SHA256 with
 the app's secret over ``timestamp + "\\n" + nonce + "\\n" + body``, a replay
 window on the timestamp (either way), and a nonce remembered until the
-request's own ``timestamp + window`` (``imserver.nonces``).
+request's own ``timestamp + window`` (``imserver.nonces``). While a secret
+rotation's overlap runs, an app's requests verify with its old secret too;
+the server's own callbacks are always signed with the current one.
 """
 
 from __future__ import annotations
@@ -67,7 +69,13 @@ async def verify_app_request(
     if app is None:
         raise UnknownApp(f"unknown app {app_id[:32]!r}; send {H_APP}")
     ts, nonce, sig = _signed_headers(headers)
-    if not hmac.compare_digest(sig.lower(), signature(app.secret, ts, nonce, body)):
+    # During a rotation's overlap the secret before it verifies too (both are
+    # always computed, so the timing does not tell which one matched).
+    matches = [
+        hmac.compare_digest(sig.lower(), signature(secret, ts, nonce, body))
+        for secret in app.secrets_valid_at(int(now * 1000))
+    ]
+    if not any(matches):
         raise BadSignature("signature does not match")
     signed_at = int(ts)
     if signed_at - now > window_s:

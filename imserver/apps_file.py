@@ -1,14 +1,22 @@
-"""Apps registered in a TOML file (``cards.apps_file``), loaded at start."""
+"""Apps registered in a TOML file (``cards.apps_file``), loaded at start.
+
+A secret rotation is written in the file too (docs/admin.md "Apps"): the new
+``secret``, the old one as ``previous_secret`` and, as a TOML date-time with
+its offset, ``previous_secret_until``: the end of the overlap, at most 7 days
+after the start that loads it.
+"""
 
 from __future__ import annotations
 
+import datetime
+import time
 import tomllib
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from imserver.errors import ConfigError, ImError
-from imserver.http.apps_api import parse_app
+from imserver.errors import ConfigError, ImError, InvalidField
+from imserver.http.apps_api import MAX_OVERLAP_S, checked_secret, parse_app
 from imserver.store.records import AppRecord, AuditEntry
 
 ACTOR: Final = "apps_file"
@@ -29,8 +37,9 @@ class AppRegistry(Protocol):
     ) -> None: ...
 
 
-def load_apps_file(path: str | Path) -> list[AppRecord]:
+def load_apps_file(path: str | Path, now: float | None = None) -> list[AppRecord]:
     """Every ``[[app]]`` entry, checked; a bad file stops the server at start."""
+    now = time.time() if now is None else now
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
@@ -44,10 +53,42 @@ def load_apps_file(path: str | Path) -> list[AppRecord]:
     apps = []
     for i, entry in enumerate(entries):
         try:
-            apps.append(parse_app(entry, path=f"app[{i}]"))
+            apps.append(_with_rotation(parse_app(entry, path=f"app[{i}]"), entry, i, now))
         except ImError as e:
             raise ConfigError("cards.apps_file", e.message) from None
     return apps
+
+
+def _with_rotation(app: AppRecord, entry: dict[str, Any], i: int, now: float) -> AppRecord:
+    """``app`` with the entry's ``previous_secret`` overlap, if any (both keys or neither)."""
+    path = f"app[{i}]"
+    previous, until = entry.get("previous_secret"), entry.get("previous_secret_until")
+    if previous is None and until is None:
+        return app
+    if previous is None or until is None:
+        raise InvalidField(
+            f"{path}: set previous_secret and previous_secret_until together",
+            field=f"{path}.previous_secret",
+        )
+    previous = checked_secret(previous, f"{path}.previous_secret")
+    if previous == app.secret:
+        raise InvalidField(
+            f"{path}.previous_secret must differ from secret", field=f"{path}.previous_secret"
+        )
+    if not isinstance(until, datetime.datetime) or until.tzinfo is None:
+        raise InvalidField(
+            f"{path}.previous_secret_until must be a TOML date-time with an offset,"
+            " e.g. 2026-12-04T18:00:00+08:00",
+            field=f"{path}.previous_secret_until",
+        )
+    until_s = until.timestamp()
+    if until_s - now > MAX_OVERLAP_S:
+        raise InvalidField(
+            f"{path}.previous_secret_until is more than 7 days away: an old secret"
+            " may stay valid for at most 7 days",
+            field=f"{path}.previous_secret_until",
+        )
+    return replace(app, previous_secret=previous, previous_secret_until=int(until_s * 1000))
 
 
 async def register_apps(
@@ -74,7 +115,7 @@ async def register_apps(
 def _audit_details(app: AppRecord, stored: AppRecord | None, source: str) -> dict[str, Any]:
     """What an auditor needs: where it came from and what changed — never the secret itself."""
     changed = [] if stored is None else _changed_fields(stored, app)
-    return {
+    details: dict[str, Any] = {
         "source": "cards.apps_file",
         "file": source,
         "created": stored is None,
@@ -83,6 +124,9 @@ def _audit_details(app: AppRecord, stored: AppRecord | None, source: str) -> dic
         "scope": list(app.scope),
         "permissions": list(app.permissions),
     }
+    if app.previous_secret:  # a rotation in the file: when the old secret stops (never it)
+        details["previous_secret_valid_until"] = app.previous_secret_until
+    return details
 
 
 def _changed_fields(old: AppRecord, new: AppRecord) -> list[str]:

@@ -114,6 +114,18 @@ class BadSignature(ImError):
     code, http_status = "bad_signature", 401
 
 
+class NoSuchApp(ImError):
+    """The admin API names an app that is not registered."""
+
+    code, http_status = "no_such_app", 404
+
+
+class AppInAppsFile(ImError):
+    """The app is defined in ``cards.apps_file``: change it there, not through the API."""
+
+    code, http_status = "app_in_apps_file", 409
+
+
 class SignatureExpired(ImError):
     code, http_status = "signature_expired", 401
 

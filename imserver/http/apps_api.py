@@ -4,34 +4,52 @@ Generic app auth, shared by every plug-in's app routes (``cards/http_routes.py``
 calls ``signed_app``): the HMAC signature and replay window
 (``imserver.appauth``), the nonce store, and each app's request budget. Also
 the routes that are about apps themselves rather than what they send: the
-admin registration (``POST /admin/v1/apps``) and the identity app's tokens.
+admin lifecycle (register, list, show, delete, rotate the secret with an
+overlap; docs/admin.md "Apps") and the identity app's tokens.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 
 from imserver.appauth import verify_app_request
 from imserver.config import CardsConfig
 from imserver.directory.model import UNIT_ID_RE
-from imserver.errors import InvalidField, RateLimited
-from imserver.http.api import IDENTITY, TRAIL, json_response, parse_json, require_admin_key
+from imserver.errors import AppInAppsFile, InvalidField, NoSuchApp, RateLimited
+from imserver.http.api import (
+    IDENTITY,
+    json_response,
+    parse_json,
+    read_json_object,
+    require_admin_key,
+)
 from imserver.nonces import NonceStore
 from imserver.protocol.fields import APP_ID_RE, is_user_id
 from imserver.ratelimit import RateLimiter
-from imserver.store.records import AppRecord
+from imserver.store.records import AppRecord, AuditEntry, StoredApp
 
 
 class AppStore(Protocol):
-    """What app auth and registration need of the store."""
+    """What app auth and the app lifecycle need of the store."""
 
     async def get_app(self, app_id: str) -> AppRecord | None: ...
 
-    async def upsert_app(self, app: AppRecord, now: int) -> None: ...
+    async def upsert_app(
+        self, app: AppRecord, now: int, audit: AuditEntry | None = None
+    ) -> None: ...
+
+    async def list_apps(self) -> list[StoredApp]: ...
+
+    async def delete_app(self, app_id: str, now: int, audit: AuditEntry) -> bool: ...
+
+    async def rotate_app_secret(
+        self, app_id: str, secret: str, previous_until: int, now: int, audit: AuditEntry
+    ) -> bool: ...
 
 
 APP_STORE: web.AppKey[AppStore] = web.AppKey("app_store")
@@ -43,6 +61,12 @@ APPS_CONFIG = web.AppKey("apps_config", CardsConfig)
 APP_LIMITER = web.AppKey("app_limiter", RateLimiter)
 #: "tokens": the app is the identity service and may issue user tokens.
 APP_PERMISSIONS = ("tokens",)
+#: Ids of the apps defined in ``cards.apps_file`` (set at start): the file owns
+#: them, so the API may not delete them or rotate their secrets.
+FILE_APP_IDS: web.AppKey[frozenset[str]] = web.AppKey("file_app_ids")
+#: Longest rotation overlap: the old secret of a leaked pair must not live on for long.
+MAX_OVERLAP_S: Final = 7 * 24 * 3600
+ADMIN_ACTOR: Final = "admin-key"
 
 
 async def signed_app(request: web.Request) -> tuple[AppRecord, Any]:
@@ -65,6 +89,13 @@ async def signed_app(request: web.Request) -> tuple[AppRecord, Any]:
     return app, parse_json(raw)
 
 
+def checked_secret(secret: Any, field: str) -> str:
+    """``secret`` if it is a string of at least 32 characters, else ``invalid_field``."""
+    if not isinstance(secret, str) or len(secret) < 32:
+        raise InvalidField(f"{field} must be at least 32 characters", field=field)
+    return secret
+
+
 def parse_app(value: Any, path: str = "app") -> AppRecord:
     """An app definition from the admin API or the apps file."""
     if not isinstance(value, dict):
@@ -73,8 +104,7 @@ def parse_app(value: Any, path: str = "app") -> AppRecord:
     url, scope, name = value.get("callback_url"), value.get("scope", []), value.get("name", "")
     if not isinstance(app_id, str) or APP_ID_RE.fullmatch(app_id) is None:
         raise InvalidField(f"{path}.app_id must be 1-32 of a-z 0-9 _ -", field=f"{path}.app_id")
-    if not isinstance(secret, str) or len(secret) < 32:
-        raise InvalidField(f"{path}.secret must be at least 32 characters", field=f"{path}.secret")
+    secret = checked_secret(secret, f"{path}.secret")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise InvalidField(
             f"{path}.callback_url must be an http(s) URL", field=f"{path}.callback_url"
@@ -107,16 +137,110 @@ def parse_app(value: Any, path: str = "app") -> AppRecord:
 
 
 async def admin_upsert_app(request: web.Request) -> web.Response:
+    """Register or replace an app (the whole registration: a running overlap ends)."""
     require_admin_key(request)
     app = parse_app(parse_json(await request.read()))
-    await request.app[APP_STORE].upsert_app(app, int(time.time() * 1000))
-    await request.app[TRAIL].record(
-        "admin-key",
-        "admin.app_upsert",
-        app.app_id,
-        {"callback_url": app.callback_url, "scope": list(app.scope)},
-    )
+    details = {"callback_url": app.callback_url, "scope": list(app.scope)}
+    audit = AuditEntry(ADMIN_ACTOR, "admin.app_upsert", app.app_id, details)
+    await request.app[APP_STORE].upsert_app(app, _now_ms(request), audit)
     return json_response({"app_id": app.app_id}, status=201)
+
+
+async def admin_list_apps(request: web.Request) -> web.Response:
+    require_admin_key(request)
+    now = _now_ms(request)
+    apps = await request.app[APP_STORE].list_apps()
+    return json_response({"apps": [_app_view(request, a, now) for a in apps]})
+
+
+async def admin_get_app(request: web.Request) -> web.Response:
+    require_admin_key(request)
+    return json_response(_app_view(request, await _stored(request), _now_ms(request)))
+
+
+async def admin_delete_app(request: web.Request) -> web.Response:
+    """Remove an app: it can no longer sign; its cards stay; pending callbacks fail."""
+    require_admin_key(request)
+    stored = await _stored(request, refuse_file_app="deleted")
+    app = stored.app
+    details = {"name": app.name, "callback_url": app.callback_url, "scope": list(app.scope)}
+    audit = AuditEntry(ADMIN_ACTOR, "admin.app_delete", app.app_id, details)
+    if not await request.app[APP_STORE].delete_app(app.app_id, _now_ms(request), audit):
+        raise NoSuchApp(f"no app {app.app_id!r}")  # deleted meanwhile
+    return json_response({"app_id": app.app_id, "deleted": True})
+
+
+async def admin_rotate_secret(request: web.Request) -> web.Response:
+    """New secret now; the old one keeps verifying the app's requests for ``overlap_s``."""
+    require_admin_key(request)
+    body = await read_json_object(request)
+    overlap = body.get("overlap_s")
+    if (
+        isinstance(overlap, bool)
+        or not isinstance(overlap, int | float)
+        or not 0 <= overlap <= MAX_OVERLAP_S
+    ):
+        raise InvalidField(
+            f"overlap_s must be a number of seconds from 0 to {MAX_OVERLAP_S} (7 days)",
+            field="overlap_s",
+        )
+    generated = "secret" not in body
+    secret = secrets.token_urlsafe(32) if generated else checked_secret(body["secret"], "secret")
+    stored = await _stored(request, refuse_file_app="rotated through the API")
+    if secret in (stored.app.secret, stored.app.previous_secret):
+        raise InvalidField("secret must differ from the current and previous ones", field="secret")
+    now = _now_ms(request)
+    until = now + int(overlap * 1000)
+    details = {"overlap_s": overlap, "previous_secret_valid_until": until, "generated": generated}
+    audit = AuditEntry(ADMIN_ACTOR, "admin.app_secret_rotate", stored.app.app_id, details)
+    if not await request.app[APP_STORE].rotate_app_secret(
+        stored.app.app_id, secret, until, now, audit
+    ):
+        raise NoSuchApp(f"no app {stored.app.app_id!r}")  # deleted meanwhile
+    answer: dict[str, Any] = {"app_id": stored.app.app_id, "previous_secret_valid_until": until}
+    if generated:
+        answer["secret"] = secret  # shown this once; never stored in the audit log
+    return json_response(answer)
+
+
+async def _stored(request: web.Request, refuse_file_app: str = "") -> StoredApp:
+    """The app named in the path, or ``no_such_app``; with ``refuse_file_app``, not a file's."""
+    app_id = request.match_info["app_id"]
+    found = [a for a in await request.app[APP_STORE].list_apps() if a.app.app_id == app_id]
+    if not found:
+        raise NoSuchApp(f"no app {app_id[:32]!r}; GET /admin/v1/apps lists them")
+    if refuse_file_app and app_id in request.app.get(FILE_APP_IDS, frozenset()):
+        raise AppInAppsFile(
+            f"app {app_id!r} is defined in cards.apps_file and cannot be {refuse_file_app}:"
+            " the file would bring it back at the next start; change the file instead"
+        )
+    return found[0]
+
+
+def _app_view(request: web.Request, stored: StoredApp, now_ms: int) -> dict[str, Any]:
+    """What an admin may see of an app: everything but its secrets."""
+    app = stored.app
+    rotating = len(app.secrets_valid_at(now_ms)) > 1
+    return {
+        "app_id": app.app_id,
+        "name": app.name,
+        "callback_url": app.callback_url,
+        "scope": list(app.scope),
+        "permissions": list(app.permissions),
+        "source": "apps_file"
+        if app.app_id in request.app.get(FILE_APP_IDS, frozenset())
+        else "admin",
+        "created_at": stored.created_at,
+        "updated_at": stored.updated_at,
+        "secret_rotation": (
+            {"previous_secret_valid_until": app.previous_secret_until} if rotating else None
+        ),
+    }
+
+
+def _now_ms(request: web.Request) -> int:
+    """Now by the clock signatures are checked against, so an overlap ends when it says."""
+    return int(request.app.get(SIGNING_CLOCK, time.time)() * 1000)
 
 
 async def issue_tokens(request: web.Request) -> web.Response:
@@ -147,3 +271,7 @@ def add_app_routes(
     r.add_post("/api/v1/apps/tokens", issue_tokens)
     r.add_post("/api/v1/tokens/refresh", refresh_tokens)
     r.add_post("/admin/v1/apps", admin_upsert_app)
+    r.add_get("/admin/v1/apps", admin_list_apps)
+    r.add_get("/admin/v1/apps/{app_id}", admin_get_app)
+    r.add_delete("/admin/v1/apps/{app_id}", admin_delete_app)
+    r.add_post("/admin/v1/apps/{app_id}/secret", admin_rotate_secret)

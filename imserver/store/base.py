@@ -15,6 +15,7 @@ from imserver.governance import GroupStats
 from imserver.store.records import (
     AppendResult,
     AppRecord,
+    AuditEntry,
     CardChange,
     CardRecord,
     Conversation,
@@ -30,6 +31,7 @@ from imserver.store.records import (
     NewMessage,
     OutboxItem,
     ReadCursor,
+    StoredApp,
     Timer,
 )
 
@@ -143,9 +145,20 @@ class Store(Protocol):
 class CardStore(Protocol):
     """Apps, cards, todo rows and the callback outbox (see ``SqliteCardsMixin``)."""
 
-    async def upsert_app(self, app: AppRecord, now: int) -> None: ...
+    async def upsert_app(self, app: AppRecord, now: int, audit: AuditEntry | None = None) -> None:
+        """Register or replace ``app`` (with ``audit`` in the same transaction, if given)."""
 
     async def get_app(self, app_id: str) -> AppRecord | None: ...
+
+    async def list_apps(self) -> list[StoredApp]: ...
+
+    async def delete_app(self, app_id: str, now: int, audit: AuditEntry) -> bool:
+        """Remove the app and append ``audit`` in one transaction; False if none."""
+
+    async def rotate_app_secret(
+        self, app_id: str, secret: str, previous_until: int, now: int, audit: AuditEntry
+    ) -> bool:
+        """New secret; the old one valid until ``previous_until``; audited; False if none."""
 
     async def create_card(
         self, card: NewCard, messages: list[NewMessage], notice_convs: list[tuple[str, str, str]]

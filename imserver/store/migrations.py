@@ -28,6 +28,7 @@ SCHEMA_HISTORY: Final[tuple[tuple[int, str], ...]] = (
         8,
         "address book: pinyin and name-character search keys, change log, unit head counts",
     ),
+    (9, "apps: previous secret and its end (secret rotation with overlap), created time"),
 )
 """``(version, description)`` in the order they apply."""
 

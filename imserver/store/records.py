@@ -131,6 +131,26 @@ class AppRecord:
     callback_url: str
     scope: tuple[str, ...]  # "*", "user:<id>", "group:<conv>", "unit:<id>"
     permissions: tuple[str, ...] = ()  # "tokens": may issue user tokens (an identity app)
+    # A secret rotation's overlap (docs/admin.md): requests signed with the
+    # secret before it still verify until ``previous_secret_until`` (Unix ms);
+    # "" / 0 when there is none. Callbacks are always signed with ``secret``.
+    previous_secret: str = ""
+    previous_secret_until: int = 0
+
+    def secrets_valid_at(self, now_ms: int) -> tuple[str, ...]:
+        """Secrets a request signed now may use: the current one, then the old one in overlap."""
+        if self.previous_secret and now_ms < self.previous_secret_until:
+            return (self.secret, self.previous_secret)
+        return (self.secret,)
+
+
+@dataclass(slots=True, frozen=True)
+class StoredApp:
+    """An app with its registration times, for the admin listing (never sent with secrets)."""
+
+    app: AppRecord
+    created_at: int  # Unix ms; for apps stored before schema 9, their last change before it
+    updated_at: int
 
 
 @dataclass(slots=True, frozen=True)

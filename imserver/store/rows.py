@@ -22,6 +22,7 @@ from imserver.store.records import (
     NewCard,
     NewMessage,
     OutboxItem,
+    StoredApp,
     UnitMemberRow,
 )
 
@@ -33,7 +34,10 @@ CARD_COLUMNS: Final = (
 OUTBOX_COLUMNS: Final = (
     "id, app_id, card_id, action_id, payload, state, attempts, next_at, last_error"
 )
-APP_COLUMNS: Final = "id, name, secret, callback_url, scope, permissions"
+APP_COLUMNS: Final = (
+    "id, name, secret, callback_url, scope, permissions, previous_secret, previous_secret_until"
+)
+STORED_APP_COLUMNS: Final = APP_COLUMNS + ", created_at, updated_at"
 
 Row = Iterable[Any]
 
@@ -94,10 +98,23 @@ def outbox_from_row(row: Row) -> OutboxItem:
 
 
 def app_from_row(row: Row) -> AppRecord:
-    app_id, name, secret, callback_url, scope, permissions = row
+    app_id, name, secret, callback_url, scope, permissions, previous, until = row
     return AppRecord(
-        app_id, name, secret, callback_url, tuple(load_json(scope)), tuple(load_json(permissions))
+        app_id,
+        name,
+        secret,
+        callback_url,
+        tuple(load_json(scope)),
+        tuple(load_json(permissions)),
+        previous,
+        int(until),
     )
+
+
+def stored_app_from_row(row: Row) -> StoredApp:
+    """An app and its times from a ``STORED_APP_COLUMNS`` row."""
+    *app, created_at, updated_at = row
+    return StoredApp(app_from_row(app), int(created_at), int(updated_at))
 
 
 def ding_status_from_rows(rows: Sequence[Any]) -> DingStatus | None:

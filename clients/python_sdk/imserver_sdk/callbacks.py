@@ -132,8 +132,9 @@ def parse_callback(
     *,
     window_s: float = DEFAULT_WINDOW_S,
     seen_nonces: NonceCache | None = None,
+    previous_secret: str | None = None,
 ) -> CallbackAction:
-    """Verify a callback's signature, then parse it.
+    """Verify a callback's signature (with ``secret`` or ``previous_secret``), then parse it.
 
     Verification comes first so that nothing from an unauthenticated body is
     ever parsed. Raises :class:`~imserver_sdk.signing.SignatureError` for a
@@ -141,7 +142,14 @@ def parse_callback(
     ``ValueError`` for a correctly signed but malformed payload. Framework
     independent: use it directly when not running aiohttp.
     """
-    verify_signature(secret, headers, body, window_s=window_s, seen_nonces=seen_nonces)
+    verify_signature(
+        secret,
+        headers,
+        body,
+        window_s=window_s,
+        seen_nonces=seen_nonces,
+        previous_secret=previous_secret,
+    )
     try:
         doc = json.loads(body)
     except ValueError as e:
@@ -162,8 +170,14 @@ def callback_handler(
     on_action: OnAction,
     *,
     window_s: float = DEFAULT_WINDOW_S,
+    previous_secret: str | None = None,
 ) -> Handler:
     """Build an aiohttp request handler for the app's ``callback_url``.
+
+    During a secret rotation pass the new secret as ``secret`` and the old
+    one as ``previous_secret`` *before* the rotation is made on the server:
+    callbacks signed with either then verify, whenever the server switches
+    (it signs with the new secret at once). Drop ``previous_secret`` after.
 
     The handler answers:
 
@@ -197,7 +211,12 @@ def callback_handler(
         body = await request.read()
         try:
             action = parse_callback(
-                secret, request.headers, body, window_s=window_s, seen_nonces=nonces
+                secret,
+                request.headers,
+                body,
+                window_s=window_s,
+                seen_nonces=nonces,
+                previous_secret=previous_secret,
             )
         except SignatureError as e:
             return _error(401, e.code, e.message)

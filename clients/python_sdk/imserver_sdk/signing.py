@@ -185,8 +185,13 @@ def verify_signature(
     window_s: float = DEFAULT_WINDOW_S,
     now: float | None = None,
     seen_nonces: NonceCache | None = None,
+    previous_secret: str | None = None,
 ) -> None:
     """Check that ``body`` with ``headers`` was signed with ``secret``; raise if not.
+
+    ``previous_secret``, if given, is accepted too: set it while the app's
+    secret is being rotated, since the server signs callbacks with the new
+    secret from the moment of the rotation (docs/admin.md "Apps").
 
     Raises :class:`SignatureError` with code ``missing_header`` (timestamp,
     nonce or signature absent), ``bad_signature`` (malformed header or wrong
@@ -219,8 +224,13 @@ def verify_signature(
         raise SignatureError("bad_signature", "nonce is not 16-64 of A-Z a-z 0-9 _ -")
     if not _SIGNATURE_RE.fullmatch(signature):
         raise SignatureError("bad_signature", "signature is not 64 lowercase hex digits")
-    expected = compute_signature(secret, ts_text, nonce, body)
-    if not hmac.compare_digest(expected, signature):
+    candidates = [secret] if previous_secret is None else [secret, previous_secret]
+    # Every candidate is computed, so the timing does not tell which one matched.
+    matches = [
+        hmac.compare_digest(compute_signature(c, ts_text, nonce, body), signature)
+        for c in candidates
+    ]
+    if not any(matches):
         raise SignatureError("bad_signature", "signature does not match")
     ts = int(ts_text)
     now = time.time() if now is None else now

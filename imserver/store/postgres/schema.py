@@ -265,6 +265,12 @@ _SQL: Final[dict[int, str]] = {
         CREATE FUNCTION instr(haystack text, needle text) RETURNS INTEGER
             LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS 'SELECT strpos(haystack, needle)';
     """,
+    9: """
+        ALTER TABLE apps ADD COLUMN previous_secret TEXT NOT NULL DEFAULT '';
+        ALTER TABLE apps ADD COLUMN previous_secret_until BIGINT NOT NULL DEFAULT 0;
+        ALTER TABLE apps ADD COLUMN created_at BIGINT NOT NULL DEFAULT 0;
+        UPDATE apps SET created_at = updated_at;
+    """,
 }
 
 

@@ -256,6 +256,12 @@ _SQL: Final[dict[int, str]] = {
             WHERE d.path >= units.path AND d.path < units.path || char(127) AND us.disabled = 0
         );
         """,
+    9: """
+        ALTER TABLE apps ADD COLUMN previous_secret TEXT NOT NULL DEFAULT '';
+        ALTER TABLE apps ADD COLUMN previous_secret_until INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE apps ADD COLUMN created_at INTEGER NOT NULL DEFAULT 0;
+        UPDATE apps SET created_at = updated_at;
+        """,
 }
 """The SQLite SQL of each version of ``store/migrations.py`` ``SCHEMA_HISTORY``."""
 
