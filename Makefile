@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest clean
+.PHONY: install run demo test lint typecheck pytest clean
 
 $(STAMP): pyproject.toml clients/python_sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/python -m imserver serve --config config/default.toml
+
+# The server, the bots, simulated business systems and a sample org (docs/bots.md, "Demo").
+demo: install
+	$(BIN)/python -m bots.demo run
 
 lint: install
 	$(BIN)/ruff check .
@@ -33,4 +37,4 @@ pytest: install
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) data data-demo .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -3,7 +3,8 @@
 - ``imserver/`` (the core) never imports ``cards/`` (the plug-in), except the
   composition root ``imserver/app.py``, which wires the plug-in in;
 - ``cards/`` never imports the clients (``clients/``, the SDK) or ``bots``;
-- the Python SDK never imports the server (``imserver``, ``cards``, ``bots``).
+- the Python SDK never imports the server (``imserver``, ``cards``, ``bots``);
+- ``bots/`` never imports the server (``imserver``, ``cards``): only the SDK.
 
 Imports are read with ``ast`` (every ``import``/``from`` anywhere in a module,
 ``TYPE_CHECKING`` blocks and function bodies included, relative ones resolved,
@@ -153,3 +154,9 @@ def test_cards_never_imports_clients_or_bots() -> None:
 def test_sdk_never_imports_the_server() -> None:
     found = violations(SDK, SDK.parent, ("imserver", "cards", "bots"))
     assert found == {}, f"the SDK must not import the server: {found}"
+
+
+def test_bots_never_import_the_server() -> None:
+    """Bots are written on the public SDK only, exactly as a third party would (#10)."""
+    found = violations(ROOT / "bots", ROOT, ("imserver", "cards"))
+    assert found == {}, f"bots/ must use imserver_sdk, not the server: {found}"

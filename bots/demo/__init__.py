@@ -1,0 +1,1 @@
+"""Simulated business systems for demos and tests (aiohttp apps on loopback)."""
