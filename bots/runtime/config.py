@@ -23,6 +23,20 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class PollConfig:
+    """``[bot.poll]``: the feed a bot polls when its business system cannot call out.
+
+    ``secret`` signs each GET (the webhook's scheme, request direction); it
+    defaults to the bot's ``event_secret``, the secret already shared.
+    """
+
+    url: str
+    secret: str
+    interval_s: float = 5.0
+    page_size: int = 50
+
+
+@dataclass(frozen=True, slots=True)
 class BotConfig:
     name: str
     bot_class: str  # "package.module:Class"
@@ -32,6 +46,7 @@ class BotConfig:
     forward_url: str
     max_event_bytes: int = 64 * 1024
     options: dict[str, Any] = field(default_factory=dict)
+    poll: PollConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,15 +110,38 @@ def _bot(b: Any, i: int, env: Mapping[str, str]) -> BotConfig:
     options = b.get("options", {})
     if not isinstance(options, dict):
         raise ConfigError(f"{where}.options must be a table")
+    event_secret = _secret(b, "event_secret", where, env)
     return BotConfig(
         name=name,
         bot_class=bot_class,
         app_id=_text(b, "app_id", where),
         app_secret=_secret(b, "app_secret", where, env),
-        event_secret=_secret(b, "event_secret", where, env),
+        event_secret=event_secret,
         forward_url=_text(b, "forward_url", where),
         max_event_bytes=int(b.get("max_event_bytes", 64 * 1024)),
         options=options,
+        poll=_poll(b["poll"], f"{where}.poll", event_secret, env) if "poll" in b else None,
+    )
+
+
+def _poll(p: Any, where: str, event_secret: str, env: Mapping[str, str]) -> PollConfig:
+    if not isinstance(p, dict):
+        raise ConfigError(f"{where} must be a table")
+    url = _text(p, "url", where)
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.url must be an http(s) URL")
+    has_secret = "secret" in p or "secret_env" in p
+    interval = p.get("interval_s", 5.0)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+        raise ConfigError(f"{where}.interval_s must be a number > 0")
+    size = p.get("page_size", 50)
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1000:
+        raise ConfigError(f"{where}.page_size must be an integer from 1 to 1000")
+    return PollConfig(
+        url=url,
+        secret=_secret(p, "secret", where, env) if has_secret else event_secret,
+        interval_s=float(interval),
+        page_size=size,
     )
 
 

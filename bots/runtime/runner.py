@@ -19,6 +19,7 @@ from aiohttp import web
 from bots.runtime.config import BotConfig, RuntimeConfig
 from bots.runtime.model import Bot
 from bots.runtime.outbox import LaneWorker, perform_card_op, perform_forward
+from bots.runtime.poller import Poller
 from bots.runtime.store import CARD_LANE, FORWARD_LANE, BotStore, OutboxItem
 from bots.runtime.webhook import BotEndpoints, json_answer
 from imserver_sdk import BusinessClient, callback_handler
@@ -42,6 +43,7 @@ class BotRuntime:
         self.cfg = cfg
         self.store = BotStore(cfg.store)
         self.endpoints: dict[str, BotEndpoints] = {}
+        self.pollers: dict[str, Poller] = {}
         self._clients: list[BusinessClient] = []
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -94,6 +96,12 @@ class BotRuntime:
             )
             for worker in (ep.card_worker, ep.forward_worker):
                 self._tasks.append(asyncio.create_task(self._keep_running(worker)))
+            if bc.poll is not None:
+                poller = Poller(
+                    bc, bc.poll, ep, self._session, backoff_max_s=self.cfg.backoff_max_s
+                )
+                self.pollers[bc.name] = poller
+                self._tasks.append(asyncio.create_task(self._keep_running(poller)))
         app.router.add_get("/healthz", self._healthz)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -102,8 +110,8 @@ class BotRuntime:
         self.port = self._runner.addresses[0][1]
         log.info("bots %s listening on %s:%d", sorted(self.endpoints), self.cfg.host, self.port)
 
-    async def _keep_running(self, worker: LaneWorker) -> None:
-        """A worker that crashes on a bug is logged and restarted, never lost silently."""
+    async def _keep_running(self, worker: LaneWorker | Poller) -> None:
+        """A worker or poller that crashes on a bug is logged and restarted, never lost."""
         while True:
             try:
                 await worker.run()
@@ -114,7 +122,10 @@ class BotRuntime:
                 await asyncio.sleep(1.0)
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return json_answer({"bots": {n: self.store.counts(n) for n in self.endpoints}})
+        """Outbox counts per bot, and ``poll`` counters where a bot polls a feed."""
+        bots: dict[str, Any] = {n: self.store.counts(n) for n in self.endpoints}
+        polls = {n: p.stats.as_dict() for n, p in self.pollers.items()}
+        return json_answer({"bots": bots, **({"poll": polls} if polls else {})})
 
     def url(self, bot: str, what: str) -> str:
         """``http://host:port/bots/<bot>/<events|callback>``."""

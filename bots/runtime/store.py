@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bots.runtime.model import BotEvent
+from bots.runtime.model import BotEvent, EventRejected
 
 #: Outbox lanes: card operations towards the server, forwards to the business system.
 CARD_LANE = "card"
@@ -49,6 +50,9 @@ CREATE TABLE IF NOT EXISTS cards (
 );
 CREATE TABLE IF NOT EXISTS event_state (
     bot TEXT NOT NULL, event_id TEXT NOT NULL, state TEXT NOT NULL, PRIMARY KEY (bot, event_id)
+);
+CREATE TABLE IF NOT EXISTS poll_cursor (
+    bot TEXT PRIMARY KEY, cursor TEXT NOT NULL, updated_at REAL NOT NULL
 );
 """
 
@@ -106,16 +110,69 @@ class BotStore:
         """
         now = time.time()
         with self._tx():
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO events (bot, event_id, type, data, received_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (bot, event.event_id, event.type, _dumps(event.data), event.received_at),
+            return self._insert_event(bot, event, ops, now + hold_s, now, state)
+
+    def poll_cursor(self, bot: str) -> str | None:
+        """Where the bot's feed left off (None before the first page)."""
+        row = self._db.execute("SELECT cursor FROM poll_cursor WHERE bot = ?", (bot,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def accept_page(
+        self,
+        bot: str,
+        events: Sequence[BotEvent],
+        prepare: Callable[[BotEvent], tuple[OpRows, dict[str, Any] | None]],
+        cursor: str,
+    ) -> tuple[list[str], list[tuple[str, EventRejected]]]:
+        """Record a polled page's new events and the feed's next cursor atomically.
+
+        ``prepare`` (the bot, via the webhook's path) runs inside the
+        transaction, so an event may update one earlier in the same page. A
+        kill -9 before the commit leaves the old cursor: the page is read
+        again and nothing of it was kept. Returns the accepted event ids and
+        ``(event_id, refusal)`` pairs (skipped; the cursor moves past them).
+        """
+        accepted: list[str] = []
+        refused: list[tuple[str, EventRejected]] = []
+        now = time.time()
+        with self._tx():
+            for event in events:
+                if self.event(bot, event.event_id) is not None:
+                    continue  # a repeat: the page was read before, or the webhook had it
+                try:
+                    ops, state = prepare(event)
+                except EventRejected as e:
+                    refused.append((event.event_id, e))
+                    continue
+                if self._insert_event(bot, event, ops, now, now, state):
+                    accepted.append(event.event_id)
+            self._db.execute(
+                "INSERT INTO poll_cursor (bot, cursor, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (bot) DO UPDATE SET cursor = excluded.cursor,"
+                " updated_at = excluded.updated_at",
+                (bot, cursor, now),
             )
-            if cur.rowcount == 0:
-                return False
-            self._enqueue_card_ops(bot, ops, now + hold_s, now)
-            if state is not None:
-                self._set_state(bot, event.event_id, state)
+        return accepted, refused
+
+    def _insert_event(
+        self,
+        bot: str,
+        event: BotEvent,
+        ops: OpRows,
+        next_at: float,
+        now: float,
+        state: dict[str, Any] | None,
+    ) -> bool:
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO events (bot, event_id, type, data, received_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (bot, event.event_id, event.type, _dumps(event.data), event.received_at),
+        )
+        if cur.rowcount == 0:
+            return False
+        self._enqueue_card_ops(bot, ops, next_at, now)
+        if state is not None:
+            self._set_state(bot, event.event_id, state)
         return True
 
     def forget_event(self, bot: str, event_id: str) -> None:

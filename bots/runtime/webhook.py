@@ -82,6 +82,11 @@ def parse_envelope(raw: bytes, received_at: float) -> BotEvent:
         doc = json.loads(raw)
     except ValueError as e:
         raise EventRejected("bad_json", f"the body is not JSON: {e}") from e
+    return parse_event(doc, received_at)
+
+
+def parse_event(doc: Any, received_at: float) -> BotEvent:
+    """One event object (a webhook body, or an entry of a polled page) → :class:`BotEvent`."""
     if not isinstance(doc, dict):
         raise EventRejected("bad_json", "the body must be a JSON object")
     event_id, kind, data = doc.get("event_id"), doc.get("type"), doc.get("data")
@@ -140,13 +145,12 @@ class BotEndpoints:
             event = parse_envelope(raw, time.time())
             if self.store.event(self.cfg.name, event.event_id) is not None:
                 return self._repeat(event.event_id)
-            effects = event_effects(self.bot.on_event(event))
-            ops = self._ops(event.event_id, effects.cards)
+            ops, state = self.prepare(event)
         except EventRejected as e:
             extra = {"field": e.field} if e.field else {}
             return error(e.status, e.code, e.message, **extra)
         accepted = self.store.accept_event(
-            self.cfg.name, event, ops, hold_s=self.inline_s + 1.0, state=effects.state
+            self.cfg.name, event, ops, hold_s=self.inline_s + 1.0, state=state
         )
         if not accepted:
             return self._repeat(event.event_id)  # a concurrent twin got there first
@@ -154,6 +158,14 @@ class BotEndpoints:
         if not now_keys:
             return json_answer({"event_id": event.event_id, "state": "ignored"})
         return await self._deliver_inline(event.event_id, now_keys)
+
+    def prepare(self, event: BotEvent) -> tuple[OpRows, dict[str, Any] | None]:
+        """Ask the bot about a new event: its card-lane rows and state, or EventRejected.
+
+        The one path of every event, pushed (webhook) or pulled (poller).
+        """
+        effects = event_effects(self.bot.on_event(event))
+        return self._ops(event.event_id, effects.cards), effects.state
 
     def _ops(self, event_id: str, cards: tuple[CardOp, ...]) -> OpRows:
         """The card-lane rows of an event; an update must name a card the bot knows."""
