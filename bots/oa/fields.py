@@ -5,19 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from bots.runtime import EventRejected
+from bots.runtime.fields import text
+
+__all__ = ["optional_int", "text", "user_list"]
 
 MAX_APPROVERS = 100
-
-
-def text(d: dict[str, Any], key: str, max_len: int, where: str = "data") -> str:
-    value = d.get(key)
-    if value is None:
-        raise EventRejected("missing_field", f"{key} is required", f"{where}.{key}")
-    if not isinstance(value, str) or not value.strip() or len(value) > max_len:
-        raise EventRejected(
-            "invalid_field", f"{key} must be 1-{max_len} characters", f"{where}.{key}"
-        )
-    return value
 
 
 def optional_int(d: dict[str, Any], key: str) -> int | None:

@@ -1,7 +1,7 @@
 """Checked reads of an event's ``data``: a bad field is a 400 naming its path.
 
-Shared by the hotline and supervision bots (the OA bot has its own copy in
-``bots/oa/fields.py``); every reader takes ``where``, the path of the object
+Shared by the bots (``bots/oa/fields.py`` adds the OA event's own readers);
+every reader takes ``where``, the path of the object
 it reads from, so an error names e.g. ``data.units[2].handlers[0]``.
 """
 
