@@ -36,7 +36,11 @@ BATCH = 64
 
 
 def backoff_ms(attempts: int, initial_s: float, max_s: float, rng: random.Random) -> int:
-    """Exponential backoff with full jitter in [base/2, base] (base doubles each attempt)."""
+    """Exponential backoff with "equal jitter": a delay drawn from [base/2, base].
+
+    ``base`` doubles each attempt up to ``max_s``; at least half the base is
+    kept, so retries never bunch up right after a failure.
+    """
     base = min(max_s, initial_s * 2 ** max(0, attempts - 1))
     return int(1000 * rng.uniform(base / 2, base))
 

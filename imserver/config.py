@@ -417,6 +417,7 @@ def _validate(c: Config) -> None:
     if c.chat.recall_window_s < 0:
         raise ConfigError("chat.recall_window_s", "must not be negative")
     positive("chat.ding_lease_s", c.chat.ding_lease_s)
+    positive("chat.ding_interval_s", c.chat.ding_interval_s)  # 0 would re-notify in a loop
 
 
 def _validate_bus(bus: BusConfig) -> None:

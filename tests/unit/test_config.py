@@ -456,3 +456,12 @@ def test_misspelt_environment_variable_is_named() -> None:
 
 def test_imserver_config_variable_is_not_a_key() -> None:
     assert load_config(None, env={"IMSERVER_CONFIG": "x.toml"}) == load_config(None, env={})
+
+
+@pytest.mark.parametrize("value", [0, -1.0])
+def test_a_ding_interval_that_is_not_positive_is_refused(value: float) -> None:
+    """0 s between re-notifications would send DINGs in a tight loop."""
+    with pytest.raises(ConfigError) as e:
+        load_config(None, env={}, overrides={"chat": {"ding_interval_s": value}})
+    assert e.value.key == "chat.ding_interval_s"
+    assert "greater than 0" in e.value.reason
