@@ -23,7 +23,8 @@ from bots.demo.oa_system import OASystem
 from bots.runtime.config import BotConfig
 from bots.runtime.model import card_track_id, track_id
 from bots.runtime.runner import BotRuntime
-from imserver_sdk import BusinessClient, BusinessError, Client
+from imserver_sdk import BusinessClient, Client
+from tests.bots_support import assert_refused_and_nothing_pushed
 from tests.cards_support import ADMIN_KEY, CARD_SETTINGS
 from tests.integration.test_bots_oa import (
     act,
@@ -297,20 +298,20 @@ BAD_CASES: list[tuple[str, dict[str, Any], int, str, str | None]] = [
 async def test_a_bad_case_gets_a_clear_4xx_and_nothing_is_pushed(
     world: HotlineWorld, eid: str, change: dict[str, Any], status: int, code: str, field: str | None
 ) -> None:
-    h1 = await world.server.client("h1")
     event = case_event(eid)
     event["data"].update(change)
     event["data"] = {k: v for k, v in event["data"].items() if v is not None}
-    got, answer = await world.platform.send_event(world.events_url, event)
-    assert (got, answer["error"]["code"]) == (status, code), answer
-    assert answer["error"].get("field") == field and answer["error"]["message"]
-    with pytest.raises(BusinessError) as missing:
-        await world.app.get_card(track_id(eid))
-    assert missing.value.status == 404
-    await asyncio.sleep(0.2)
-    assert [m for m in h1.messages("n:hotline:h1") if m.get("kind") == "card"] == []
-    assert world.runtime.store.counts("hotline") == {}
-    assert world.runtime.store.event("hotline", eid) is None
+    await assert_refused_and_nothing_pushed(
+        system=world.platform,
+        events_url=world.events_url,
+        event=event,
+        expect=(status, code, field),
+        app=world.app,
+        runtime=world.runtime,
+        bot="hotline",
+        holder=await world.server.client("h1"),
+        conv="n:hotline:h1",
+    )
 
 
 async def test_an_oversize_case_is_refused_413(world: HotlineWorld) -> None:

@@ -20,6 +20,7 @@ from bots.demo.oa_system import OASystem
 from bots.runtime.model import card_track_id, track_id
 from bots.runtime.runner import BotRuntime
 from imserver_sdk import BusinessClient, BusinessError, Client
+from tests.bots_support import assert_refused_and_nothing_pushed
 from tests.cards_support import ADMIN_KEY
 from tests.integration.test_bots_hotline import bot_world, card_now, load_org
 from tests.integration.test_bots_oa import act, register_app, until
@@ -229,20 +230,20 @@ async def test_a_bad_task_gets_a_clear_4xx_and_nothing_is_pushed(
     code: str,
     field: str | None,
 ) -> None:
-    nc = await world.server.client("nc-h")
     event = task_event(eid)
     event["data"].update(change)
     event["data"] = {k: v for k, v in event["data"].items() if v is not None}
-    got, answer = await world.system.send_event(world.events_url, event)
-    assert (got, answer["error"]["code"]) == (status, code), answer
-    assert answer["error"].get("field") == field and answer["error"]["message"]
-    with pytest.raises(BusinessError) as missing:
-        await world.app.get_card(track_id(eid))
-    assert missing.value.status == 404
-    await asyncio.sleep(0.2)
-    assert [m for m in nc.messages("n:duban:nc-h") if m.get("kind") == "card"] == []
-    assert world.runtime.store.counts("duban") == {}
-    assert world.runtime.store.event("duban", eid) is None
+    await assert_refused_and_nothing_pushed(
+        system=world.system,
+        events_url=world.events_url,
+        event=event,
+        expect=(status, code, field),
+        app=world.app,
+        runtime=world.runtime,
+        bot="duban",
+        holder=await world.server.client("nc-h"),
+        conv="n:duban:nc-h",
+    )
 
 
 async def test_a_unit_refused_midway_withdraws_the_cards_already_pushed(
