@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo test lint typecheck pytest clean
+.PHONY: install run demo test lint typecheck pytest clean chromium jdk dashboard-assets
 
 $(STAMP): pyproject.toml clients/python_sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,28 @@ $(STAMP): pyproject.toml clients/python_sdk/pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]" -e clients/python_sdk
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) chromium jdk
+
+# The dashboard's browser tests drive Debian's chromium (never `playwright install`:
+# browser downloads fail offline), with a Chinese font for its zh-CN labels. CI runs as root.
+chromium:
+	@test -x /usr/bin/chromium && fc-list :lang=zh | grep -q . \
+		|| apt-get install -y chromium fonts-wqy-microhei
+
+# tests/integration/test_java_client.py compiles clients/java with the JDK's javac (Java 17).
+jdk:
+	@command -v javac >/dev/null && command -v java >/dev/null \
+		|| apt-get install -y openjdk-17-jdk-headless
+
+# Re-fetch the dashboard's one third-party asset (uPlot, pinned in package-lock.json)
+# into the package; the result is committed, so no build step is needed to serve it.
+DASH := imserver/dashboard
+dashboard-assets:
+	cd $(DASH)/frontend && npm ci --ignore-scripts --no-audit --no-fund
+	cp $(DASH)/frontend/node_modules/uplot/dist/uPlot.iife.min.js $(DASH)/static/vendor/uplot.iife.min.js
+	cp $(DASH)/frontend/node_modules/uplot/dist/uPlot.min.css $(DASH)/static/vendor/uplot.min.css
+	cp $(DASH)/frontend/node_modules/uplot/LICENSE $(DASH)/static/vendor/uplot.LICENSE
+	rm -rf $(DASH)/frontend/node_modules
 
 run: install
 	$(BIN)/python -m imserver serve --config config/default.toml

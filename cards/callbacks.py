@@ -22,12 +22,16 @@ from typing import Any
 import aiohttp
 import orjson
 
+from cards.app_events import EVENT
 from cards.service import CardService, FullStore
+from cards.stream import NO_STREAM, StreamRegistry, park_ms
 from imserver.appauth import sign_headers
 from imserver.config import CardsConfig
 from imserver.due_loop import DueLoop
 from imserver.errors import ImError
 from imserver.metrics import Metrics
+from imserver.request_context import HEADER as REQUEST_ID_HEADER
+from imserver.request_context import set_request_id
 from imserver.store.records import OutboxItem
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,8 @@ class CallbackDispatcher:
         # Not configurable on its own: a claim must outlast the POST it covers
         # (``callback_timeout_s``), and 10 s more absorbs a slow store write after it.
         self._lease_ms = int((config.callback_timeout_s + 10) * 1000)
+        #: This node's app streams (stream mode): preferred over the callback URL.
+        self.streams = StreamRegistry(metrics, on_connect=self.wake)
 
     def wake(self) -> None:
         self._loop.wake()
@@ -96,6 +102,8 @@ class CallbackDispatcher:
         """Claim due callbacks and start sending them; returns how many."""
         now = int(self._clock() * 1000)
         items = await self._store.claim_callbacks(now, self._lease_ms, BATCH)
+        if items:
+            self._metrics.callback_batch.observe(len(items))
         for item in items:
             task = asyncio.get_running_loop().create_task(self._deliver(item))
             self._inflight.add(task)
@@ -103,16 +111,45 @@ class CallbackDispatcher:
         return len(items)
 
     async def _deliver(self, item: OutboxItem) -> None:
+        # The request that caused the decision: this delivery logs (and sends) its id.
+        request_id = item.payload.get("request_id")
+        set_request_id(request_id if isinstance(request_id, str) else None)
         async with self._slots:
+            started = time.perf_counter()
             outcome, answer = await self._post(item)
+            self._metrics.callback_post.observe(time.perf_counter() - started)
         app_gone = outcome == _app_gone(item)
         attempts = item.attempts + 1
         now = int(self._clock() * 1000)
+        if outcome == NO_STREAM:  # stream-only app, its stream is elsewhere: not an attempt
+            await self._store.finish_callback(
+                item.id,
+                state="pending",
+                attempts=item.attempts,
+                next_at=now + park_ms(self._rng),
+                error=outcome,
+            )
+            self._metrics.callbacks.labels("parked").inc()
+            self.wake()
+            return
         if outcome == "":
             await self._store.finish_callback(
                 item.id, state="delivered", attempts=attempts, next_at=now, error=""
             )
+            if self._counted_event(item, "delivered"):
+                return  # an event's answer carries no card_update (docs/cards.md "App events")
             self._metrics.callbacks.labels("delivered").inc()
+            acted_at = item.payload.get("at")
+            if isinstance(acted_at, int):  # the decision's time (ms): act -> delivered
+                self._metrics.card_act_delivered.observe(max(0.0, self._clock() - acted_at / 1000))
+            log.info(
+                "callback %s/%s delivered to app %s after %d attempt(s)",
+                item.card_id,
+                item.action_id,
+                item.app_id,
+                attempts,
+                extra={"card_id": item.card_id, "action_id": item.action_id, "app_id": item.app_id},
+            )
             await self._after_delivery(item, answer)
             return
         # A deleted app cannot come back with its callbacks' secret: no point retrying.
@@ -128,6 +165,8 @@ class CallbackDispatcher:
             await self._store.finish_callback(
                 item.id, state="failed", attempts=attempts, next_at=now, error=outcome
             )
+            if self._counted_event(item, "failed"):
+                return  # the card's callback status is about its action callbacks only
             self._metrics.callbacks_failed.inc()
             self._metrics.callbacks.labels("failed").inc()
             await self._cards.set_callback_state(item.card_id, "failed")
@@ -138,21 +177,37 @@ class CallbackDispatcher:
             self._config.callback_backoff_max_s,
             self._rng,
         )
-        self._metrics.callbacks.labels("retry").inc()
+        if not self._counted_event(item, "retry"):
+            self._metrics.callbacks.labels("retry").inc()
         await self._store.finish_callback(
             item.id, state="pending", attempts=attempts, next_at=now + delay, error=outcome
         )
         self.wake()
+
+    def _counted_event(self, item: OutboxItem, outcome: str) -> bool:
+        """Count an app event's ``outcome`` apart from the action callbacks; False for those."""
+        if item.kind != EVENT:
+            return False
+        self._metrics.app_events.labels(str(item.payload.get("event")), outcome).inc()
+        return True
 
     async def _post(self, item: OutboxItem) -> tuple[str, dict[str, Any] | None]:
         """('', answer) on 2xx, else (reason, None)."""
         app = await self._store.get_app(item.app_id)
         if app is None:
             return _app_gone(item), None
+        sent = await self.streams.deliver(app, item, self._clock(), self._config.callback_timeout_s)
+        if sent is not None:  # over the app's stream: the ack is the 2xx
+            return sent
+        if not app.callback_url:
+            return NO_STREAM, None
         body = orjson.dumps(item.payload)
         headers = sign_headers(app.app_id, app.secret, body, now=self._clock())
         headers["Content-Type"] = "application/json"
         headers["X-Imserver-Action-Id"] = item.action_id
+        request_id = item.payload.get("request_id")
+        if isinstance(request_id, str):  # the HTTP request that caused this decision
+            headers[REQUEST_ID_HEADER] = request_id
         assert self._session is not None
         try:
             async with self._session.post(app.callback_url, data=body, headers=headers) as resp:

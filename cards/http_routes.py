@@ -14,6 +14,8 @@ from collections.abc import Callable
 from aiohttp import web
 
 from cards.service import CardService, FullStore
+from cards.template_routes import add_template_routes
+from cards.template_service import TemplateService
 from imserver.errors import InvalidField, NoSuchCallback
 from imserver.http.api import (
     SIGNER,
@@ -78,7 +80,12 @@ async def act(request: web.Request) -> web.Response:
     if not isinstance(action_id, str) or not 1 <= len(action_id) <= 64:
         raise InvalidField("'action_id' must be a string of 1-64 characters", field="action_id")
     result = await request.app[CARDS].act(
-        caller, request.match_info["card_id"], action, action_id, body.get("inputs")
+        caller,
+        request.match_info["card_id"],
+        action,
+        action_id,
+        body.get("inputs"),
+        body.get("target"),
     )
     return json_response(result)
 
@@ -107,6 +114,7 @@ async def admin_list_callbacks(request: web.Request) -> web.Response:
                     "card_id": i.card_id,
                     "action_id": i.action_id,
                     "app_id": i.app_id,
+                    "kind": i.kind,  # "action" or "event" (action_id is then the event_id)
                     "state": i.state,
                     "attempts": i.attempts,
                     "last_error": i.last_error,
@@ -127,7 +135,8 @@ async def admin_retry_callback(request: web.Request) -> web.Response:
     await request.app[TRAIL].record(
         "admin-key", "admin.callback_retry", item.card_id, {"action_id": item.action_id}
     )
-    await request.app[CARDS].set_callback_state(item.card_id, "pending")
+    if item.kind == "action":  # an app event never touches the card's callback status
+        await request.app[CARDS].set_callback_state(item.card_id, "pending")
     request.app[WAKE]()
     return json_response({"card_id": item.card_id, "action_id": item.action_id, "state": "pending"})
 
@@ -152,3 +161,4 @@ def add_routes(
     r.add_get("/api/v1/todo", todo)
     r.add_get("/admin/v1/callbacks", admin_list_callbacks)
     r.add_post("/admin/v1/callbacks/{card_id}/{action_id}/retry", admin_retry_callback)
+    add_template_routes(app, TemplateService(store, cards))  # docs/cards.md, Templates

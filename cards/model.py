@@ -14,14 +14,22 @@ from typing import Any
 import orjson
 
 from cards.policy import (
+    ACTION_KINDS,
+    DECISION,
     DECISIONS,
     FINAL_STATES,
+    LINK,
     POLICY_TYPES,
+    RETURN,
+    RETURN_TARGETS,
+    SEQUENTIAL,
+    TO_STEP,
     ApprovalState,
     DecisionRecord,
     Policy,
     actionable_by,
 )
+from cards.workflow_inputs import link_url, target_from_json, target_to_json
 from imserver.config import CardsConfig
 from imserver.errors import InvalidField
 from imserver.masking import mask
@@ -116,15 +124,35 @@ def _actions(value: Any, path: str) -> list[dict[str, Any]]:
             raise _fail(f"{p}.id", "must be 1-32 of a-z 0-9 _ -")
         if any(x["id"] == action_id for x in out):
             raise _fail(f"{p}.id", f"duplicate action id {action_id!r}")
-        out.append(
-            {
-                "id": action_id,
-                "label": _str(a.get("label"), f"{p}.label", 1, 16),
-                "decision": _choice(a.get("decision"), f"{p}.decision", DECISIONS),
-                "style": _choice(a.get("style", "default"), f"{p}.style", STYLES),
-            }
-        )
+        kind = _choice(a.get("kind", DECISION), f"{p}.kind", ACTION_KINDS)
+        entry: dict[str, Any] = {
+            "id": action_id,
+            "label": _str(a.get("label"), f"{p}.label", 1, 16),
+            "kind": kind,
+            "style": _choice(a.get("style", "default"), f"{p}.style", STYLES),
+        }
+        if kind == DECISION:
+            entry["decision"] = _choice(a.get("decision"), f"{p}.decision", DECISIONS)
+        elif "decision" in a:
+            raise _fail(f"{p}.decision", f"only a decision action has one (this is {kind})")
+        if kind == RETURN:
+            entry["to"] = _choice(a.get("to"), f"{p}.to", RETURN_TARGETS)
+        if kind == LINK:
+            entry["url"] = link_url(a.get("url"), f"{p}.url")
+        out.append(entry)
     return out
+
+
+def _workflow_rules(doc: dict[str, Any], path: str) -> None:
+    """What an action needs from the rest of the card (docs/cards.md "OA actions")."""
+    for i, a in enumerate(doc["actions"]):
+        if a["kind"] != RETURN:
+            continue
+        p = f"{path}.actions[{i}]"
+        if a["to"] == TO_STEP and (doc["policy"] or {}).get("type") != SEQUENTIAL:
+            raise _fail(f"{p}.to", "a return to a step needs a sequential policy")
+        if not any(d["type"] == "text" and a["id"] in d["required_for"] for d in doc["inputs"]):
+            raise _fail(p, "a return action needs a text input required for it (the reason)")
 
 
 def _inputs(value: Any, path: str, action_ids: set[str]) -> list[dict[str, Any]]:
@@ -212,6 +240,7 @@ def parse_card(value: Any, limits: CardsConfig, path: str = "card") -> dict[str,
     doc["urgent"] = _bool(c.get("urgent", False), f"{path}.urgent")
     if doc["policy"] is not None and not doc["actions"]:
         raise _fail(f"{path}.actions", "a card with a policy needs at least one action")
+    _workflow_rules(doc, path)
     size = len(orjson.dumps(doc))
     if size > limits.max_card_bytes:
         raise _fail(path, f"is {size} bytes as JSON; the limit is {limits.max_card_bytes}")
@@ -314,6 +343,9 @@ def render_view(
             {"actor": d.actor, "action": d.action, "decision": d.decision, "at": d.at}
             for d in approval.decisions
         ],
+        # Every accepted act (decisions, 已阅, 转交, 加签, 退回) in order; a decision
+        # a later return voided is kept here, marked, and no longer counts.
+        "trail": trail_view(approval),
         "decided_by": approval.decided_by,
         # Delivery status of the callbacks ("pending", "ok", "failed"): kept at
         # the card's version, never a version of its own (docs/cards.md section 6).
@@ -321,33 +353,70 @@ def render_view(
     }
 
 
+def trail_view(s: ApprovalState) -> list[dict[str, Any]]:
+    """The trail as holders see it (no inputs, no action ids)."""
+    voided = {v for d in s.trail for v in d.voided}
+    return [
+        {
+            "actor": d.actor,
+            "action": d.action,
+            "kind": d.kind,
+            "decision": d.decision,
+            "target": target_to_json(d.target),
+            "at": d.at,
+            "voided": d.action_id in voided,
+        }
+        for d in (s.trail or s.decisions)
+    ]
+
+
+def _record_to_json(d: DecisionRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "action_id": d.action_id,
+        "actor": d.actor,
+        "action": d.action,
+        "decision": d.decision,
+        "at": d.at,
+        "inputs": dict(d.inputs),
+        "kind": d.kind,
+        "target": target_to_json(d.target),
+    }
+    if d.voided:  # a return: the action ids of the decisions it voided
+        out["voided"] = list(d.voided)
+    return out
+
+
+def _record_from_json(d: dict[str, Any]) -> DecisionRecord:
+    return DecisionRecord(
+        d["action_id"],
+        d["actor"],
+        d["action"],
+        d["decision"],
+        d["at"],
+        d["inputs"],
+        d.get("kind", DECISION),
+        target_from_json(d.get("target")),
+        tuple(d.get("voided", ())),
+    )
+
+
 def approval_to_json(s: ApprovalState) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "state": s.state,
         "decided_by": s.decided_by,
-        "decisions": [
-            {
-                "action_id": d.action_id,
-                "actor": d.actor,
-                "action": d.action,
-                "decision": d.decision,
-                "at": d.at,
-                "inputs": dict(d.inputs),
-            }
-            for d in s.decisions
-        ],
+        "decisions": [_record_to_json(d) for d in s.decisions],
     }
+    if s.trail:
+        data["trail"] = [_record_to_json(d) for d in s.trail]
+    return data
 
 
 def approval_from_json(doc: dict[str, Any], data: dict[str, Any]) -> ApprovalState:
+    """The approval state; the actors are the document's (transfer and add-sign edit them)."""
     return ApprovalState(
         policy=policy_of(doc),
         state=data["state"],
-        decisions=tuple(
-            DecisionRecord(
-                d["action_id"], d["actor"], d["action"], d["decision"], d["at"], d["inputs"]
-            )
-            for d in data["decisions"]
-        ),
+        decisions=tuple(_record_from_json(d) for d in data["decisions"]),
         decided_by=data["decided_by"],
+        trail=tuple(_record_from_json(d) for d in data.get("trail", ())),
     )

@@ -29,6 +29,8 @@ class CardAct(ExtensionRequest):
     action: str
     action_id: str
     inputs: dict[str, Any]
+    #: 转交 / 加签 / 退回: what the act points at (checked by ``cards.workflow_inputs``).
+    target: dict[str, Any] | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -50,11 +52,13 @@ def _card_id(f: Fields) -> str:
 
 def parse_card_act(f: Fields, _: LimitsConfig) -> CardAct:
     inputs = f.sub("inputs", required=False)
+    target = f.sub("target", required=False)
     return CardAct(
         card_id=_card_id(f),
         action=f.req_string("action", max_len=32),
         action_id=f.req_string("action_id", max_len=64),
         inputs=dict(inputs.raw) if inputs is not None else {},
+        target=dict(target.raw) if target is not None else None,
     )
 
 

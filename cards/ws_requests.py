@@ -34,7 +34,7 @@ def register_requests(extensions: RequestExtensions, cards: CardService) -> None
     """
 
     def act(caller: Caller, req: CardAct) -> Awaitable[dict[str, Any]]:
-        return cards.act(caller, req.card_id, req.action, req.action_id, req.inputs)
+        return cards.act(caller, req.card_id, req.action, req.action_id, req.inputs, req.target)
 
     def get(caller: Caller, req: CardGet) -> Awaitable[dict[str, Any]]:
         return cards.get(caller, req.card_id)

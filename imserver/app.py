@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from cards import http_routes as card_routes
+from cards.app_events import AppEvents
 from cards.callbacks import CallbackDispatcher
+from cards.dashboard_retry import retry_callback_hook
 from cards.deadlines import DeadlineScheduler
 from cards.service import CardService
+from cards.stream_routes import add_stream_routes
 from cards.ws_requests import register_requests as register_card_requests
 from imserver.apps_file import load_apps_file, register_apps
 from imserver.audit_trail import AuditTrail
@@ -39,6 +42,10 @@ from imserver.bus.redis_links import RedisAuth
 from imserver.bus.redis_ratelimit import APP_BUCKETS, SharedRateLimiter
 from imserver.bus.refill import viewer_refill
 from imserver.config import Config
+from imserver.dashboard.live import NodeSampler
+from imserver.dashboard.routes import add_dashboard_routes
+from imserver.dashboard.service import DashboardService
+from imserver.dashboard.session import SessionCodec
 from imserver.dlp import ClassifiedGuard
 from imserver.field_protection import build_protector
 from imserver.gateway.dispatch import Dispatcher
@@ -98,6 +105,8 @@ class World:
     http_runner: web.AppRunner | None = None
     http_port: int = 0
     started: bool = field(default=False)
+    #: App events (docs/cards.md "App events"): the hooks it set, finished on stop.
+    app_events: AppEvents | None = None
 
     @property
     def ws_port(self) -> int:
@@ -163,6 +172,7 @@ def build_world(config: Config, *, nonce_store: NonceStore | None = None) -> Wor
     store = build_store(config)
     protector = build_protector(config)
     store.doc_protector = protector  # sensitive card fields sealed at rest
+    store.observe_commits(metrics.observe_commit)  # imserver_store_commit_seconds, ...
     bus = build_bus(config, store)
     # The frame-once fast path needs frames that no per-connection extension
     # rewrites: with permessage-deflate on, every socket frames for itself.
@@ -191,10 +201,19 @@ def build_world(config: Config, *, nonce_store: NonceStore | None = None) -> Wor
             nonce_store = RedisNonceStore(bus.client, config.bus.channel_prefix + "nonce:")
     callbacks = CallbackDispatcher(store, cards, config.cards, metrics)
     cards.wake_callbacks = callbacks.wake
+    app_events = AppEvents(store, metrics, hub.is_online)  # only for apps that subscribed
+    app_events.wake = callbacks.wake
+    chat.enricher = app_events.enricher(cards.enrich)  # sync/history hand-over: delivered
+    chat.on_read = app_events.on_read  # card_read
     deadlines = DeadlineScheduler(
-        store, cards, chat, lease_ms=int(config.cards.timer_lease_s * 1000)
+        store,
+        cards,
+        chat,
+        lease_ms=int(config.cards.timer_lease_s * 1000),
+        events=app_events,  # reminded, overdue, escalated
     )
     dings = DingService(store, bus, members, config.chat)
+    dings.on_confirmed = app_events.on_ding_confirmed  # ding_confirmed
     directory = DirectoryService(store, bus, sealer=protector)
     address_book = AddressBook(store, directory.sealer)
     extensions = RequestExtensions()
@@ -231,6 +250,7 @@ def build_world(config: Config, *, nonce_store: NonceStore | None = None) -> Wor
         app_limiter,
     )
     card_routes.add_routes(http_app, cards, store, callbacks.wake)
+    add_stream_routes(http_app, callbacks.streams)  # stream mode: callbacks over the app's socket
 
     async def remove_from_groups(users: list[str]) -> None:
         for user in users:
@@ -243,7 +263,16 @@ def build_world(config: Config, *, nonce_store: NonceStore | None = None) -> Wor
     http_app[GROUPS] = groups
     http_app[GOVERNANCE_STORE] = store
     add_governance_routes(http_app)
+    add_dashboard_routes(  # the 一屏统揽 dashboard at /dashboard/ (docs/operations.md)
+        http_app,
+        DashboardService(store, store.audit),
+        NodeSampler(metrics.registry, hub.connection_count, hub.user_count),
+        SessionCodec(signer.derive_key("imserver-dashboard-session")),
+        retry_callback_hook(cards, store, trail, callbacks.wake),
+        bus,  # every node's summary reaches every node's page
+    )
     bus.subscribe(TOPIC_DELIVER, hub.on_deliver)
+    bus.subscribe(TOPIC_DELIVER, app_events.on_deliver)  # after the hub's: delivered
     bus.subscribe(TOPIC_PRESENCE, hub.on_presence)
     bus.subscribe(TOPIC_CONV_CHANGED, members.on_conv_changed)
     bus.subscribe(TOPIC_REVOKE, hub.on_revoke)
@@ -269,6 +298,7 @@ def build_world(config: Config, *, nonce_store: NonceStore | None = None) -> Wor
         identity=identity,
         gateway=gateway,
         http_app=http_app,
+        app_events=app_events,
     )
 
 
@@ -316,6 +346,8 @@ async def stop_world(world: World) -> None:
     await world.callbacks.stop()
     await world.deadlines.stop()
     await world.dings.stop()
+    if world.app_events is not None:
+        await world.app_events.stop()
     await world.bus.stop()
     await world.store.close()
 

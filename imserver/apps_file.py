@@ -123,6 +123,7 @@ def _audit_details(app: AppRecord, stored: AppRecord | None, source: str) -> dic
         "callback_url": app.callback_url,
         "scope": list(app.scope),
         "permissions": list(app.permissions),
+        "events": list(app.events),
     }
     if app.previous_secret:  # a rotation in the file: when the old secret stops (never it)
         details["previous_secret_valid_until"] = app.previous_secret_until

@@ -24,6 +24,7 @@ from imserver.errors import (
     StoreRefused,
     StoreUnavailable,
 )
+from imserver.log_format import setup_logging
 
 if TYPE_CHECKING:
     from imserver.audit import Anchor, VerifyResult
@@ -50,12 +51,8 @@ def _load(path: str | None) -> Config:
     return load_config(chosen)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    setup_logging(level, fmt)  # text, or one JSON object per line (server.log_format)
 
 
 def _run(coro: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
@@ -96,7 +93,7 @@ def _store(config: Config) -> SqliteStore | PostgresStore:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    _setup_logging(config.server.log_level)
+    _setup_logging(config.server.log_level, config.server.log_format)
     from imserver.app import serve_until_signalled
 
     if args.init:
@@ -107,6 +104,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "--init: removed the empty file %s; starting with a new store", config.sqlite_file
             )
     _run(serve_until_signalled(config), config.server.use_uvloop)
+    return 0
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    """Print the OpenAPI 3.1 description (``> docs/openapi.json``; the server serves it too)."""
+    from imserver.http.openapi import build_spec
+
+    text = orjson.dumps(build_spec(), option=orjson.OPT_INDENT_2).decode()
+    sys.stdout.write(text + "\n")
     return 0
 
 
@@ -494,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_serve)
 
+    o = sub.add_parser("openapi", help="print the HTTP API's OpenAPI 3.1 description (JSON)")
+    o.set_defaults(func=cmd_openapi)
     t = sub.add_parser("token", help="mint a user token for development (creates the user)")
     t.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     t.add_argument("--user", required=True)

@@ -30,6 +30,7 @@ class ServerConfig:
     http_port: int = 8701
     data_dir: str = "./data"
     log_level: str = "INFO"
+    log_format: str = "text"  # "json": one JSON object per line (docs/operations.md "Logs")
     use_uvloop: bool = True
     shutdown_grace_s: float = 5.0
 
@@ -359,6 +360,8 @@ def _validate(c: Config) -> None:
         raise ConfigError("server.http_port", "must differ from server.ws_port")
     if c.server.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("server.log_level", "must be DEBUG, INFO, WARNING or ERROR")
+    if c.server.log_format not in ("text", "json"):
+        raise ConfigError("server.log_format", f"must be text or json, got {c.server.log_format!r}")
     if c.store.backend not in ("sqlite", "postgres"):
         raise ConfigError(
             "store.backend", f"unsupported backend {c.store.backend!r} (known: sqlite, postgres)"

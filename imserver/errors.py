@@ -171,6 +171,32 @@ class ActionIdConflict(ImError):
     code, http_status = "action_id_conflict", 409
 
 
+class AlreadyActor(ImError):
+    """转交 / 加签 to someone who is already an approver of the card."""
+
+    code, http_status = "already_actor", 409
+
+
+class TooManyActors(ImError):
+    code, http_status = "too_many_actors", 409
+
+
+class NoSuchStep(ImError):
+    """退回 to a step the card does not have (or on a card without steps)."""
+
+    code, http_status = "no_such_step", 400
+
+
+class StepChanged(ImError):
+    """退回 to a step that is no longer before the current one (the card moved on)."""
+
+    code, http_status = "step_changed", 409
+
+
+class TrailFull(ImError):
+    code, http_status = "trail_full", 409
+
+
 class VersionConflict(ImError):
     code, http_status = "version_conflict", 409
 
@@ -181,6 +207,10 @@ class NoSuchCallback(ImError):
 
 class NoSuchDing(ImError):
     code, http_status = "no_such_ding", 404
+
+
+class NoSuchTemplate(ImError):
+    code, http_status = "no_such_template", 404
 
 
 class NoSuchUnit(ImError):

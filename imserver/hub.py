@@ -118,6 +118,10 @@ class Hub:
     def connection_count(self) -> int:
         return self._count
 
+    def user_count(self) -> int:
+        """Distinct users with at least one socket on this node."""
+        return len(self._by_user)
+
     def sockets(self) -> list[Socket]:
         return [s for d in self._by_user.values() for s in d.values()]
 
@@ -149,6 +153,7 @@ class Hub:
     def _send(self, socks: list[Socket], frame: dict[str, Any]) -> int:
         if not socks:
             return 0
+        self._metrics.observe_fanout(len(socks))
         if not self._cork:
             writes = self._write_all(socks, frame)
             self._metrics.deliveries.inc(writes)

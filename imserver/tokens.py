@@ -7,6 +7,8 @@ can mint them with an off-the-shelf library. Claims: ``sub`` (user id),
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import time
@@ -69,6 +71,14 @@ class TokenSigner:
             "jti": secrets.token_hex(8),
         }
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A key for ``purpose`` (e.g. the dashboard's session cookies) from the shared secret.
+
+        Every node holds the same secret, so what one node signs with it
+        another verifies; a token can never pass for a ``purpose`` value.
+        """
+        return hmac.new(self._secret.encode(), purpose.encode(), hashlib.sha256).digest()
 
     def verify(self, token: str) -> TokenClaims:
         """Return the token's claims, or raise ``TokenInvalid`` / ``TokenExpired``."""

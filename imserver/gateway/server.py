@@ -334,5 +334,7 @@ class Gateway:
                     session.send_frame(error_frame(rid, Internal("internal server error")))
                     continue
                 session.send_frame(result_frame(rid, data))
+                if type(req) is rq.Send:  # frame received -> stored -> ack written
+                    metrics.observe_send_ack(time.monotonic() - now)
         except ConnectionClosed:
             pass

@@ -29,7 +29,9 @@ from imserver.errors import (
     StoreUnavailable,
     TokenInvalid,
 )
-from imserver.metrics import Metrics
+from imserver.http.openapi import build_spec
+from imserver.http.request_ids import request_id_middleware
+from imserver.metrics import Metrics, sample_backlog
 from imserver.protocol.fields import FILE_ID_RE, is_user_id
 from imserver.ratelimit import RateLimiter
 from imserver.services.files import FileService
@@ -106,14 +108,18 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     and branch on ``code``, and an unexpected fault is a logged ``internal``,
     never aiohttp's plain-text 500 page.
     """
+    errors = request.app[METRICS].http_errors
     try:
         return await handler(request)
     except ImError as e:
+        errors.labels(e.code).inc()
         return error_response(e)
     except web.HTTPException as e:
         if e.status < 400:
             raise  # redirects and the like are answers, not errors
-        resp = error_response(error_for_status(e.status, e.reason))
+        err = error_for_status(e.status, e.reason)
+        errors.labels(err.code).inc()
+        resp = error_response(err)
         if "Allow" in e.headers:  # 405 says which methods would work
             resp.headers["Allow"] = e.headers["Allow"]
         return resp
@@ -121,6 +127,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise  # the client went away mid-request; nobody to answer
     except Exception:
         log.exception("internal error in %s %s", request.method, request.path)
+        errors.labels(Internal.code).inc()
         return error_response(Internal("internal server error; the request may not have completed"))
 
 
@@ -245,7 +252,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS].render(), content_type="text/plain")
+    """Prometheus text format; the backlog gauges are read from the store now."""
+    registry = request.app[METRICS]
+    try:
+        async with asyncio.timeout(STORE_PROBE_TIMEOUT_S):
+            await sample_backlog(registry, request.app[STORE])  # type: ignore[arg-type]
+    except Exception as e:  # the store's trouble shows in /healthz; keep serving metrics
+        log.warning("metrics: cannot read the backlog gauges: %s: %s", type(e).__name__, e)
+    return web.Response(body=registry.render(), content_type="text/plain")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 description of every route (imserver/http/openapi.py)."""
+    return json_response(build_spec())
 
 
 async def upload_file(request: web.Request) -> web.Response:
@@ -347,7 +366,11 @@ def build_http_app(
 ) -> web.Application:
     # client_max_size bounds non-streamed bodies (JSON); uploads stream and
     # are bounded by FileService.
-    app = web.Application(middlewares=[errors_middleware], client_max_size=8 * 1024 * 1024)
+    app = web.Application(
+        # Outermost first: the request id is bound before any error is shaped.
+        middlewares=[request_id_middleware(metrics_), errors_middleware],
+        client_max_size=8 * 1024 * 1024,
+    )
     app[SIGNER] = signer
     app[FILES] = files
     app[STORE] = store
@@ -355,6 +378,7 @@ def build_http_app(
     app[ADMIN_KEY] = admin_key
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/api/v1/files", upload_file)
     app.router.add_get("/api/v1/files/{file_id}", download_file)
     app.router.add_post("/admin/v1/users", admin_upsert_users)

@@ -61,6 +61,8 @@ APPS_CONFIG = web.AppKey("apps_config", CardsConfig)
 APP_LIMITER = web.AppKey("app_limiter", RateLimiter)
 #: "tokens": the app is the identity service and may issue user tokens.
 APP_PERMISSIONS = ("tokens",)
+#: App events an app may subscribe to (docs/cards.md "App events"); none by default.
+APP_EVENTS: Final = ("overdue", "escalated", "reminded", "ding_confirmed", "card_read", "delivered")
 #: Ids of the apps defined in ``cards.apps_file`` (set at start): the file owns
 #: them, so the API may not delete them or rotate their secrets.
 FILE_APP_IDS: web.AppKey[frozenset[str]] = web.AppKey("file_app_ids")
@@ -105,9 +107,12 @@ def parse_app(value: Any, path: str = "app") -> AppRecord:
     if not isinstance(app_id, str) or APP_ID_RE.fullmatch(app_id) is None:
         raise InvalidField(f"{path}.app_id must be 1-32 of a-z 0-9 _ -", field=f"{path}.app_id")
     secret = checked_secret(secret, f"{path}.secret")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+    # "" (given explicitly) registers a stream-only app: its callbacks go over the
+    # WebSocket it opens to the server (docs/cards.md "Stream mode").
+    if not isinstance(url, str) or (url and not url.startswith(("http://", "https://"))):
         raise InvalidField(
-            f"{path}.callback_url must be an http(s) URL", field=f"{path}.callback_url"
+            f'{path}.callback_url must be an http(s) URL, or "" for a stream-only app',
+            field=f"{path}.callback_url",
         )
     if not isinstance(name, str) or len(name) > 64:
         raise InvalidField(f"{path}.name must be at most 64 characters", field=f"{path}.name")
@@ -133,14 +138,40 @@ def parse_app(value: Any, path: str = "app") -> AppRecord:
             f"{path}.permissions must be a list of {', '.join(APP_PERMISSIONS)}",
             field=f"{path}.permissions",
         )
-    return AppRecord(app_id, name, secret, url, tuple(scope), tuple(dict.fromkeys(permissions)))
+    return AppRecord(
+        app_id,
+        name,
+        secret,
+        url,
+        tuple(scope),
+        tuple(dict.fromkeys(permissions)),
+        events=_events(value.get("events", []), f"{path}.events"),
+    )
+
+
+def _events(value: Any, path: str) -> tuple[str, ...]:
+    """The app events subscribed to: a list of known names (repeats collapse)."""
+    if not isinstance(value, list):
+        raise InvalidField(
+            f"{path} must be a list of event names ({', '.join(APP_EVENTS)})", field=path
+        )
+    for i, name in enumerate(value):
+        if name not in APP_EVENTS:
+            raise InvalidField(
+                f"{path}[{i}] must be one of {', '.join(APP_EVENTS)}", field=f"{path}[{i}]"
+            )
+    return tuple(dict.fromkeys(value))
 
 
 async def admin_upsert_app(request: web.Request) -> web.Response:
     """Register or replace an app (the whole registration: a running overlap ends)."""
     require_admin_key(request)
     app = parse_app(parse_json(await request.read()))
-    details = {"callback_url": app.callback_url, "scope": list(app.scope)}
+    details = {
+        "callback_url": app.callback_url,
+        "scope": list(app.scope),
+        "events": list(app.events),
+    }
     audit = AuditEntry(ADMIN_ACTOR, "admin.app_upsert", app.app_id, details)
     await request.app[APP_STORE].upsert_app(app, _now_ms(request), audit)
     return json_response({"app_id": app.app_id}, status=201)
@@ -227,6 +258,7 @@ def _app_view(request: web.Request, stored: StoredApp, now_ms: int) -> dict[str,
         "callback_url": app.callback_url,
         "scope": list(app.scope),
         "permissions": list(app.permissions),
+        "events": list(app.events),
         "source": "apps_file"
         if app.app_id in request.app.get(FILE_APP_IDS, frozenset())
         else "admin",

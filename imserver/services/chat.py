@@ -62,6 +62,9 @@ class ChatService:
         #: Completes message objects read from the store (cards attach their
         #: latest view); set by the composition root.
         self.enricher: Callable[[list[dict[str, Any]], str], Awaitable[None]] | None = None
+        #: Told ``(conv, user, before, after)`` when a ``read`` moved a cursor (the cards
+        #: plug-in reports ``card_read`` app events); set by the composition root.
+        self.on_read: Callable[[str, str, int, int], Awaitable[None]] | None = None
         self.content = content
 
     async def publish_message(self, message: Message, recipients: tuple[str, ...]) -> None:
@@ -256,6 +259,8 @@ class ChatService:
         last_seq = conv.last_seq if conv is not None else cursor.seq
         if cursor.moved:
             await self._publish_read(caller, entry.conv.kind, req.conv, cursor.seq)
+            if self.on_read is not None and entry.conv.kind == "notice":
+                await self.on_read(req.conv, caller.user, cursor.before, cursor.seq)
         return {"conv": req.conv, "read_seq": cursor.seq, "unread": max(0, last_seq - cursor.seq)}
 
     async def _publish_read(self, caller: Caller, kind: str, conv: str, seq: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from imserver.bus.base import TOPIC_DELIVER, Bus
@@ -51,6 +51,9 @@ class DingService:
         self.lease_ms = int(config.ding_lease_s * 1000)
         self._clock = clock
         self._loop = DueLoop("ding", self.run_once, store.next_ding_due, clock)
+        #: Told ``(conv, seq, user, sender)`` after a confirmation is stored (the cards
+        #: plug-in reports ``ding_confirmed`` app events); set by the composition root.
+        self.on_confirmed: Callable[[str, int, str, str], Awaitable[None]] | None = None
 
     async def confirm(self, caller: Caller, conv: str, seq: int) -> dict[str, Any]:
         await self._members.require_member(conv, caller.user)
@@ -58,6 +61,8 @@ class DingService:
         sender = await self._store.confirm_ding(conv, seq, caller.user, now)
         if sender is None:
             raise NoSuchDing(f"message {seq} in {conv} is not a DING for you")
+        if self.on_confirmed is not None:
+            await self.on_confirmed(conv, seq, caller.user, sender)
         recipients = [caller.user] if sender.startswith("app:") else [caller.user, sender]
         await self._bus.publish(
             TOPIC_DELIVER,

@@ -7,11 +7,12 @@ changes more than one row does so atomically.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from imserver.directory.model import Unit
 from imserver.governance import GroupStats
+from imserver.store.dashboard_records import AppOutbox, DingCounts, UnitCardCounts
 from imserver.store.records import (
     AppendResult,
     AppRecord,
@@ -29,6 +30,7 @@ from imserver.store.records import (
     Message,
     NewCard,
     NewMessage,
+    OutboxEntry,
     OutboxItem,
     ReadCursor,
     StoredApp,
@@ -178,6 +180,15 @@ class CardStore(Protocol):
 
     async def save_card(self, change: CardChange) -> CardRecord | None: ...
 
+    async def save_card_holders(
+        self, change: CardChange
+    ) -> tuple[CardRecord, list[Message]] | None:
+        """``save_card``, and the card messages stored for ``change.new_holders``.
+
+        A user who already held the card gets no second message.
+        """
+        ...
+
     async def set_card_callback(
         self, card_id: str, state: str, expected_version: int
     ) -> CardRecord | None:
@@ -218,13 +229,26 @@ class CardStore(Protocol):
 
     async def retry_callback(self, item_id: int, now: int) -> None: ...
 
+    async def enqueue_events(self, entries: Sequence[OutboxEntry], now: int) -> int:
+        """App events (``kind="event"``) into the outbox, due ``now``; returns how many were new.
+
+        An entry whose (card id, ``event_id``) is already there is skipped, so a
+        deterministic ``event_id`` makes enqueueing the same event twice a no-op.
+        """
+        ...
+
 
 class DeadlineStore(Protocol):
     """Card timers and DING confirmations (see ``SqliteDeadlinesMixin``)."""
 
     async def claim_timers(self, now: int, lease_ms: int, limit: int) -> list[Timer]: ...
 
-    async def finish_timer(self, timer_id: int) -> None: ...
+    async def finish_timer(
+        self, timer_id: int, events: Sequence[OutboxEntry] = (), now: int = 0
+    ) -> None:
+        """Mark the timer fired; ``events`` (app events it caused) join the outbox in the
+        same transaction, due ``now`` (as :meth:`CardStore.enqueue_events` would)."""
+        ...
 
     async def next_timer_due(self) -> int | None: ...
 
@@ -282,3 +306,22 @@ class GovernanceStore(Protocol):
 
     async def group_stats(self, scope_paths: list[str] | None) -> list[GroupStats]:
         """Every live group whose unit is inside ``scope_paths`` (``None``: every group)."""
+
+
+class DashboardStore(GovernanceStore, Protocol):
+    """What the operations dashboard reads (``imserver/dashboard/service.py``): bounded
+    aggregates per unit subtree, the callback outbox per app, DING totals."""
+
+    async def units_by_ids(self, ids: Iterable[str]) -> dict[str, Unit]: ...
+
+    async def dashboard_children(self, parent: str | None) -> list[Unit]:
+        """The units directly under ``parent`` (``None``: the top units)."""
+
+    async def unit_card_counts(self, units: Iterable[Unit], now: int) -> list[UnitCardCounts]:
+        """Card counts of each unit's subtree, in the order given (capped)."""
+
+    async def outbox_by_app(self) -> list[AppOutbox]: ...
+
+    async def list_callbacks(self, state: str, limit: int) -> list[OutboxItem]: ...
+
+    async def ding_counts(self) -> DingCounts: ...

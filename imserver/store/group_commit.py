@@ -8,8 +8,14 @@ way — a job whose caller gave up (cancelled) is skipped, never resolved twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+
+#: Told of each committed batch: ``(seconds, jobs, waiting)`` -- the
+#: transaction's duration, its jobs, and the jobs queued when it started (its
+#: own included). May be called on the writer's thread (SQLite), so it must
+#: be thread-safe; Prometheus histograms are (``Metrics.observe_commit``).
+CommitObserver = Callable[[float, int, int], None]
 
 
 class Awaited(Protocol):

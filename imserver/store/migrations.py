@@ -29,6 +29,8 @@ SCHEMA_HISTORY: Final[tuple[tuple[int, str], ...]] = (
         "address book: pinyin and name-character search keys, change log, unit head counts",
     ),
     (9, "apps: previous secret and its end (secret rotation with overlap), created time"),
+    (10, "apps: event subscriptions; outbox items of kind action or event"),
+    (11, "card templates: versions of each app's card templates"),
 )
 """``(version, description)`` in the order they apply."""
 

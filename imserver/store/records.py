@@ -87,6 +87,7 @@ class ReadCursor:
 
     seq: int
     moved: bool
+    before: int = 0  # the cursor before this ``read`` (app events: which messages it passed)
 
 
 @dataclass(slots=True, frozen=True)
@@ -136,6 +137,8 @@ class AppRecord:
     # "" / 0 when there is none. Callbacks are always signed with ``secret``.
     previous_secret: str = ""
     previous_secret_until: int = 0
+    #: App events it subscribed to (docs/cards.md "App events"); none by default.
+    events: tuple[str, ...] = ()
 
     def secrets_valid_at(self, now_ms: int) -> tuple[str, ...]:
         """Secrets a request signed now may use: the current one, then the old one in overlap."""
@@ -193,6 +196,18 @@ class CardChange:
     outbox: OutboxEntry | None = None
     timers: tuple[tuple[str, int], ...] | None = None  # None: keep; else replace pending ones
     audit: AuditEntry | None = None  # recorded in the same transaction
+    #: People who receive the card with this version (转交 / 加签 to a non-holder):
+    #: their holder row, notice conversation and card message, in the same transaction.
+    new_holders: tuple[NewHolder, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class NewHolder:
+    """A user who becomes a holder of a card: ``message`` goes to ``notice_conv``."""
+
+    user: str
+    message: NewMessage
+    notice_conv: tuple[str, str, str]  # (conv, user, name), created if absent
 
 
 @dataclass(slots=True, frozen=True)
@@ -206,9 +221,10 @@ class AuditEntry:
 @dataclass(slots=True, frozen=True)
 class OutboxEntry:
     app_id: str
-    card_id: str
-    action_id: str
+    card_id: str  # for an app event about a notice: the notice id
+    action_id: str  # an app event's ``event_id``
     payload: dict[str, Any]
+    kind: str = "action"  # "action" (a card-action callback) | "event" (an app event)
 
 
 @dataclass(slots=True, frozen=True)
@@ -222,6 +238,7 @@ class OutboxItem:
     attempts: int
     next_at: int
     last_error: str
+    kind: str = "action"  # "action" | "event" (see ``OutboxEntry``)
 
 
 @dataclass(slots=True, frozen=True)

@@ -32,10 +32,11 @@ CARD_COLUMNS: Final = (
     "id, app_id, out_track_id, version, gseq, doc, approval, callback, created_at, updated_at"
 )
 OUTBOX_COLUMNS: Final = (
-    "id, app_id, card_id, action_id, payload, state, attempts, next_at, last_error"
+    "id, app_id, card_id, action_id, payload, state, attempts, next_at, last_error, kind"
 )
 APP_COLUMNS: Final = (
-    "id, name, secret, callback_url, scope, permissions, previous_secret, previous_secret_until"
+    "id, name, secret, callback_url, scope, permissions, previous_secret, previous_secret_until,"
+    " events"
 )
 STORED_APP_COLUMNS: Final = APP_COLUMNS + ", created_at, updated_at"
 
@@ -91,14 +92,14 @@ def card_from_row(row: Row) -> CardRecord:
 
 
 def outbox_from_row(row: Row) -> OutboxItem:
-    oid, app, card, action_id, payload, state, attempts, next_at, error = row
+    oid, app, card, action_id, payload, state, attempts, next_at, error, kind = row
     return OutboxItem(
-        oid, app, card, action_id, load_json(payload), state, attempts, next_at, error
+        oid, app, card, action_id, load_json(payload), state, attempts, next_at, error, kind
     )
 
 
 def app_from_row(row: Row) -> AppRecord:
-    app_id, name, secret, callback_url, scope, permissions, previous, until = row
+    app_id, name, secret, callback_url, scope, permissions, previous, until, events = row
     return AppRecord(
         app_id,
         name,
@@ -108,6 +109,7 @@ def app_from_row(row: Row) -> AppRecord:
         tuple(load_json(permissions)),
         previous,
         int(until),
+        tuple(load_json(events)),
     )
 
 

@@ -106,6 +106,7 @@ async def test_list_and_get_show_everything_but_secrets(
         "callback_url": stub.url,
         "scope": ["*"],
         "permissions": [],
+        "events": [],  # app events subscribed to: none by default (docs/cards.md)
         "source": "admin",
         "secret_rotation": None,
     }

@@ -545,7 +545,7 @@ async def test_card_decisions_and_admin_actions_are_recorded(
 
     apps = [r for r in records if r.action == "admin.app_upsert"]
     assert [(r.actor, r.target) for r in apps] == [("admin-key", "oa")]
-    assert apps[0].details == {"callback_url": stub.url, "scope": ["*"]}
+    assert apps[0].details == {"callback_url": stub.url, "scope": ["*"], "events": []}
     users = [r for r in records if r.action == "admin.users_upsert"]
     assert [(r.actor, r.target, r.details["ids"]) for r in users] == [
         ("admin-key", "users", ["li", "wang"])

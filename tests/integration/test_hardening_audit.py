@@ -90,6 +90,7 @@ async def test_apps_file_registration_is_audited_once_per_change(tmp_path: Path)
                 "callback_url": "http://127.0.0.1:9/one",
                 "scope": ["user:li"],
                 "permissions": [],
+                "events": [],
             },
         )
     ]

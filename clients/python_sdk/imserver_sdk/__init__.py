@@ -54,17 +54,29 @@ __all__ = [
 
 # Business-system side (docs/cards.md): signed app API client and callbacks.
 from .business import BusinessClient, BusinessError
-from .callbacks import CallbackAction, callback_handler, parse_callback
+from .callbacks import (
+    AppEvent,
+    CallbackAction,
+    callback_handler,
+    is_app_event,
+    parse_callback,
+    parse_delivery,
+)
 from .signing import NonceCache, SignatureError, sign_request, verify_signature
+from .stream import AppStream
 
 __all__ += [
+    "AppEvent",
+    "AppStream",
     "BusinessClient",
     "BusinessError",
     "CallbackAction",
     "NonceCache",
     "SignatureError",
     "callback_handler",
+    "is_app_event",
     "parse_callback",
+    "parse_delivery",
     "sign_request",
     "verify_signature",
 ]

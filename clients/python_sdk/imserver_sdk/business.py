@@ -20,7 +20,7 @@ import json
 import random
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
@@ -28,6 +28,9 @@ from yarl import URL
 
 from .errors import ImserverError, ProtocolError
 from .signing import sign_request
+
+if TYPE_CHECKING:  # stream.py imports this module; only the hints come from it
+    from .stream import EventHandler, StreamHandler
 
 __all__ = ["BusinessClient", "BusinessError"]
 
@@ -206,23 +209,111 @@ class BusinessClient:
 
     async def push_card(
         self,
-        card: Mapping[str, Any],
+        card: Mapping[str, Any] | None = None,
         *,
         users: Iterable[str] = (),
         groups: Iterable[str] = (),
+        template_id: str | None = None,
+        template_version: int | None = None,
+        variables: Mapping[str, str] | None = None,
+        private: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """Push ``card`` to users and groups; returns the server's answer.
+        """Push ``card`` (or the app's template ``template_id`` with ``variables``).
 
         The answer is ``{"card_id", "out_track_id", "version", "state",
-        "holders", "duplicate"}``; ``duplicate: true`` means a card with this
-        ``out_track_id`` already existed (for example because an earlier
-        attempt did reach the server) and nothing was delivered.
+        "holders", "duplicate"}`` (with ``"template": {"template_id",
+        "version"}`` for a push by template); ``duplicate: true`` means a card
+        with this ``out_track_id`` already existed (for example because an
+        earlier attempt did reach the server) and nothing was delivered.
+        ``template_version`` pins a version (default: the latest).
+        ``private`` is per-holder data: ``{user: {"fields": [{"label",
+        "value"}], "status": {...}}}``, seen by that holder only.
         """
-        body = {
-            "card": dict(card),
+        if (card is None) == (template_id is None):
+            raise TypeError("give either card or template_id")
+        body: dict[str, Any] = {
             "to": {"users": _ids(users, "users"), "groups": _ids(groups, "groups")},
         }
+        if card is not None:
+            body["card"] = dict(card)
+        else:
+            body["template_id"] = template_id
+            body["variables"] = dict(variables or {})
+            if template_version is not None:
+                body["template_version"] = template_version
+        if private is not None:
+            body["private"] = {user: dict(entry) for user, entry in private.items()}
         return await self._send("POST", "/api/v1/apps/cards", body, retries=self.retries)
+
+    async def push_template_card(
+        self,
+        template_id: str,
+        variables: Mapping[str, str],
+        *,
+        users: Iterable[str] = (),
+        groups: Iterable[str] = (),
+        template_version: int | None = None,
+        private: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Push a card rendered from the app's template (see :meth:`push_card`)."""
+        return await self.push_card(
+            users=users,
+            groups=groups,
+            template_id=template_id,
+            template_version=template_version,
+            variables=variables,
+            private=private,
+        )
+
+    async def put_template(self, template_id: str, template: Mapping[str, Any]) -> dict[str, Any]:
+        """Register ``template`` (a card with ``{{var}}`` slots) as the next version.
+
+        Returns ``{"template_id", "version", "template", "slots", "created_at",
+        "created"}``; the same template as the latest version again makes no
+        new version (``created: false``), so this is safe to retry.
+        """
+        return await self._send(
+            "PUT",
+            "/api/v1/templates/" + _path_segment(template_id),
+            {"template": dict(template)},
+            retries=self.retries,
+        )
+
+    async def get_template(self, template_id: str, version: int | None = None) -> dict[str, Any]:
+        """A version of a template (default: the latest)."""
+        query = "" if version is None else f"?version={int(version)}"
+        return await self.request("GET", "/api/v1/templates/" + _path_segment(template_id) + query)
+
+    async def list_templates(self) -> list[dict[str, Any]]:
+        """The app's templates: ``{"template_id", "version" (latest), "slots", ...}`` each."""
+        answer = await self.request("GET", "/api/v1/templates")
+        templates: list[dict[str, Any]] = answer.get("templates", [])
+        return templates
+
+    async def preview_template(
+        self,
+        template_id: str,
+        variables: Mapping[str, str],
+        *,
+        version: int | None = None,
+        private: Mapping[str, Mapping[str, Any]] | None = None,
+        viewer: str | None = None,
+    ) -> dict[str, Any]:
+        """The card view a holder would see for these variables; nothing is stored.
+
+        Returns ``{"template_id", "version", "card": <view>}``; with
+        ``private`` and ``viewer``, the view that holder gets.
+        """
+        body: dict[str, Any] = {"variables": dict(variables)}
+        if version is not None:
+            body["version"] = version
+        if private is not None:
+            body["private"] = {user: dict(entry) for user, entry in private.items()}
+        if viewer is not None:
+            body["viewer"] = viewer
+        return await self.request(
+            "POST", "/api/v1/templates/" + _path_segment(template_id) + "/preview", body
+        )
 
     async def update_card(
         self, out_track_id: str, *, if_version: int | None = None, **changes: Any
@@ -270,6 +361,35 @@ class BusinessClient:
     async def notice_ding_status(self, notice_id: str) -> dict[str, Any]:
         """Who has and has not confirmed an urgent notice."""
         return await self.request("GET", f"/api/v1/apps/notices/{_path_segment(notice_id)}/ding")
+
+    async def stream(
+        self,
+        handler: StreamHandler,
+        *,
+        on_event: EventHandler | None = None,
+        previous_secret: str | None = None,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        """Receive this app's callbacks over an outbound WebSocket (stream mode).
+
+        Runs until cancelled, reconnecting with backoff; ``handler`` is called
+        once per ``action_id`` and its returned dict is the ``card_update``
+        sent with the ack (see :class:`~imserver_sdk.stream.AppStream`, which
+        this wraps; build one yourself to watch ``connected``).
+        """
+        from .stream import AppStream  # stream.py builds on this module
+
+        await AppStream(
+            self.base_url,
+            self.app_id,
+            self._secret,
+            handler,
+            on_event=on_event,
+            previous_secret=previous_secret,
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=backoff_max_s,
+        ).run()
 
     async def request(
         self, method: str, path: str, body: Mapping[str, Any] | None = None

@@ -8,6 +8,10 @@ parses the payload into a :class:`CallbackAction`, and - in
 :func:`callback_handler` - turns that into an aiohttp handler that drops
 repeats, so application code sees each action once in the common case.
 
+The same URL receives the app events the app subscribed to (docs/cards.md
+"App events"): ``{"type": "event", ...}`` payloads, parsed into an
+:class:`AppEvent` by :func:`parse_delivery` and passed to ``on_event``.
+
 Usage::
 
     async def on_action(a: CallbackAction) -> dict | None:
@@ -33,7 +37,15 @@ from aiohttp import web
 
 from .signing import DEFAULT_WINDOW_S, NonceCache, SignatureError, verify_signature
 
-__all__ = ["CallbackAction", "callback_handler", "parse_callback"]
+__all__ = [
+    "APP_EVENTS",
+    "AppEvent",
+    "CallbackAction",
+    "callback_handler",
+    "is_app_event",
+    "parse_callback",
+    "parse_delivery",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +56,10 @@ log = logging.getLogger(__name__)
 REMEMBERED_ACTIONS = 10_000
 
 OnAction = Callable[["CallbackAction"], Awaitable["dict[str, Any] | None"]]
+OnEvent = Callable[["AppEvent"], Awaitable[None]]
+
+#: The app events an app may subscribe to (docs/cards.md "App events").
+APP_EVENTS = ("overdue", "escalated", "reminded", "ding_confirmed", "card_read", "delivered")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 _json_dumps = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
@@ -125,6 +141,99 @@ class CallbackAction:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class AppEvent:
+    """One app event (docs/cards.md "App events"): something happened to the app's card
+    or notice. Delivered at least once like an action: drop repeats by ``event_id``.
+
+    ``card_id``/``out_track_id`` are set for a card, ``notice_id`` for a notice;
+    ``user`` is the holder for the per-holder events (``card_read``,
+    ``delivered``, ``ding_confirmed``), else None. ``raw`` keeps the whole
+    payload (``pending``, ``due_at``, ``to``, ``conv``, ``seq``, ``via``, ...).
+    """
+
+    event: str
+    event_id: str
+    app_id: str
+    at: int
+    card_id: str | None
+    out_track_id: str | None
+    notice_id: str | None
+    user: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False, hash=False)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> AppEvent:
+        """Validate and convert a decoded event payload; raise ``ValueError`` if malformed."""
+        if doc.get("type") != "event":
+            raise ValueError(f"not an app event: type {doc.get('type')!r}")
+        for key in ("event", "event_id", "app_id"):
+            if not isinstance(doc.get(key), str) or not doc[key]:
+                raise ValueError(f"event field {key!r} must be a non-empty string")
+        at = doc.get("at")
+        if not isinstance(at, int) or isinstance(at, bool):
+            raise ValueError("event field 'at' must be an integer")
+
+        def optional(key: str) -> str | None:
+            val = doc.get(key)
+            if val is not None and not isinstance(val, str):
+                raise ValueError(f"event field {key!r} must be a string or absent")
+            return val
+
+        card_id, notice_id = optional("card_id"), optional("notice_id")
+        if not card_id and not notice_id:
+            raise ValueError("an event names a card_id or a notice_id")
+        return cls(
+            event=doc["event"],
+            event_id=doc["event_id"],
+            app_id=doc["app_id"],
+            at=at,
+            card_id=card_id,
+            out_track_id=optional("out_track_id"),
+            notice_id=notice_id,
+            user=optional("user"),
+            raw=dict(doc),
+        )
+
+
+def is_app_event(doc: Mapping[str, Any]) -> bool:
+    """True for an app event's payload, False for a card action's (or anything else)."""
+    return doc.get("type") == "event"
+
+
+def parse_delivery(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    window_s: float = DEFAULT_WINDOW_S,
+    seen_nonces: NonceCache | None = None,
+    previous_secret: str | None = None,
+) -> CallbackAction | AppEvent:
+    """Like :func:`parse_callback`, for a ``callback_url`` that also receives app events:
+    verify the signature, then parse a :class:`CallbackAction` or an :class:`AppEvent`."""
+    verify_signature(
+        secret,
+        headers,
+        body,
+        window_s=window_s,
+        seen_nonces=seen_nonces,
+        previous_secret=previous_secret,
+    )
+    doc = _json_object(body)
+    return AppEvent.from_dict(doc) if is_app_event(doc) else CallbackAction.from_dict(doc)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except ValueError as e:
+        raise ValueError("callback body is not JSON") from e
+    if not isinstance(doc, dict):
+        raise ValueError("callback body is not a JSON object")
+    return doc
+
+
 def parse_callback(
     secret: str,
     headers: Mapping[str, str],
@@ -150,13 +259,7 @@ def parse_callback(
         seen_nonces=seen_nonces,
         previous_secret=previous_secret,
     )
-    try:
-        doc = json.loads(body)
-    except ValueError as e:
-        raise ValueError("callback body is not JSON") from e
-    if not isinstance(doc, dict):
-        raise ValueError("callback body is not a JSON object")
-    return CallbackAction.from_dict(doc)
+    return CallbackAction.from_dict(_json_object(body))
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -171,6 +274,7 @@ def callback_handler(
     *,
     window_s: float = DEFAULT_WINDOW_S,
     previous_secret: str | None = None,
+    on_event: OnEvent | None = None,
 ) -> Handler:
     """Build an aiohttp request handler for the app's ``callback_url``.
 
@@ -192,6 +296,11 @@ def callback_handler(
       so the server's retry calls ``on_action`` again - raising is how the app
       says "not processed, please redeliver".
 
+    App events (docs/cards.md "App events") go to ``on_event`` the same way:
+    repeats (same ``event_id``) are answered ``200 {}`` without a second
+    call, a raise is a ``500`` and a redelivery, and the answer never carries
+    a ``card_update``. Without ``on_event`` an event is acknowledged unhandled.
+
     A repeat that arrives while the first delivery is still running (the
     server times out after 3 s and retries) waits for it instead of answering
     early, so a failure of the first run cannot be masked by a 200 for the
@@ -210,7 +319,7 @@ def callback_handler(
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
         try:
-            action = parse_callback(
+            action = parse_delivery(
                 secret,
                 request.headers,
                 body,
@@ -223,7 +332,8 @@ def callback_handler(
         except ValueError as e:
             return _error(400, "invalid_callback", str(e))
 
-        aid = action.action_id
+        # Events are keyed apart from actions: the two id spaces never collide.
+        aid = f"event:{action.event_id}" if isinstance(action, AppEvent) else action.action_id
         while True:
             if aid in done:
                 return web.json_response({})
@@ -235,7 +345,12 @@ def callback_handler(
         mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         running[aid] = mine
         try:
-            update = await on_action(action)
+            if isinstance(action, AppEvent):
+                if on_event is not None:
+                    await on_event(action)
+                update = None  # an event's answer never carries a card_update
+            else:
+                update = await on_action(action)
             if update is None:
                 response = web.json_response({})
             elif isinstance(update, dict):

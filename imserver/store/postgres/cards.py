@@ -10,7 +10,7 @@ node's lease simply runs out and the row is claimable again.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Final
 
@@ -26,6 +26,7 @@ from imserver.store.records import (
     Message,
     NewCard,
     NewMessage,
+    OutboxEntry,
     OutboxItem,
     StoredApp,
 )
@@ -69,6 +70,28 @@ async def set_timers(conn: PgConn, card_id: str, timers: Iterable[tuple[str, int
     )
 
 
+async def insert_outbox(conn: PgConn, entries: Sequence[OutboxEntry], now: int) -> int:
+    """Outbox rows due now, in one statement; a repeat of (card, action/event id) is ignored.
+
+    Returns how many were new.
+    """
+    if not entries:
+        return 0
+    rows = await conn.fetch(
+        "INSERT INTO outbox (app_id, card_id, action_id, payload, state, attempts, next_at,"
+        " created_at, kind) SELECT a, c, i, p, 'pending', 0, $6, $6, k"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])"
+        " AS t(a, c, i, p, k) ON CONFLICT DO NOTHING RETURNING id",
+        [o.app_id for o in entries],
+        [o.card_id for o in entries],
+        [o.action_id for o in entries],
+        [dump_json(o.payload) for o in entries],
+        [o.kind for o in entries],
+        now,
+    )
+    return len(rows)
+
+
 async def ensure_notice_conv(conn: PgConn, conv: str, user: str, name: str, now: int) -> None:
     await conn.execute(
         "INSERT INTO conversations (id, kind, name, owner, last_seq, created_at)"
@@ -110,13 +133,14 @@ class PgCardsMixin(CardDocSealing, PgJobs):
                 await self.audit.append_in(conn, now, a.actor, a.action, a.target, a.details)
             await conn.execute(
                 f"INSERT INTO apps ({STORED_APP_COLUMNS})"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO UPDATE SET"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                " ON CONFLICT (id) DO UPDATE SET"
                 " name = excluded.name, secret = excluded.secret,"
                 " callback_url = excluded.callback_url, scope = excluded.scope,"
                 " permissions = excluded.permissions,"
                 " previous_secret = excluded.previous_secret,"
                 " previous_secret_until = excluded.previous_secret_until,"
-                " updated_at = excluded.updated_at",
+                " events = excluded.events, updated_at = excluded.updated_at",
                 app.app_id,
                 app.name,
                 app.secret,
@@ -125,6 +149,7 @@ class PgCardsMixin(CardDocSealing, PgJobs):
                 dump_json(list(app.permissions)),
                 app.previous_secret,
                 app.previous_secret_until,
+                dump_json(list(app.events)),
                 now,
                 now,
             )
@@ -262,8 +287,15 @@ class PgCardsMixin(CardDocSealing, PgJobs):
         The todo rows, timers, audit record and callback outbox entry commit
         in the same transaction as the new version, or not at all.
         """
+        saved = await self.save_card_holders(change)
+        return None if saved is None else saved[0]
 
-        async def job(conn: PgConn) -> CardRecord:
+    async def save_card_holders(
+        self, change: CardChange
+    ) -> tuple[CardRecord, list[Message]] | None:
+        """``save_card`` plus ``change.new_holders`` (holder row, conversation, card message)."""
+
+        async def job(conn: PgConn) -> tuple[CardRecord, list[Message]]:
             # Version check first: a loser waits on the card's row lock, then
             # finds the version moved without ever touching the gseq counter.
             row = await conn.fetchrow(
@@ -281,6 +313,18 @@ class PgCardsMixin(CardDocSealing, PgJobs):
                 raise _VersionMoved
             gseq = await next_gseq(conn)
             await conn.execute("UPDATE cards SET gseq = $1 WHERE id = $2", gseq, change.card_id)
+            stored = []
+            for h in change.new_holders:
+                status = await conn.execute(
+                    'INSERT INTO card_holders ("user", card_id) VALUES ($1, $2)'
+                    " ON CONFLICT DO NOTHING",
+                    h.user,
+                    change.card_id,
+                )
+                if status != "INSERT 0 0":
+                    conv, who, name = h.notice_conv
+                    await ensure_notice_conv(conn, conv, who, name, change.now)
+                    stored.append(await self._insert(conn, h.message))
             await set_pending(conn, change.card_id, change.pending, change.doc.get("due_at"))
             if change.timers is not None:
                 await set_timers(conn, change.card_id, change.timers)
@@ -288,18 +332,8 @@ class PgCardsMixin(CardDocSealing, PgJobs):
                 a = change.audit
                 await self.audit.append_in(conn, change.now, a.actor, a.action, a.target, a.details)
             if change.outbox is not None:
-                o = change.outbox
-                await conn.execute(
-                    "INSERT INTO outbox (app_id, card_id, action_id, payload, state,"
-                    " attempts, next_at, created_at) VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5)"
-                    " ON CONFLICT DO NOTHING",
-                    o.app_id,
-                    o.card_id,
-                    o.action_id,
-                    dump_json(o.payload),
-                    change.now,
-                )
-            return replace(self._card_record(row), gseq=gseq)
+                await insert_outbox(conn, (change.outbox,), change.now)
+            return replace(self._card_record(row), gseq=gseq), stored
 
         try:
             return await self._write(job)
@@ -407,6 +441,20 @@ class PgCardsMixin(CardDocSealing, PgJobs):
 
         return await self._read(job)
 
+    async def work_backlog(self) -> tuple[int, int, int]:
+        """(outbox pending, outbox failed, timers not yet fired): the metrics' gauges."""
+
+        async def job(conn: PgConn) -> tuple[int, int, int]:
+            row = await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM outbox WHERE state = 'pending'),"
+                " (SELECT count(*) FROM outbox WHERE state = 'failed'),"
+                " (SELECT count(*) FROM timers WHERE NOT done)"
+            )
+            assert row is not None
+            return int(row[0]), int(row[1]), int(row[2])
+
+        return await self._read(job)
+
     async def finish_callback(
         self, item_id: int, *, state: str, attempts: int, next_at: int, error: str
     ) -> None:
@@ -446,13 +494,26 @@ class PgCardsMixin(CardDocSealing, PgJobs):
         return await self._read(job)
 
     async def pending_callbacks(self, card_id: str) -> int:
+        """Pending action callbacks of the card (app events never count: docs/cards.md)."""
+
         async def job(conn: PgConn) -> int:
             n = await conn.fetchval(
-                "SELECT count(*) FROM outbox WHERE card_id = $1 AND state = 'pending'", card_id
+                "SELECT count(*) FROM outbox WHERE card_id = $1 AND state = 'pending'"
+                " AND kind = 'action'",
+                card_id,
             )
             return int(n)
 
         return await self._read(job)
+
+    async def enqueue_events(self, entries: Sequence[OutboxEntry], now: int) -> int:
+        """Add app events to the outbox; one already there (same card, ``event_id``) is kept."""
+        rows = list(entries)
+
+        async def job(conn: PgConn) -> int:
+            return await insert_outbox(conn, rows, now)
+
+        return await self._write(job) if rows else 0
 
     async def retry_callback(self, item_id: int, now: int) -> None:
         async def job(conn: PgConn) -> None:

@@ -7,11 +7,11 @@ elsewhere once its lease runs out.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
-from imserver.store.postgres.cards import ensure_notice_conv
+from imserver.store.postgres.cards import ensure_notice_conv, insert_outbox
 from imserver.store.postgres.jobs import PgConn, PgJobs
-from imserver.store.records import DingDue, DingStatus, Message, NewMessage, Timer
+from imserver.store.records import DingDue, DingStatus, Message, NewMessage, OutboxEntry, Timer
 from imserver.store.rows import confirmed_split, ding_status_from_rows
 
 
@@ -35,9 +35,15 @@ class PgDeadlinesMixin(PgJobs):
 
         return await self._write(job)
 
-    async def finish_timer(self, timer_id: int) -> None:
+    async def finish_timer(
+        self, timer_id: int, events: Sequence[OutboxEntry] = (), now: int = 0
+    ) -> None:
+        """Mark the timer fired; the app events it caused join the outbox in the same commit."""
+        rows = list(events)
+
         async def job(conn: PgConn) -> None:
             await conn.execute("UPDATE timers SET done = TRUE WHERE id = $1", timer_id)
+            await insert_outbox(conn, rows, now)
 
         await self._write(job)
 

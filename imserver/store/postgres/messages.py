@@ -400,7 +400,7 @@ class PgMessagesMixin(PgJobs):
                 conv,
                 user,
             )
-            return ReadCursor(int(cursor), int(cursor) > int(before))
+            return ReadCursor(int(cursor), int(cursor) > int(before), int(before))
 
         return await self._write(job)
 

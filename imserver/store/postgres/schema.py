@@ -271,6 +271,22 @@ _SQL: Final[dict[int, str]] = {
         ALTER TABLE apps ADD COLUMN created_at BIGINT NOT NULL DEFAULT 0;
         UPDATE apps SET created_at = updated_at;
     """,
+    10: """
+        ALTER TABLE apps ADD COLUMN events TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'action'
+            CHECK (kind IN ('action', 'event'));
+    """,
+    11: """
+        CREATE TABLE card_templates (
+            app_id       TEXT NOT NULL,
+            template_id  TEXT NOT NULL,
+            version      BIGINT NOT NULL,
+            template     TEXT NOT NULL,
+            slots        TEXT NOT NULL,
+            created_at   BIGINT NOT NULL,
+            PRIMARY KEY (app_id, template_id, version)
+        );
+    """,
 }
 
 
@@ -439,7 +455,8 @@ INVARIANTS: Final = (
         "outbox callbacks of no stored card, or in a state other than pending, delivered, failed",
         "SELECT format('%s (card %s, state %s)', o.id, o.card_id, o.state), count(*) OVER ()"
         " FROM outbox o WHERE o.state NOT IN ('pending', 'delivered', 'failed')"
-        " OR NOT EXISTS (SELECT 1 FROM cards c WHERE c.id = o.card_id) ORDER BY o.id LIMIT 3",
+        " OR (o.kind = 'action' AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.id = o.card_id))"
+        " ORDER BY o.id LIMIT 3",
     ),
     Invariant(
         "card holders and todo entries of no stored card",

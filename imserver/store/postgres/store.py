@@ -15,8 +15,10 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from imserver.store.group_commit import CommitObserver
 from imserver.store.postgres.audit import PostgresAuditLog
 from imserver.store.postgres.cards import PgCardsMixin
+from imserver.store.postgres.dashboard import PgDashboardMixin
 from imserver.store.postgres.deadlines import PgDeadlinesMixin
 from imserver.store.postgres.directory import PgDirectoryMixin
 from imserver.store.postgres.governance import PgGovernanceMixin
@@ -33,6 +35,7 @@ from imserver.store.postgres.pool import (
 )
 from imserver.store.postgres.rotation import PgRotationMixin
 from imserver.store.postgres.schema import migrate
+from imserver.store.postgres.templates import PgTemplatesMixin
 from imserver.store.postgres.writer import PgWriter
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,8 @@ class PostgresStore(
     PgRotationMixin,
     PgIdentityMixin,
     PgGovernanceMixin,
+    PgTemplatesMixin,
+    PgDashboardMixin,
 ):
     """``Store``, ``CardStore`` and ``DeadlineStore`` (and the rest) on PostgreSQL."""
 
@@ -63,6 +68,7 @@ class PostgresStore(
         self._group_commit_max = group_commit_max
         self._pool: asyncpg.Pool | None = None
         self._writer: PgWriter | None = None
+        self._on_commit: CommitObserver | None = None
         self._insert = insert_message
         #: In the same database, so a change and its audit record commit together.
         self.audit = PostgresAuditLog(self._write, self._read, algorithm=audit_algorithm)
@@ -87,6 +93,7 @@ class PostgresStore(
             raise
         self._pool = pool
         self._writer = PgWriter(pool, self._describe, batch=self._group_commit_max)
+        self._writer.on_commit = self._on_commit
         self._writer.start()
 
     async def close(self) -> None:
@@ -104,6 +111,12 @@ class PostgresStore(
         if self._writer is None:
             return 0, 0
         return self._writer.batches, self._writer.jobs
+
+    def observe_commits(self, observer: CommitObserver) -> None:
+        """Tell ``observer`` of every committed write batch (the server's metrics)."""
+        self._on_commit = observer
+        if self._writer is not None:
+            self._writer.on_commit = observer
 
     async def _write(self, fn: Callable[[PgConn], Awaitable[T]]) -> T:
         if self._writer is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -25,7 +26,7 @@ from typing import Any, Final
 import asyncpg
 
 from imserver.errors import StoreUnavailable
-from imserver.store.group_commit import settle
+from imserver.store.group_commit import CommitObserver, settle
 from imserver.store.postgres.jobs import PgConn, PgJob, RetryJob, T
 from imserver.store.postgres.pool import CONNECTION_LOST, lost
 
@@ -57,6 +58,8 @@ class PgWriter:
         self._closing = False
         self.batches = 0
         self.jobs = 0
+        #: Told of each committed batch (the server's metrics); None: nobody.
+        self.on_commit: CommitObserver | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._main(), name="pg-writer")
@@ -142,6 +145,8 @@ class PgWriter:
         running one twice (the first time rolled back) is safe -- as it is for
         a transient retry.
         """
+        waiting = len(batch) + self._queue.qsize()
+        started = time.perf_counter()
         try:
             outcomes = await self._commit(batch, careful=False)
         except _JobFailed:
@@ -160,6 +165,8 @@ class PgWriter:
         self.jobs += len(outcomes)
         self._redo.extend(retry)
         settle(outcomes)
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started, len(outcomes), waiting)
 
     async def _commit(
         self, batch: list[_Pending], *, careful: bool, retry: list[_Pending] | None = None

@@ -8,7 +8,7 @@ callback are committed in one transaction.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import orjson
 
@@ -22,6 +22,7 @@ from imserver.store.records import (
     Message,
     NewCard,
     NewMessage,
+    OutboxEntry,
     OutboxItem,
     StoredApp,
 )
@@ -66,6 +67,18 @@ def _set_timers(conn: sqlite3.Connection, card_id: str, timers: Iterable[tuple[s
     )
 
 
+def insert_outbox(conn: sqlite3.Connection, entries: Iterable[OutboxEntry], now: int) -> int:
+    """Outbox rows due now; a repeat of (card, action/event id) is ignored. Returns how many new."""
+    added = 0
+    for o in entries:
+        added += conn.execute(
+            "INSERT OR IGNORE INTO outbox (app_id, card_id, action_id, payload, state,"
+            " attempts, next_at, created_at, kind) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+            (o.app_id, o.card_id, o.action_id, orjson.dumps(o.payload), now, now, o.kind),
+        ).rowcount
+    return added
+
+
 def ensure_notice_conv(conn: sqlite3.Connection, conv: str, user: str, name: str, now: int) -> None:
     conn.execute(
         "INSERT OR IGNORE INTO conversations (id, kind, name, owner, last_seq, created_at)"
@@ -97,13 +110,14 @@ class SqliteCardsMixin(CardDocSealing, SqliteJobs):
                 a = audit
                 self.audit.append_in(conn, now, a.actor, a.action, a.target, a.details)
             conn.execute(
-                f"INSERT INTO apps ({STORED_APP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO apps ({STORED_APP_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
                 " secret = excluded.secret, callback_url = excluded.callback_url,"
                 " scope = excluded.scope, permissions = excluded.permissions,"
                 " previous_secret = excluded.previous_secret,"
                 " previous_secret_until = excluded.previous_secret_until,"
-                " updated_at = excluded.updated_at",
+                " events = excluded.events, updated_at = excluded.updated_at",
                 (
                     app.app_id,
                     app.name,
@@ -113,6 +127,7 @@ class SqliteCardsMixin(CardDocSealing, SqliteJobs):
                     orjson.dumps(list(app.permissions)),
                     app.previous_secret,
                     app.previous_secret_until,
+                    orjson.dumps(list(app.events)),
                     now,
                     now,
                 ),
@@ -242,8 +257,15 @@ class SqliteCardsMixin(CardDocSealing, SqliteJobs):
         The callback (if any) joins the outbox in the same transaction, so an
         accepted action can never lose its callback.
         """
+        saved = await self.save_card_holders(change)
+        return None if saved is None else saved[0]
 
-        def job(conn: sqlite3.Connection) -> CardRecord | None:
+    async def save_card_holders(
+        self, change: CardChange
+    ) -> tuple[CardRecord, list[Message]] | None:
+        """``save_card`` plus ``change.new_holders`` (holder row, conversation, card message)."""
+
+        def job(conn: sqlite3.Connection) -> tuple[CardRecord, list[Message]]:
             gseq = _next_gseq(conn)
             row = conn.execute(
                 "UPDATE cards SET version = version + 1, gseq = ?, doc = ?, approval = ?,"
@@ -261,6 +283,15 @@ class SqliteCardsMixin(CardDocSealing, SqliteJobs):
             ).fetchone()
             if row is None:
                 raise _VersionMoved  # undo the gseq bump with the job's savepoint
+            stored = []
+            for h in change.new_holders:
+                if conn.execute(
+                    "INSERT OR IGNORE INTO card_holders (user, card_id) VALUES (?, ?)",
+                    (h.user, change.card_id),
+                ).rowcount:
+                    conv, who, name = h.notice_conv
+                    ensure_notice_conv(conn, conv, who, name, change.now)
+                    stored.append(self._insert(conn, h.message))
             _set_pending(conn, change.card_id, change.pending, change.doc.get("due_at"))
             if change.timers is not None:
                 _set_timers(conn, change.card_id, change.timers)
@@ -269,19 +300,8 @@ class SqliteCardsMixin(CardDocSealing, SqliteJobs):
                 self.audit.append_in(conn, change.now, a.actor, a.action, a.target, a.details)
             if change.outbox is not None:
                 o = change.outbox
-                conn.execute(
-                    "INSERT OR IGNORE INTO outbox (app_id, card_id, action_id, payload, state,"
-                    " attempts, next_at, created_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?)",
-                    (
-                        o.app_id,
-                        o.card_id,
-                        o.action_id,
-                        orjson.dumps(o.payload),
-                        change.now,
-                        change.now,
-                    ),
-                )
-            return self._card_record(row)
+                insert_outbox(conn, (o,), change.now)
+            return self._card_record(row), stored
 
         try:
             return await self._write(job)
@@ -381,6 +401,19 @@ class SqliteCardsMixin(CardDocSealing, SqliteJobs):
 
         return await self._read(job)
 
+    async def work_backlog(self) -> tuple[int, int, int]:
+        """(outbox pending, outbox failed, timers not yet fired): the metrics' gauges."""
+
+        def job(conn: sqlite3.Connection) -> tuple[int, int, int]:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM outbox WHERE state = 'pending'),"
+                " (SELECT count(*) FROM outbox WHERE state = 'failed'),"
+                " (SELECT count(*) FROM timers WHERE done = 0)"
+            ).fetchone()
+            return int(row[0]), int(row[1]), int(row[2])
+
+        return await self._read(job)
+
     async def finish_callback(
         self, item_id: int, *, state: str, attempts: int, next_at: int, error: str
     ) -> None:
@@ -414,13 +447,26 @@ class SqliteCardsMixin(CardDocSealing, SqliteJobs):
         return await self._read(job)
 
     async def pending_callbacks(self, card_id: str) -> int:
+        """Pending action callbacks of the card (app events never count: docs/cards.md)."""
+
         def job(conn: sqlite3.Connection) -> int:
             (n,) = conn.execute(
-                "SELECT count(*) FROM outbox WHERE card_id = ? AND state = 'pending'", (card_id,)
+                "SELECT count(*) FROM outbox WHERE card_id = ? AND state = 'pending'"
+                " AND kind = 'action'",
+                (card_id,),
             ).fetchone()
             return int(n)
 
         return await self._read(job)
+
+    async def enqueue_events(self, entries: Sequence[OutboxEntry], now: int) -> int:
+        """Add app events to the outbox; one already there (same card, ``event_id``) is kept."""
+        rows = list(entries)
+
+        def job(conn: sqlite3.Connection) -> int:
+            return insert_outbox(conn, rows, now)
+
+        return await self._write(job) if rows else 0
 
     async def retry_callback(self, item_id: int, now: int) -> None:
         def job(conn: sqlite3.Connection) -> None:

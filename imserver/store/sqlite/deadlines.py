@@ -7,12 +7,12 @@ reminder or an escalation scheduled before a restart still fires after it.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from imserver.store.records import DingDue, DingStatus, Message, NewMessage, Timer
+from imserver.store.records import DingDue, DingStatus, Message, NewMessage, OutboxEntry, Timer
 from imserver.store.rows import confirmed_split, ding_status_from_rows
-from imserver.store.sqlite.cards import ensure_notice_conv
+from imserver.store.sqlite.cards import ensure_notice_conv, insert_outbox
 from imserver.store.sqlite.jobs import SqliteJobs
 
 Job = Callable[[sqlite3.Connection], Any]
@@ -38,9 +38,15 @@ class SqliteDeadlinesMixin(SqliteJobs):
 
         return await self._write(job)
 
-    async def finish_timer(self, timer_id: int) -> None:
+    async def finish_timer(
+        self, timer_id: int, events: Sequence[OutboxEntry] = (), now: int = 0
+    ) -> None:
+        """Mark the timer fired; the app events it caused join the outbox in the same commit."""
+        rows = list(events)
+
         def job(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE timers SET done = 1 WHERE id = ?", (timer_id,))
+            insert_outbox(conn, rows, now)
 
         await self._write(job)
 

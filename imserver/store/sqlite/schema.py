@@ -262,6 +262,22 @@ _SQL: Final[dict[int, str]] = {
         ALTER TABLE apps ADD COLUMN created_at INTEGER NOT NULL DEFAULT 0;
         UPDATE apps SET created_at = updated_at;
         """,
+    10: """
+        ALTER TABLE apps ADD COLUMN events BLOB NOT NULL DEFAULT '[]';
+        ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'action'
+            CHECK (kind IN ('action', 'event'));
+        """,
+    11: """
+        CREATE TABLE card_templates (
+            app_id       TEXT NOT NULL,
+            template_id  TEXT NOT NULL,
+            version      INTEGER NOT NULL,
+            template     TEXT NOT NULL,
+            slots        TEXT NOT NULL,
+            created_at   INTEGER NOT NULL,
+            PRIMARY KEY (app_id, template_id, version)
+        ) WITHOUT ROWID;
+        """,
 }
 """The SQLite SQL of each version of ``store/migrations.py`` ``SCHEMA_HISTORY``."""
 

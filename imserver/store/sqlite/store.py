@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 
+from imserver.store.group_commit import CommitObserver
 from imserver.store.membership import (
     MembershipSql,
     check_member_limit,
@@ -46,6 +47,7 @@ from imserver.store.rows import (
 )
 from imserver.store.sqlite.audit import SqliteAuditLog, create_schema
 from imserver.store.sqlite.cards import SqliteCardsMixin
+from imserver.store.sqlite.dashboard import SqliteDashboardMixin
 from imserver.store.sqlite.deadlines import SqliteDeadlinesMixin
 from imserver.store.sqlite.directory import SqliteDirectoryMixin
 from imserver.store.sqlite.file_check import check_store_file, create_store_file
@@ -55,6 +57,7 @@ from imserver.store.sqlite.in_list import select_in
 from imserver.store.sqlite.jobs import T
 from imserver.store.sqlite.rotation import SqliteRotationMixin
 from imserver.store.sqlite.schema import migrate
+from imserver.store.sqlite.templates import SqliteTemplatesMixin
 from imserver.store.sqlite.worker import SqliteThread
 
 log = logging.getLogger(__name__)
@@ -127,6 +130,8 @@ class SqliteStore(
     SqliteRotationMixin,
     SqliteIdentityMixin,
     SqliteGovernanceMixin,
+    SqliteTemplatesMixin,
+    SqliteDashboardMixin,
 ):
     """``Store`` on a local SQLite file."""
 
@@ -218,6 +223,10 @@ class SqliteStore(
     def commit_stats(self) -> tuple[int, int]:
         """(transactions committed, jobs in them) — group-commit effectiveness."""
         return self._writer.batches, self._writer.jobs
+
+    def observe_commits(self, observer: CommitObserver) -> None:
+        """Tell ``observer`` of every committed write batch (the server's metrics)."""
+        self._writer.on_commit = observer
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._writer.run(fn)
@@ -425,7 +434,7 @@ class SqliteStore(
                 " WHERE conv = ? AND user = ? RETURNING read_seq",
                 (seq, conv, conv, user),
             ).fetchone()
-            return ReadCursor(int(row[0]), int(row[0]) > int(before[0]))
+            return ReadCursor(int(row[0]), int(row[0]) > int(before[0]), int(before[0]))
 
         return await self._write(job)
 

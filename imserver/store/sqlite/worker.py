@@ -16,11 +16,12 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from imserver.store.group_commit import settle
+from imserver.store.group_commit import CommitObserver, settle
 from imserver.store.sqlite.jobs import Job, T
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class SqliteThread:
         self._start_error: BaseException | None = None
         self.batches = 0
         self.jobs = 0
+        #: Told of each committed write batch (the server's metrics); None: nobody.
+        self.on_commit: CommitObserver | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
@@ -142,6 +145,8 @@ class SqliteThread:
 
     def _run_write_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
         outcomes: list[Outcome] = []
+        waiting = len(batch) + self._queue.qsize()
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for p in batch:
@@ -166,3 +171,5 @@ class SqliteThread:
         self.batches += 1
         self.jobs += len(batch)
         _resolve_all(outcomes)
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started, len(batch), waiting)
