@@ -36,6 +36,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
+from cards.recipients import is_broadcast
 from cards.service import FullStore, notice_owner
 from imserver.metrics import Metrics
 from imserver.store.records import CardRecord, OutboxEntry
@@ -105,8 +106,11 @@ def card_subject(card: CardRecord) -> dict[str, Any]:
 
 
 def app_of_conv(conv: str) -> str | None:
-    """The app of a notice conversation ``n:<app>:<user>``; None for any other."""
-    if not conv.startswith("n:"):
+    """The app of a notice ``n:<app>:<user>`` or broadcast ``b:<app>:<id>`` conversation.
+
+    None for any other: a card in a group produces no holder events.
+    """
+    if not conv.startswith(("n:", "b:")):
         return None
     parts = conv.split(":", 2)
     return parts[1] if len(parts) == 3 else None
@@ -320,7 +324,7 @@ class AppEvents:
                 app_id = app_of_conv(m.get("conv", ""))
                 if (
                     app_id is not None
-                    and notice_owner(m["conv"]) == viewer
+                    and (is_broadcast(m["conv"]) or notice_owner(m["conv"]) == viewer)
                     and m["kind"] in APP_KINDS
                     and m["sender"] == f"app:{app_id}"
                     and not m.get("recalled")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cards.recipients import Recipients, notice_conv, readers
+from cards.recipients import Recipients, audience_conv, notice_conv, readers
 from cards.store import FullStore
 from imserver.config import CardsConfig
 from imserver.errors import InvalidField, NoSuchDing
@@ -76,12 +76,20 @@ class Notices:
                 card_id=notice_id,
             )
 
-        messages = [message(notice_conv(app.app_id, u), (u,)) for u in users]
+        name = app.name or app.app_id
+        group_members = dict(groups)
+        if len(users) >= self._limits.broadcast_min_holders:
+            # Stored once and fanned out like a group message (cards/recipients.py).
+            conv = audience_conv(app.app_id, users)
+            group_members[conv] = tuple(users)
+            messages = [message(conv, tuple(users))]
+            convs = [(conv, u, name) for u in users]
+        else:
+            messages = [message(notice_conv(app.app_id, u), (u,)) for u in users]
+            convs = [(notice_conv(app.app_id, u), u, name) for u in users]
         messages += [message(g, members) for g, members in groups]
-        convs = [(notice_conv(app.app_id, u), u, app.name or app.app_id) for u in users]
         stored = await self._store.deliver_notice(messages, convs, now)
         reached: set[str] = set()
-        group_members = dict(groups)
         for msg in stored:
             recipients = readers(msg.conv, group_members)
             reached.update(recipients)

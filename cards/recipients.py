@@ -3,11 +3,16 @@
 ``to`` names users, groups and org units (with or without sub-units). Every
 one must exist and be inside the app's scope; a unit is resolved at send
 time, so whoever is in it then receives the card. The notice conversation
-``n:<app>:<user>`` is where an app's messages to one person live.
+``n:<app>:<user>`` is where an app's messages to one person live; a card or
+notice to ``cards.broadcast_min_holders`` people or more goes, stored once,
+to a broadcast conversation ``b:<app>:<digest>`` instead (``audience_conv``).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 from cards.scope import AppScope, named_in_to
@@ -23,10 +28,32 @@ from imserver.errors import (
 from imserver.protocol.fields import Fields
 from imserver.services.membership import MembershipCache
 from imserver.store.records import AppRecord
+from imserver.store.rows import BROADCAST_PREFIX
 
 
 def notice_conv(app_id: str, user: str) -> str:
     return f"n:{app_id}:{user}"
+
+
+def audience_conv(app_id: str, users: Iterable[str]) -> str:
+    """The broadcast conversation of ``app_id`` to exactly ``users``: ``b:<app>:<digest>``.
+
+    A card or notice sent to many people is stored once, as one message in
+    this conversation, and fanned out like a group message (one encoded
+    frame for every socket) instead of one message per person in
+    ``n:<app>:<user>``. The id is a digest of the sorted member set, so the
+    next card to the same people is the next message of the same
+    conversation and writes no member rows; a different set is another
+    conversation. Per-holder state stays apart: each member's read cursor,
+    todo, DING confirmation and private data. Cards held this way have no
+    ``card_holders`` row per person: their ``audience`` names the conversation.
+    """
+    digest = hashlib.sha256("\n".join(sorted(set(users))).encode()).digest()
+    return f"{BROADCAST_PREFIX}{app_id}:{base64.urlsafe_b64encode(digest[:16]).decode()[:22]}"
+
+
+def is_broadcast(conv: str) -> bool:
+    return conv.startswith(BROADCAST_PREFIX)
 
 
 def notice_owner(conv: str) -> str:
@@ -35,7 +62,11 @@ def notice_owner(conv: str) -> str:
 
 
 def readers(conv: str, groups: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
-    """Who receives a message an app delivered to ``conv`` (a notice conv or a group)."""
+    """Who receives a message an app delivered to ``conv``.
+
+    A notice conversation's owner; for a group or a broadcast conversation,
+    its members as given in ``groups``.
+    """
     return (notice_owner(conv),) if conv.startswith("n:") else groups[conv]
 
 
@@ -68,9 +99,10 @@ class Recipients:
         missing_units = [uid for uid, _ in unit_targets if uid not in units]
         if missing_units:
             raise NoSuchUnit(f"no such unit: {', '.join(missing_units[:10])}")
-        await self._scope.check(
-            app, named_in_to(users, group_ids, [uid for uid, _ in unit_targets])
-        )
+        if not self._scope.reaches_everyone(app):  # else 1,000 users need no 1,000 entries
+            await self._scope.check(
+                app, named_in_to(users, group_ids, [uid for uid, _ in unit_targets])
+            )
         missing = set(users) - await self._store.existing_users(users)
         if missing:
             raise NoSuchUser(f"no such user: {', '.join(sorted(missing)[:10])}")

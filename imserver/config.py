@@ -147,6 +147,9 @@ class CardsConfig:
     max_body_chars: int = 8000
     max_card_bytes: int = 32768
     max_recipients: int = 10000
+    #: A push or notice to this many users (directly or via units) is stored
+    #: once, in a broadcast conversation, and fanned out like a group message.
+    broadcast_min_holders: int = 100
     reminder_offsets_s: tuple[int, ...] = (3600, 600)  # reminders this long before due_at
     app_requests_per_s: float = 50.0  # signed app requests, per app, on one node
     app_burst: int = 200

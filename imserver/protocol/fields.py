@@ -16,7 +16,8 @@ USER_ID_RE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 CONV_ID_RE = re.compile(
     r"(dm:[A-Za-z0-9_.@-]{1,64}:[A-Za-z0-9_.@-]{1,64}"
     r"|g:[A-Za-z0-9_-]{8,32}"
-    r"|n:[a-z0-9_-]{1,32}:[A-Za-z0-9_.@-]{1,64})"
+    r"|n:[a-z0-9_-]{1,32}:[A-Za-z0-9_.@-]{1,64}"
+    r"|b:[a-z0-9_-]{1,32}:[A-Za-z0-9_-]{1,64})"
 )
 APP_ID_RE = re.compile(r"[a-z0-9_-]{1,32}")
 FILE_ID_RE = re.compile(r"[0-9a-f]{64}")

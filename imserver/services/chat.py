@@ -277,14 +277,17 @@ class ChatService:
         )
 
     async def read_status(self, caller: Caller, req: rq.ReadStatus) -> dict[str, Any]:
-        await self._members.require_member(req.conv, caller.user)
+        entry = await self._members.require_member(req.conv, caller.user)
         target = await self._store.get_message(req.conv, req.seq)
         if target is None:
             raise NoSuchMessage(f"no message {req.seq} in {req.conv}")
+        # An app's broadcast (b:) holders do not learn who else received it, nor who
+        # read it: in a notice conversation each member sees only their own state.
+        only_own = entry.conv.kind == "notice"
         read: list[str] = []
         unread: list[str] = []
         for m in await self._store.members(req.conv):
-            if m.user == target.sender:
+            if m.user == target.sender or (only_own and m.user != caller.user):
                 continue
             (read if m.read_seq >= req.seq else unread).append(m.user)
         return {"conv": req.conv, "seq": req.seq, "read": read, "unread": unread}

@@ -31,6 +31,7 @@ SCHEMA_HISTORY: Final[tuple[tuple[int, str], ...]] = (
     (9, "apps: previous secret and its end (secret rotation with overlap), created time"),
     (10, "apps: event subscriptions; outbox items of kind action or event"),
     (11, "card templates: versions of each app's card templates"),
+    (12, "cards: the broadcast conversation whose members hold the card (audience)"),
 )
 """``(version, description)`` in the order they apply."""
 

@@ -177,9 +177,12 @@ class NewCard:
     doc: dict[str, Any]
     approval: dict[str, Any]
     pending: tuple[str, ...]  # users for whom the card is a todo
-    holders: tuple[str, ...]
+    holders: tuple[str, ...]  # users who hold it by a row of their own (card_holders)
     now: int
     timers: tuple[tuple[str, int], ...] = ()  # (kind, fire_at)
+    #: A broadcast conversation (``b:``) whose members hold the card too, without a
+    #: row each: one event to 1,000 people writes no 1,000 rows keyed by user.
+    audience: str = ""
 
 
 @dataclass(slots=True, frozen=True)

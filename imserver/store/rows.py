@@ -28,6 +28,13 @@ from imserver.store.records import (
 
 MSG_COLUMNS: Final = "conv, seq, sender, device, kind, body, ts, client_msg_id, recalled"
 CONV_COLUMNS: Final = "id, kind, name, owner, last_seq, created_at, archived"
+BROADCAST_PREFIX: Final = "b:"
+"""Broadcast conversations (``b:<app>:<digest of the member set>``): an app's card or
+notice to many people, stored once; their members hold its cards (``cards.audience``)."""
+
+BROADCAST_RANGE: Final = "m.conv >= 'b:' AND m.conv < 'b;'"
+"""A user's broadcast memberships as a range of ``members_by_user`` (``;`` follows ``:``)."""
+
 CARD_COLUMNS: Final = (
     "id, app_id, out_track_id, version, gseq, doc, approval, callback, created_at, updated_at"
 )

@@ -237,6 +237,37 @@ async def test_notice_events_name_the_notice(start_server: Any, stubs: list[Even
         assert (e.notice_id, e.card_id, e.user) == (sent["notice_id"], None, "li")
 
 
+async def test_holder_events_of_a_card_sent_to_many(
+    start_server: Any, stubs: list[EventStub]
+) -> None:
+    """A broadcast card (one message in ``b:<app>:…``): delivered and read per holder."""
+    server = await card_server(start_server, broadcast_min_holders=3)
+    oa = await new_stub(stubs, "oa")
+    await register(server, oa, ["delivered", "card_read"])
+    li, wang = await server.client("li"), await server.client("wang")
+    await server.users("zhao")
+    async with BusinessClient(server.world.http_url, "oa", oa.secret) as biz:
+        card_id = (await biz.push_card(approval_card("b1", ["li"]), users=["li", "wang", "zhao"]))[
+            "card_id"
+        ]
+    msg = await li.next_event("message", predicate=lambda e: e.data["kind"] == "card")
+    assert msg.data["conv"].startswith("b:oa:")
+    await li.read(msg.data["conv"], msg.data["seq"])
+    await wait_for(lambda: len(oa.events()) == 3)  # delivered to li and wang, read by li
+    zhao = await server.client("zhao")  # offline at the push: delivered by sync
+    await zhao.next_event("message", predicate=lambda e: e.data["kind"] == "card")
+    await wait_for(lambda: len(oa.events()) == 4)
+    await asyncio.sleep(0.3)
+    got = sorted((e.event, e.user, e.card_id) for e in oa.events())
+    assert got == [
+        ("card_read", "li", card_id),
+        ("delivered", "li", card_id),
+        ("delivered", "wang", card_id),
+        ("delivered", "zhao", card_id),
+    ]
+    assert wang is not None
+
+
 async def test_events_reach_a_stream_only_app_over_its_stream(
     start_server: Any, stubs: list[EventStub]
 ) -> None:

@@ -501,3 +501,44 @@ def test_serve_with_an_unreachable_redis_exits_5_with_one_line(tmp_path: Path) -
     )
     assert "Traceback" not in out.stderr
     assert "sekret" not in out.stderr
+
+
+async def test_a_card_to_many_is_one_message_on_every_node(nodes: Nodes) -> None:
+    """A broadcast (>= cards.broadcast_min_holders, 100 by default) crosses nodes as one
+    publication of one stored message; the next card to the same people is its seq 2."""
+    stub = BusinessStub()
+    await stub.start()
+    oa = await business(nodes.a, stub)
+    people = [f"m{i:03d}" for i in range(100)]
+    try:
+        await nodes.a.users(*people)
+        here = await nodes.a.client("m000")
+        there = [await nodes.b.client(u) for u in ("m001", "m099")]
+        first = await oa.push_card(approval_card("many-1", ["m001"]), users=people)
+        second = await oa.push_card(approval_card("many-2", ["m001"]), users=people)
+        for holder in (here, *there):
+            got = []
+            for pushed in (first, second):
+                ev = await holder.next_event(
+                    "message",
+                    predicate=lambda e, c=pushed["card_id"]: (
+                        e.data["kind"] == "card" and e.data["body"]["card_id"] == c
+                    ),
+                )
+                got.append((ev.data["conv"], ev.data["seq"]))
+            assert got[0][0].startswith("b:oa:") and [s for _, s in got] == [1, 2]
+            assert got[0][0] == got[1][0]
+        acted = await there[0].request(
+            "card.act", card_id=first["card_id"], action="approve", action_id=secrets.token_hex(8)
+        )
+        assert acted["state"] == "approved"
+        ev = await here.next_event(
+            "card",
+            predicate=lambda e: (
+                e.data["card_id"] == first["card_id"] and e.data["state"] == "approved"
+            ),
+        )
+        assert ev.data["decided_by"] == "m001"
+    finally:
+        await oa.close()
+        await stub.stop()

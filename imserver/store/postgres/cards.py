@@ -32,6 +32,8 @@ from imserver.store.records import (
 )
 from imserver.store.rows import (
     APP_COLUMNS,
+    BROADCAST_PREFIX,
+    BROADCAST_RANGE,
     CARD_COLUMNS,
     OUTBOX_COLUMNS,
     STORED_APP_COLUMNS,
@@ -107,6 +109,50 @@ async def ensure_notice_conv(conn: PgConn, conv: str, user: str, name: str, now:
         user,
         ROLE_MEMBER,
     )
+
+
+async def ensure_notice_convs(conn: PgConn, convs: list[tuple[str, str, str]], now: int) -> None:
+    """``ensure_notice_conv`` for many ``(conv, user, name)``: a few statements, not 2 × N.
+
+    A broadcast conversation (``b:``) appears once per holder in ``convs``.
+    Its id is named after its exact member set (``cards/recipients.py``), so
+    when it already exists with that many members nothing is written.
+    """
+    by_conv: dict[str, tuple[str, list[str]]] = {}
+    for conv, user, name in convs:
+        by_conv.setdefault(conv, (name, []))[1].append(user)
+    if not by_conv:
+        return
+    created = {
+        r[0]
+        for r in await conn.fetch(
+            "INSERT INTO conversations (id, kind, name, owner, last_seq, created_at)"
+            " SELECT id, 'notice', name, NULL, 0, $3"
+            " FROM unnest($1::text[], $2::text[]) AS t(id, name)"
+            " ON CONFLICT DO NOTHING RETURNING id",
+            list(by_conv),
+            [name for name, _ in by_conv.values()],
+            now,
+        )
+    }
+    convs_out: list[str] = []
+    users_out: list[str] = []
+    for conv, (_, users) in by_conv.items():
+        if conv not in created and conv.startswith(BROADCAST_PREFIX):
+            have = await conn.fetchval("SELECT count(*) FROM members WHERE conv = $1", conv)
+            if have == len(users):
+                continue
+        convs_out += [conv] * len(users)
+        users_out += users
+    if convs_out:
+        await conn.execute(
+            'INSERT INTO members (conv, "user", role, read_seq)'
+            " SELECT conv, u, $3, 0 FROM unnest($1::text[], $2::text[]) AS t(conv, u)"
+            " ON CONFLICT DO NOTHING",
+            convs_out,
+            users_out,
+            ROLE_MEMBER,
+        )
 
 
 class _VersionMoved(Exception):
@@ -225,8 +271,8 @@ class PgCardsMixin(CardDocSealing, PgJobs):
                 return self._card_record(row), [], True
             gseq = await next_gseq(conn)  # locks the counter: racing creators queue here
             inserted = await conn.fetchval(
-                f"INSERT INTO cards ({CARD_COLUMNS})"
-                " VALUES ($1, $2, $3, 1, $4, $5, $6, 'ok', $7, $7)"
+                f"INSERT INTO cards ({CARD_COLUMNS}, audience)"
+                " VALUES ($1, $2, $3, 1, $4, $5, $6, 'ok', $7, $7, $8)"
                 " ON CONFLICT (app_id, out_track_id) DO NOTHING RETURNING id",
                 card.id,
                 card.app_id,
@@ -235,17 +281,19 @@ class PgCardsMixin(CardDocSealing, PgJobs):
                 dump_json(self._seal_doc(card.id, card.doc)),
                 dump_json(card.approval),
                 card.now,
+                card.audience or None,
             )
             if inserted is None:  # another node created it after our lookup
                 raise _TrackTaken
-            await conn.executemany(
-                'INSERT INTO card_holders ("user", card_id) VALUES ($1, $2) ON CONFLICT DO NOTHING',
-                [(u, card.id) for u in card.holders],
+            await conn.execute(
+                'INSERT INTO card_holders ("user", card_id)'
+                " SELECT u, $2 FROM unnest($1::text[]) AS t(u) ON CONFLICT DO NOTHING",
+                list(card.holders),
+                card.id,
             )
             await set_pending(conn, card.id, card.pending, card.doc.get("due_at"))
             await set_timers(conn, card.id, card.timers)
-            for conv, user, name in notice_convs:
-                await ensure_notice_conv(conn, conv, user, name, card.now)
+            await ensure_notice_convs(conn, notice_convs, card.now)
             stored = [await self._insert(conn, m) for m in messages]
             return created_card(card, gseq), stored, False
 
@@ -369,8 +417,15 @@ class PgCardsMixin(CardDocSealing, PgJobs):
             return None
 
     async def card_holders(self, card_id: str) -> list[str]:
+        """Holders by a row of their own, and the members of the card's audience."""
+
         async def job(conn: PgConn) -> list[str]:
-            rows = await conn.fetch('SELECT "user" FROM card_holders WHERE card_id = $1', card_id)
+            rows = await conn.fetch(
+                'SELECT "user" FROM card_holders WHERE card_id = $1'
+                ' UNION SELECT m."user" FROM cards c JOIN members m ON m.conv = c.audience'
+                " WHERE c.id = $1",
+                card_id,
+            )
             return [r[0] for r in rows]
 
         return await self._read(job)
@@ -378,9 +433,11 @@ class PgCardsMixin(CardDocSealing, PgJobs):
     async def cards_changed_for(self, user: str, after_gseq: int, limit: int) -> list[CardRecord]:
         async def job(conn: PgConn) -> list[CardRecord]:
             rows = await conn.fetch(
-                f"SELECT {qualified(CARD_COLUMNS, 'c')}"
-                " FROM card_holders h JOIN cards c ON c.id = h.card_id"
-                ' WHERE h."user" = $1 AND c.gseq > $2 ORDER BY c.gseq LIMIT $3',
+                f"SELECT {qualified(CARD_COLUMNS, 'c')} FROM cards c WHERE c.id IN ("
+                ' SELECT h.card_id FROM card_holders h WHERE h."user" = $1'
+                " UNION ALL SELECT a.id FROM members m JOIN cards a ON a.audience = m.conv"
+                f' WHERE m."user" = $1 AND {BROADCAST_RANGE} AND a.gseq > $2'
+                ") AND c.gseq > $2 ORDER BY c.gseq LIMIT $3",
                 user,
                 after_gseq,
                 limit,
@@ -407,8 +464,7 @@ class PgCardsMixin(CardDocSealing, PgJobs):
         self, messages: list[NewMessage], notice_convs: list[tuple[str, str, str]], now: int
     ) -> list[Message]:
         async def job(conn: PgConn) -> list[Message]:
-            for conv, user, name in notice_convs:
-                await ensure_notice_conv(conn, conv, user, name, now)
+            await ensure_notice_convs(conn, notice_convs, now)
             return [await self._insert(conn, m) for m in messages]
 
         return await self._write(job)

@@ -25,7 +25,13 @@ WITH sub AS (
     SELECT DISTINCT m."user" FROM units d JOIN unit_members m ON m.unit = d.id
     WHERE d.path >= $1 AND d.path < $2
 ),
-held AS (SELECT DISTINCT h.card_id FROM sub JOIN card_holders h ON h."user" = sub."user"),
+held AS (
+    SELECT h.card_id FROM sub JOIN card_holders h ON h."user" = sub."user"
+    UNION
+    SELECT a.id FROM sub JOIN members m ON m."user" = sub."user"
+    JOIN cards a ON a.audience = m.conv
+    WHERE m.conv >= 'b:' AND m.conv < 'b;' AND a.audience IS NOT NULL
+),
 todo AS (SELECT p.card_id, p.due_at FROM sub JOIN card_pending p ON p."user" = sub."user"),
 oldest AS (
     SELECT c.id, c.app_id, c.created_at FROM todo JOIN cards c ON c.id = todo.card_id

@@ -287,6 +287,10 @@ _SQL: Final[dict[int, str]] = {
             PRIMARY KEY (app_id, template_id, version)
         );
     """,
+    12: """
+        ALTER TABLE cards ADD COLUMN audience TEXT;
+        CREATE INDEX cards_by_audience ON cards (audience, gseq) WHERE audience IS NOT NULL;
+    """,
 }
 
 

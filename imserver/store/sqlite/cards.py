@@ -28,6 +28,8 @@ from imserver.store.records import (
 )
 from imserver.store.rows import (
     APP_COLUMNS,
+    BROADCAST_PREFIX,
+    BROADCAST_RANGE,
     CARD_COLUMNS,
     OUTBOX_COLUMNS,
     STORED_APP_COLUMNS,
@@ -88,6 +90,37 @@ def ensure_notice_conv(conn: sqlite3.Connection, conv: str, user: str, name: str
     conn.execute(
         "INSERT OR IGNORE INTO members (conv, user, role, read_seq) VALUES (?, ?, ?, 0)",
         (conv, user, ROLE_MEMBER),
+    )
+
+
+def ensure_notice_convs(
+    conn: sqlite3.Connection, convs: list[tuple[str, str, str]], now: int
+) -> None:
+    """``ensure_notice_conv`` for many ``(conv, user, name)`` at once.
+
+    A broadcast conversation (``b:``) appears once per holder in ``convs``.
+    Its id is named after its exact member set (``cards/recipients.py``), so
+    when it already exists with that many members nothing is written: the
+    next card to the same 1,000 people costs no member rows at all.
+    """
+    by_conv: dict[str, tuple[str, list[str]]] = {}
+    for conv, user, name in convs:
+        by_conv.setdefault(conv, (name, []))[1].append(user)
+    rows: list[tuple[str, str, str]] = []
+    for conv, (name, users) in by_conv.items():
+        created = conn.execute(
+            "INSERT OR IGNORE INTO conversations (id, kind, name, owner, last_seq, created_at)"
+            " VALUES (?, 'notice', ?, NULL, 0, ?)",
+            (conv, name, now),
+        ).rowcount
+        if not created and conv.startswith(BROADCAST_PREFIX):
+            count = conn.execute("SELECT count(*) FROM members WHERE conv = ?", (conv,))
+            (have,) = count.fetchone()
+            if have == len(users):
+                continue
+        rows += [(conv, user, ROLE_MEMBER) for user in users]
+    conn.executemany(
+        "INSERT OR IGNORE INTO members (conv, user, role, read_seq) VALUES (?, ?, ?, 0)", rows
     )
 
 
@@ -199,7 +232,8 @@ class SqliteCardsMixin(CardDocSealing, SqliteJobs):
                 return self._card_record(row), [], True
             gseq = _next_gseq(conn)
             conn.execute(
-                f"INSERT INTO cards ({CARD_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?, ?, 'ok', ?, ?)",
+                f"INSERT INTO cards ({CARD_COLUMNS}, audience)"
+                " VALUES (?, ?, ?, 1, ?, ?, ?, 'ok', ?, ?, ?)",
                 (
                     card.id,
                     card.app_id,
@@ -209,6 +243,7 @@ class SqliteCardsMixin(CardDocSealing, SqliteJobs):
                     orjson.dumps(card.approval),
                     card.now,
                     card.now,
+                    card.audience or None,
                 ),
             )
             conn.executemany(
@@ -217,8 +252,7 @@ class SqliteCardsMixin(CardDocSealing, SqliteJobs):
             )
             _set_pending(conn, card.id, card.pending, card.doc.get("due_at"))
             _set_timers(conn, card.id, card.timers)
-            for conv, user, name in notice_convs:
-                ensure_notice_conv(conn, conv, user, name, card.now)
+            ensure_notice_convs(conn, notice_convs, card.now)
             stored = [self._insert(conn, m) for m in messages]
             return created_card(card, gseq), stored, False
 
@@ -329,20 +363,27 @@ class SqliteCardsMixin(CardDocSealing, SqliteJobs):
             return None
 
     async def card_holders(self, card_id: str) -> list[str]:
+        """Holders by a row of their own, and the members of the card's audience."""
+
         def job(conn: sqlite3.Connection) -> list[str]:
-            return [
-                r[0]
-                for r in conn.execute("SELECT user FROM card_holders WHERE card_id = ?", (card_id,))
-            ]
+            rows = conn.execute(
+                "SELECT user FROM card_holders WHERE card_id = ?1"
+                " UNION SELECT m.user FROM cards c JOIN members m ON m.conv = c.audience"
+                " WHERE c.id = ?1",
+                (card_id,),
+            )
+            return [r[0] for r in rows]
 
         return await self._read(job)
 
     async def cards_changed_for(self, user: str, after_gseq: int, limit: int) -> list[CardRecord]:
         def job(conn: sqlite3.Connection) -> list[CardRecord]:
             rows = conn.execute(
-                f"SELECT {qualified(CARD_COLUMNS, 'c')}"
-                " FROM card_holders h JOIN cards c ON c.id = h.card_id"
-                " WHERE h.user = ? AND c.gseq > ? ORDER BY c.gseq LIMIT ?",
+                f"SELECT {qualified(CARD_COLUMNS, 'c')} FROM cards c WHERE c.id IN ("
+                " SELECT h.card_id FROM card_holders h WHERE h.user = ?1"
+                " UNION ALL SELECT a.id FROM members m CROSS JOIN cards a"
+                f" ON a.audience = m.conv AND a.gseq > ?2 WHERE m.user = ?1 AND {BROADCAST_RANGE}"
+                ") AND c.gseq > ?2 ORDER BY c.gseq LIMIT ?3",
                 (user, after_gseq, limit),
             )
             return [self._card_record(r) for r in rows]
@@ -368,8 +409,7 @@ class SqliteCardsMixin(CardDocSealing, SqliteJobs):
         self, messages: list[NewMessage], notice_convs: list[tuple[str, str, str]], now: int
     ) -> list[Message]:
         def job(conn: sqlite3.Connection) -> list[Message]:
-            for conv, user, name in notice_convs:
-                ensure_notice_conv(conn, conv, user, name, now)
+            ensure_notice_convs(conn, notice_convs, now)
             return [self._insert(conn, m) for m in messages]
 
         return await self._write(job)

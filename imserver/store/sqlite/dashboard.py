@@ -2,7 +2,9 @@
 
 Every query is driven by an index: a subtree is a range of ``units_by_path``,
 its people come from ``unit_members``' primary key, their cards from the
-``(user, card_id)`` keys of ``card_holders`` and ``card_pending``; outbox
+``(user, card_id)`` keys of ``card_holders`` and ``card_pending`` and, for cards
+sent to many, from their broadcast memberships (``members_by_user``, then
+``cards_by_audience``); outbox
 counts read only the pending and failed part of ``outbox_due``. ``CROSS JOIN``
 fixes the join order (SQLite's rule): from the subtree's people to their
 cards, never a scan of every card holder probing the people. The service
@@ -30,7 +32,12 @@ WITH sub(user) AS (
     SELECT DISTINCT m.user FROM units d JOIN unit_members m ON m.unit = d.id
     WHERE d.path >= ?1 AND d.path < ?2
 ),
-held AS (SELECT DISTINCT h.card_id FROM sub CROSS JOIN card_holders h ON h.user = sub.user),
+held AS (
+    SELECT h.card_id FROM sub CROSS JOIN card_holders h ON h.user = sub.user
+    UNION
+    SELECT a.id FROM sub CROSS JOIN members m CROSS JOIN cards a
+    ON m.user = sub.user AND m.conv >= 'b:' AND m.conv < 'b;' AND a.audience = m.conv
+),
 todo AS (SELECT p.card_id, p.due_at FROM sub CROSS JOIN card_pending p ON p.user = sub.user)
 SELECT
     (SELECT count(*) FROM sub),

@@ -278,6 +278,10 @@ _SQL: Final[dict[int, str]] = {
             PRIMARY KEY (app_id, template_id, version)
         ) WITHOUT ROWID;
         """,
+    12: """
+        ALTER TABLE cards ADD COLUMN audience TEXT;
+        CREATE INDEX cards_by_audience ON cards (audience, gseq) WHERE audience IS NOT NULL;
+        """,
 }
 """The SQLite SQL of each version of ``store/migrations.py`` ``SCHEMA_HISTORY``."""
 
