@@ -56,20 +56,38 @@ async def next_gseq(conn: PgConn) -> int:
     return value
 
 
-async def set_pending(conn: PgConn, card_id: str, users: Iterable[str], due_at: int | None) -> None:
-    await conn.execute("DELETE FROM card_pending WHERE card_id = $1", card_id)
-    await conn.executemany(
-        'INSERT INTO card_pending ("user", card_id, due_at) VALUES ($1, $2, $3)',
-        [(u, card_id, due_at) for u in users],
-    )
+async def set_pending(
+    conn: PgConn, card_id: str, users: Iterable[str], due_at: int | None, *, new: bool = False
+) -> None:
+    """The card's todo rows become ``users``'; a ``new`` card has none to delete.
+
+    Statements, not rows, are what a push pays for here (each is a round
+    trip on the writer's one connection), hence ``unnest`` and the skips.
+    """
+    if not new:
+        await conn.execute("DELETE FROM card_pending WHERE card_id = $1", card_id)
+    wanted = list(users)
+    if wanted:
+        await conn.execute(
+            'INSERT INTO card_pending ("user", card_id, due_at)'
+            " SELECT u, $2, $3 FROM unnest($1::text[]) AS t(u)",
+            wanted,
+            card_id,
+            due_at,
+        )
 
 
-async def set_timers(conn: PgConn, card_id: str, timers: Iterable[tuple[str, int]]) -> None:
-    await conn.execute("DELETE FROM timers WHERE card_id = $1 AND NOT done", card_id)
-    await conn.executemany(
-        "INSERT INTO timers (card_id, kind, fire_at) VALUES ($1, $2, $3)",
-        [(card_id, kind, at) for kind, at in timers],
-    )
+async def set_timers(
+    conn: PgConn, card_id: str, timers: Iterable[tuple[str, int]], *, new: bool = False
+) -> None:
+    if not new:
+        await conn.execute("DELETE FROM timers WHERE card_id = $1 AND NOT done", card_id)
+    wanted = list(timers)
+    if wanted:
+        await conn.executemany(
+            "INSERT INTO timers (card_id, kind, fire_at) VALUES ($1, $2, $3)",
+            [(card_id, kind, at) for kind, at in wanted],
+        )
 
 
 async def insert_outbox(conn: PgConn, entries: Sequence[OutboxEntry], now: int) -> int:
@@ -123,25 +141,25 @@ async def ensure_notice_convs(conn: PgConn, convs: list[tuple[str, str, str]], n
         by_conv.setdefault(conv, (name, []))[1].append(user)
     if not by_conv:
         return
-    created = {
-        r[0]
-        for r in await conn.fetch(
-            "INSERT INTO conversations (id, kind, name, owner, last_seq, created_at)"
-            " SELECT id, 'notice', name, NULL, 0, $3"
-            " FROM unnest($1::text[], $2::text[]) AS t(id, name)"
-            " ON CONFLICT DO NOTHING RETURNING id",
-            list(by_conv),
-            [name for name, _ in by_conv.values()],
-            now,
-        )
-    }
+    # One round trip: create what is missing, and count the members of what was there.
+    rows = await conn.fetch(
+        "WITH ins AS (INSERT INTO conversations (id, kind, name, owner, last_seq, created_at)"
+        " SELECT id, 'notice', name, NULL, 0, $3"
+        " FROM unnest($1::text[], $2::text[]) AS t(id, name)"
+        " ON CONFLICT DO NOTHING RETURNING id)"
+        " SELECT t.id, t.id IN (SELECT id FROM ins),"
+        " CASE WHEN t.id LIKE 'b:%' THEN (SELECT count(*) FROM members m WHERE m.conv = t.id)"
+        " END FROM unnest($1::text[]) AS t(id)",
+        list(by_conv),
+        [name for name, _ in by_conv.values()],
+        now,
+    )
+    existing = {r[0]: r[2] for r in rows if not r[1]}
     convs_out: list[str] = []
     users_out: list[str] = []
     for conv, (_, users) in by_conv.items():
-        if conv not in created and conv.startswith(BROADCAST_PREFIX):
-            have = await conn.fetchval("SELECT count(*) FROM members WHERE conv = $1", conv)
-            if have == len(users):
-                continue
+        if conv.startswith(BROADCAST_PREFIX) and existing.get(conv) == len(users):
+            continue
         convs_out += [conv] * len(users)
         users_out += users
     if convs_out:
@@ -285,14 +303,15 @@ class PgCardsMixin(CardDocSealing, PgJobs):
             )
             if inserted is None:  # another node created it after our lookup
                 raise _TrackTaken
-            await conn.execute(
-                'INSERT INTO card_holders ("user", card_id)'
-                " SELECT u, $2 FROM unnest($1::text[]) AS t(u) ON CONFLICT DO NOTHING",
-                list(card.holders),
-                card.id,
-            )
-            await set_pending(conn, card.id, card.pending, card.doc.get("due_at"))
-            await set_timers(conn, card.id, card.timers)
+            if card.holders:
+                await conn.execute(
+                    'INSERT INTO card_holders ("user", card_id)'
+                    " SELECT u, $2 FROM unnest($1::text[]) AS t(u) ON CONFLICT DO NOTHING",
+                    list(card.holders),
+                    card.id,
+                )
+            await set_pending(conn, card.id, card.pending, card.doc.get("due_at"), new=True)
+            await set_timers(conn, card.id, card.timers, new=True)
             await ensure_notice_convs(conn, notice_convs, card.now)
             stored = [await self._insert(conn, m) for m in messages]
             return created_card(card, gseq), stored, False

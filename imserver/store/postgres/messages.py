@@ -88,12 +88,14 @@ async def insert_message(conn: PgConn, new: NewMessage) -> Message:
         new.client_msg_id,
     )
     # The sender has read what they sent (system notices and recalls included).
-    await conn.execute(
-        'UPDATE members SET read_seq = greatest(read_seq, $1) WHERE conv = $2 AND "user" = $3',
-        seq,
-        new.conv,
-        new.sender,
-    )
+    # An app (``app:<id>``; user ids have no colon) is no member: nothing to move.
+    if ":" not in new.sender:
+        await conn.execute(
+            'UPDATE members SET read_seq = greatest(read_seq, $1) WHERE conv = $2 AND "user" = $3',
+            seq,
+            new.conv,
+            new.sender,
+        )
     await _append_extras(conn, new, seq)
     return stored_message(new, seq)
 
