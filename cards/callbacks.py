@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import orjson
@@ -37,6 +37,9 @@ from imserver.store.records import OutboxItem
 log = logging.getLogger(__name__)
 
 BATCH = 64
+#: How long a stop waits for sends in flight before cutting them off.
+STOP_GRACE_S: Final = 1.0
+STOPPED: Final = "node stopped mid-send; given back to the outbox"
 
 
 def backoff_ms(attempts: int, initial_s: float, max_s: float, rng: random.Random) -> int:
@@ -72,6 +75,9 @@ class CallbackDispatcher:
         self._loop = DueLoop("callbacks", self.run_once, store.next_callback_due, clock)
         self._session: aiohttp.ClientSession | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        #: Claimed items not yet answered (waiting for a slot, or mid-POST / stream
+        #: frame): the claims a stop gives back.
+        self._unsettled: dict[int, OutboxItem] = {}
         self._slots = asyncio.Semaphore(config.callback_concurrency)
         # Not configurable on its own: a claim must outlast the POST it covers
         # (``callback_timeout_s``), and 10 s more absorbs a slow store write after it.
@@ -90,11 +96,32 @@ class CallbackDispatcher:
         self._loop.start()
 
     async def stop(self) -> None:
+        """Stop claiming; give sends in flight ``STOP_GRACE_S`` to finish, then give back
+        the claims of those cut off, so another node (or this one restarted) sends them
+        at once instead of after the lease (``callback_timeout_s`` + 10 s).
+
+        A send cut off mid-POST may have reached the business system: sending it
+        again is the at-least-once delivery callbacks already have (one
+        ``action_id``, docs/cards.md section 6).
+        """
         await self._loop.stop()
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=STOP_GRACE_S)
         for t in list(self._inflight):
             t.cancel()
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+        cut_off, self._unsettled = list(self._unsettled.values()), {}
+        now = int(self._clock() * 1000)
+        for item in cut_off:
+            try:
+                await self._store.finish_callback(
+                    item.id, state="pending", attempts=item.attempts, next_at=now, error=STOPPED
+                )
+            except ImError as e:  # the store is going too: the lease runs out instead
+                log.warning("callback %s: claim not given back at stop: %s", item.id, e)
+        if cut_off:
+            log.info("stop: %d callback(s) cut off mid-send given back to the outbox", len(cut_off))
         if self._session is not None:
             await self._session.close()
 
@@ -105,6 +132,7 @@ class CallbackDispatcher:
         if items:
             self._metrics.callback_batch.observe(len(items))
         for item in items:
+            self._unsettled[item.id] = item
             task = asyncio.get_running_loop().create_task(self._deliver(item))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
@@ -117,6 +145,7 @@ class CallbackDispatcher:
         async with self._slots:
             started = time.perf_counter()
             outcome, answer = await self._post(item)
+            self._unsettled.pop(item.id, None)  # answered: settled below, not given back
             self._metrics.callback_post.observe(time.perf_counter() - started)
         app_gone = outcome == _app_gone(item)
         attempts = item.attempts + 1

@@ -70,7 +70,12 @@ class TemplateService:
             raise InvalidField(f"{unknown[0]}: is not a template key", field=unknown[0])
         template, slots = check_template(body.get("template"), self._cards.limits)
         record, created = await self._store.put_template(
-            app.app_id, template_id, template, slots, int(self._clock() * 1000)
+            app.app_id,
+            template_id,
+            template,
+            slots,
+            int(self._clock() * 1000),
+            limit=self._cards.limits.max_templates,
         )
         return {**template_json(record), "created": created}, created
 

@@ -248,9 +248,11 @@ def build_world(config: Config, *, nonce_store: NonceStore | None = None) -> Wor
         nonce_store if nonce_store is not None else MemoryNonceStore(),
         config.cards,
         app_limiter,
+        bus,  # app deleted / secret rotated: every node closes what it revokes
     )
     card_routes.add_routes(http_app, cards, store, callbacks.wake)
-    add_stream_routes(http_app, callbacks.streams)  # stream mode: callbacks over the app's socket
+    # Stream mode: callbacks over the app's socket; it subscribes to TOPIC_APP_CHANGED.
+    add_stream_routes(http_app, callbacks.streams, bus)
 
     async def remove_from_groups(users: list[str]) -> None:
         for user in users:
@@ -270,6 +272,7 @@ def build_world(config: Config, *, nonce_store: NonceStore | None = None) -> Wor
         SessionCodec(signer.derive_key("imserver-dashboard-session")),
         retry_callback_hook(cards, store, trail, callbacks.wake),
         bus,  # every node's summary reaches every node's page
+        logout_store=store,  # a logout is refused on every node (dashboard/logouts.py)
     )
     bus.subscribe(TOPIC_DELIVER, hub.on_deliver)
     bus.subscribe(TOPIC_DELIVER, app_events.on_deliver)  # after the hub's: delivered

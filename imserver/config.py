@@ -150,6 +150,7 @@ class CardsConfig:
     #: A push or notice to this many users (directly or via units) is stored
     #: once, in a broadcast conversation, and fanned out like a group message.
     broadcast_min_holders: int = 100
+    max_templates: int = 1000  # template ids per app, and versions per template
     reminder_offsets_s: tuple[int, ...] = (3600, 600)  # reminders this long before due_at
     app_requests_per_s: float = 50.0  # signed app requests, per app, on one node
     app_burst: int = 200

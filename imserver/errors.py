@@ -181,6 +181,12 @@ class TooManyActors(ImError):
     code, http_status = "too_many_actors", 409
 
 
+class TooManyTemplates(ImError):
+    """An app's template ids, or one template's versions, reached ``cards.max_templates``."""
+
+    code, http_status = "too_many_templates", 409
+
+
 class NoSuchStep(ImError):
     """退回 to a step the card does not have (or on a card without steps)."""
 

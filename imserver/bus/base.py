@@ -38,3 +38,7 @@ class Bus(Protocol):
 TOPIC_REVOKE = "revoke"
 #: A directory sync changed the address book: ``{"cursor": n}`` (the newest change).
 TOPIC_DIRECTORY = "directory"
+#: An app was deleted, its secret rotated or its registration replaced:
+#: ``{"app_id": ..., "change": "deleted" | "secret_rotated" | "replaced"}``; every
+#: node closes what no longer verifies (cards: the app's streams).
+TOPIC_APP_CHANGED = "app"

@@ -7,16 +7,17 @@ State-changing requests also carry the session's CSRF token in a header and
 must come from this origin. Each request re-checks what a cookie cannot
 prove for itself: the admin key has not changed; the scoped admin's token
 was not revoked since, and they still hold an admin grant (their subtrees
-are read afresh, so a narrowed grant narrows the page at once).
+are read afresh, so a narrowed grant narrows the page at once); and the
+session was not logged out on any node (``logouts.py``).
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 
 from aiohttp import web
 
+from imserver.dashboard.logouts import LoggedOutSessions
 from imserver.dashboard.session import COOKIE, KIND_KEY, KIND_USER, Session, SessionCodec
 from imserver.errors import Forbidden, InvalidField, NotAuthenticated, TokenInvalid
 from imserver.http.admin_auth import DIRECTORY_STORE, AdminContext
@@ -24,9 +25,7 @@ from imserver.http.api import ADMIN_KEY, IDENTITY, SIGNER, TRAIL, is_admin_key, 
 from imserver.tokens import TokenClaims
 
 CODEC: web.AppKey[SessionCodec] = web.AppKey("dashboard_codec", SessionCodec)
-LOGGED_OUT: web.AppKey[OrderedDict[str, int]] = web.AppKey("dashboard_logged_out")
-MAX_LOGGED_OUT = 10_000
-"""Sessions this node remembers as logged out until they expire (oldest forgotten first)."""
+LOGOUTS = web.AppKey("dashboard_logouts", LoggedOutSessions)
 
 
 def check_origin(request: web.Request) -> None:
@@ -58,18 +57,18 @@ async def context_for(request: web.Request, s: Session) -> AdminContext:
     return AdminContext(False, s.user, tuple(scopes))
 
 
-def session_of(request: web.Request) -> Session | None:
-    """The request's valid, not logged-out session cookie, if any."""
+async def session_of(request: web.Request) -> Session | None:
+    """The request's valid session cookie, if any, unless it was logged out on any node."""
     raw = request.cookies.get(COOKIE)
     s = None if raw is None else request.app[CODEC].decode(raw, time.time())
-    if s is None or s.sid in request.app[LOGGED_OUT]:
+    if s is None or await request.app[LOGOUTS].is_logged_out(s.sid):
         return None
     return s
 
 
 async def viewer(request: web.Request) -> tuple[AdminContext, Session]:
     """The logged-in viewer, or 401 ``not_authenticated`` (the page goes to the login form)."""
-    s = session_of(request)
+    s = await session_of(request)
     if s is None:
         raise NotAuthenticated("log in to the dashboard at /dashboard/login")
     return await context_for(request, s), s
@@ -116,15 +115,17 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    """End the session: the cookie is cleared and this node refuses it until it expires."""
-    s = session_of(request)
+    """End the session: the cookie is cleared and every node refuses it until it expires."""
+    s = await session_of(request)
     if s is not None:
         check_csrf(request, s)
-        gone = request.app[LOGGED_OUT]
-        gone[s.sid] = s.expires_at
-        now = time.time()
-        while gone and (len(gone) > MAX_LOGGED_OUT or next(iter(gone.values())) <= now):
-            gone.popitem(last=False)
+        await request.app[LOGOUTS].log_out(s)  # recorded in the store before this answers
+        await request.app[TRAIL].record(
+            s.user if s.kind == KIND_USER and s.user else "admin-key",
+            "dashboard.logout",
+            "dashboard",
+            {},
+        )
     resp = web.json_response({"logged_out": True})
     resp.del_cookie(COOKIE, path="/dashboard/")
     return resp

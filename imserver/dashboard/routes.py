@@ -10,8 +10,6 @@ admin scope; the feed pushes the same answers, so the page never reloads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.resources import files
 from pathlib import Path
@@ -24,7 +22,7 @@ from imserver.bus.base import Bus
 from imserver.bus.local import LocalBus
 from imserver.dashboard.auth import (
     CODEC,
-    LOGGED_OUT,
+    LOGOUTS,
     check_csrf,
     login,
     logout,
@@ -32,9 +30,10 @@ from imserver.dashboard.auth import (
     viewer,
 )
 from imserver.dashboard.live import NodeSampler
+from imserver.dashboard.logouts import LoggedOutSessions, LogoutStore
 from imserver.dashboard.nodes import NodeBeacon
 from imserver.dashboard.service import DashboardService
-from imserver.dashboard.session import SessionCodec
+from imserver.dashboard.session import Session, SessionCodec
 from imserver.errors import ImError, InvalidField, NotAuthenticated
 from imserver.http.admin_auth import AdminContext
 from imserver.http.api import error_response, json_response
@@ -69,7 +68,7 @@ def _page(name: str) -> web.FileResponse:
 
 async def index(request: web.Request) -> web.StreamResponse:
     """The dashboard, or a redirect to the login form for a visitor without a session."""
-    if session_of(request) is None:
+    if await session_of(request) is None:
         raise web.HTTPFound("/dashboard/login")
     try:
         await viewer(request)
@@ -165,13 +164,34 @@ def _event(name: str, data: Any) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
+async def _viewer_again(request: web.Request, s: Session) -> AdminContext:
+    """The stream's viewer now, or ``ImError``: logged out (on any node), revoked, no grant."""
+    if await request.app[LOGOUTS].is_logged_out(s.sid):
+        raise NotAuthenticated("the dashboard session ended; log in again")
+    ctx, _ = await viewer(request)
+    return ctx
+
+
+async def _sleep(timeout_s: float, *events: asyncio.Event) -> None:
+    """Up to ``timeout_s``, less if one of ``events`` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
 async def stream(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: ``live`` every second, ``work`` every few seconds, for one unit.
 
-    The viewer is checked again before each ``work`` push: a logout,
-    revocation or lost grant ends the stream with an ``error`` event.
+    Every tick asks whether the session was logged out (memory; see
+    ``logouts.py``); the whole viewer is checked again before each ``work``
+    push and at once when a logout or revocation event names this session or
+    its user. Any of them ends the stream with an ``error`` event
+    (``not_authenticated``, ``token_revoked``, ``forbidden``).
     """
-    ctx, _ = await viewer(request)
+    ctx, s = await viewer(request)
     unit = _unit_param(request)
     app = request.app
     first = await _work(app, ctx, unit)  # a bad or foreign unit fails here, as plain JSON
@@ -186,25 +206,27 @@ async def stream(request: web.Request) -> web.StreamResponse:
     await resp.write(b"retry: 2000\n\n" + _event("work", first))
     stopping = app[STOPPING]
     ticks, per_work = 0, max(1, round(WORK_EVERY_S / LIVE_EVERY_S))
-    try:
-        while not stopping.is_set():
-            await resp.write(_event("live", _live(app, ctx)))
-            ticks += 1
-            if ticks % per_work == 0:
+    with app[LOGOUTS].watch(s) as poked:
+        try:
+            while not stopping.is_set():
+                due = ticks > 0 and ticks % per_work == 0
                 try:
-                    s = session_of(request)
-                    if s is None:
+                    if due or poked.is_set():
+                        poked.clear()
+                        ctx = await _viewer_again(request, s)
+                    elif await app[LOGOUTS].is_logged_out(s.sid):
                         raise NotAuthenticated("the dashboard session ended; log in again")
-                    ctx, _ = await viewer(request)
-                    await resp.write(_event("work", await _work(app, ctx, unit)))
+                    await resp.write(_event("live", _live(app, ctx)))
+                    if due:
+                        await resp.write(_event("work", await _work(app, ctx, unit)))
                 except ImError as e:
                     body = orjson.loads(error_response(e).body)  # type: ignore[arg-type]
                     await resp.write(_event("error", body))
                     break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), LIVE_EVERY_S)
-    except ConnectionError:
-        pass  # the viewer closed the page or navigated away: nothing left to tell
+                ticks += 1
+                await _sleep(LIVE_EVERY_S, stopping, poked)
+        except ConnectionError:
+            pass  # the viewer closed the page or navigated away: nothing left to tell
     return resp
 
 
@@ -219,23 +241,30 @@ def add_dashboard_routes(
     codec: SessionCodec,
     retry_callback: RetryCallback | None = None,
     bus: Bus | None = None,
+    *,
+    logout_store: LogoutStore,
 ) -> None:
     """Serve the dashboard under ``/dashboard/``; sample this node and trade summaries on ``bus``.
 
-    Without a bus the node table holds this node only.
+    Without a bus the node table holds this node only. ``logout_store`` (the
+    server's store) records logouts for every node, also one that missed the
+    bus event.
     """
-    beacon = NodeBeacon(bus if bus is not None else LocalBus(), sampler.snapshot)
+    bus = bus if bus is not None else LocalBus()
+    beacon = NodeBeacon(bus, sampler.snapshot)
+    logouts = LoggedOutSessions(logout_store, bus)
     app[SERVICE] = service
     app[SAMPLER] = sampler
     app[BEACON] = beacon
     app[CODEC] = codec
-    app[LOGGED_OUT] = OrderedDict()
+    app[LOGOUTS] = logouts
     app[STOPPING] = asyncio.Event()
     if retry_callback is not None:
         app[RETRY] = retry_callback
 
     async def sampling(a: web.Application) -> AsyncIterator[None]:
         async for _ in sampler.lifetime(a):
+            logouts.start()
             await beacon.start()
             try:
                 yield

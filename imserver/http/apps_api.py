@@ -6,6 +6,12 @@ calls ``signed_app``): the HMAC signature and replay window
 the routes that are about apps themselves rather than what they send: the
 admin lifecycle (register, list, show, delete, rotate the secret with an
 overlap; docs/admin.md "Apps") and the identity app's tokens.
+
+A deletion, a rotation or a replacement is announced (``TOPIC_APP_CHANGED``)
+so that what lives on past the request is revoked too: plug-ins close an
+app's live connections on every node (cards: its streams, docs/cards.md
+"Stream mode"). This node's listeners are called at once, so the change holds
+here even while the bus is slow.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any, Final, Protocol
 from aiohttp import web
 
 from imserver.appauth import verify_app_request
+from imserver.bus.base import TOPIC_APP_CHANGED, Bus, Handler
 from imserver.config import CardsConfig
 from imserver.directory.model import UNIT_ID_RE
 from imserver.errors import AppInAppsFile, InvalidField, NoSuchApp, RateLimited
@@ -69,6 +76,10 @@ FILE_APP_IDS: web.AppKey[frozenset[str]] = web.AppKey("file_app_ids")
 #: Longest rotation overlap: the old secret of a leaked pair must not live on for long.
 MAX_OVERLAP_S: Final = 7 * 24 * 3600
 ADMIN_ACTOR: Final = "admin-key"
+#: Called at once on this node with each ``TOPIC_APP_CHANGED`` payload it announces.
+APP_CHANGE_LISTENERS: web.AppKey[list[Handler]] = web.AppKey("app_change_listeners")
+#: Where app changes are announced to every node (absent: this node only).
+APP_BUS: web.AppKey[Bus] = web.AppKey("app_bus")
 
 
 async def signed_app(request: web.Request) -> tuple[AppRecord, Any]:
@@ -163,6 +174,20 @@ def _events(value: Any, path: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
+async def announce_app_changed(request: web.Request, app_id: str, change: str) -> None:
+    """After the store has the change: tell this node's listeners now, then every node.
+
+    ``change`` ("deleted", "secret_rotated", "replaced") is for logs; listeners
+    read the app from the store again, so a repeated or late notice is harmless.
+    """
+    payload = {"app_id": app_id, "change": change}
+    for listener in request.app.get(APP_CHANGE_LISTENERS, ()):
+        listener(payload)
+    bus = request.app.get(APP_BUS)
+    if bus is not None:
+        await bus.publish(TOPIC_APP_CHANGED, payload)
+
+
 async def admin_upsert_app(request: web.Request) -> web.Response:
     """Register or replace an app (the whole registration: a running overlap ends)."""
     require_admin_key(request)
@@ -174,6 +199,7 @@ async def admin_upsert_app(request: web.Request) -> web.Response:
     }
     audit = AuditEntry(ADMIN_ACTOR, "admin.app_upsert", app.app_id, details)
     await request.app[APP_STORE].upsert_app(app, _now_ms(request), audit)
+    await announce_app_changed(request, app.app_id, "replaced")  # maybe a new secret
     return json_response({"app_id": app.app_id}, status=201)
 
 
@@ -198,6 +224,7 @@ async def admin_delete_app(request: web.Request) -> web.Response:
     audit = AuditEntry(ADMIN_ACTOR, "admin.app_delete", app.app_id, details)
     if not await request.app[APP_STORE].delete_app(app.app_id, _now_ms(request), audit):
         raise NoSuchApp(f"no app {app.app_id!r}")  # deleted meanwhile
+    await announce_app_changed(request, app.app_id, "deleted")  # its live streams close
     return json_response({"app_id": app.app_id, "deleted": True})
 
 
@@ -228,6 +255,8 @@ async def admin_rotate_secret(request: web.Request) -> web.Response:
         stored.app.app_id, secret, until, now, audit
     ):
         raise NoSuchApp(f"no app {stored.app.app_id!r}")  # deleted meanwhile
+    # Streams on the old secret close when it stops verifying (at once with overlap 0).
+    await announce_app_changed(request, stored.app.app_id, "secret_rotated")
     answer: dict[str, Any] = {"app_id": stored.app.app_id, "previous_secret_valid_until": until}
     if generated:
         answer["secret"] = secret  # shown this once; never stored in the audit log
@@ -293,9 +322,16 @@ def add_app_routes(
     nonces: NonceStore,
     config: CardsConfig,
     limiter: RateLimiter,
+    bus: Bus | None = None,
 ) -> None:
-    """Set up app auth on ``app`` and add the app routes (before any plug-in's)."""
+    """Set up app auth on ``app`` and add the app routes (before any plug-in's).
+
+    ``bus``: where app changes are announced to every node (``TOPIC_APP_CHANGED``).
+    """
     app[APP_STORE] = store
+    app[APP_CHANGE_LISTENERS] = []  # plug-ins add theirs (cards: stream revocation)
+    if bus is not None:
+        app[APP_BUS] = bus
     app[NONCES] = nonces
     app[APPS_CONFIG] = config
     app[APP_LIMITER] = limiter

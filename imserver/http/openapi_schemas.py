@@ -14,13 +14,14 @@ from typing import Any
 
 from imserver.appauth import H_APP, H_NONCE, H_SIGNATURE, H_TIMESTAMP
 
-#: The card document's JSON Schema, shipped for authors in docs/ (a source checkout).
 #: ``imserver.http.apps_api.APP_EVENTS`` (not imported: apps_api imports the HTTP core,
 #: which serves this description; tests/unit/test_openapi_routes.py keeps them equal).
 APP_EVENTS = ("overdue", "escalated", "reminded", "ding_confirmed", "card_read", "delivered")
 #: ``cards.model.UPDATABLE`` (imserver/ does not import cards/; a test keeps them equal).
 UPDATABLE = ("title", "fields", "body_md", "status", "actions", "inputs", "due_at", "escalate_to")
-CARD_SCHEMA_FILE = Path(__file__).resolve().parents[2] / "docs" / "card.schema.json"
+#: Shipped with the package (an installed server serves the full description);
+#: docs/card.schema.json is the authors' copy, kept equal by tests/unit/test_card_schema.py.
+CARD_SCHEMA_FILE = Path(__file__).resolve().parent / "card.schema.json"
 
 Security = list[dict[str, list[str]]]
 
@@ -89,7 +90,10 @@ _CARD_DEFS = "#/components/schemas/CardDocument/$defs/"
 
 
 def _card_document() -> dict[str, Any]:
-    """docs/card.schema.json as a component (its ``$defs`` refs rewritten), else a stub."""
+    """The card document's JSON Schema as a component (its ``$defs`` refs rewritten).
+
+    A stub only if the packaged file is missing or damaged (a broken install).
+    """
     try:
         schema = json.loads(CARD_SCHEMA_FILE.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -32,6 +32,7 @@ SCHEMA_HISTORY: Final[tuple[tuple[int, str], ...]] = (
     (10, "apps: event subscriptions; outbox items of kind action or event"),
     (11, "card templates: versions of each app's card templates"),
     (12, "cards: the broadcast conversation whose members hold the card (audience)"),
+    (13, "dashboard: logged-out session ids, each kept until its session expires"),
 )
 """``(version, description)`` in the order they apply."""
 

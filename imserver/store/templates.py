@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from imserver.errors import TooManyTemplates
+
 
 @dataclass(slots=True, frozen=True)
 class TemplateRecord:
@@ -43,12 +45,16 @@ class TemplateStore(Protocol):
         template: dict[str, Any],
         slots: tuple[str, ...],
         now: int,
+        limit: int = 1000,
     ) -> tuple[TemplateRecord, bool]:
         """Store ``template`` as the next version; ``(record, created)``.
 
         When it equals the latest version (template and slots), nothing is
         stored and that version comes back with ``created`` false, so a
-        retried registration does not make a version of its own.
+        retried registration does not make a version of its own. A new
+        template id when the app has ``limit`` of them, or a version past
+        ``limit``, raises ``TooManyTemplates`` and stores nothing: a signed app
+        cannot fill the store with templates.
         """
         ...
 
@@ -61,3 +67,22 @@ class TemplateStore(Protocol):
     async def list_templates(self, app_id: str) -> list[TemplateSummary]:
         """The app's templates, by ``template_id``."""
         ...
+
+
+def check_template_room(
+    app_id: str, template_id: str, ids: int, latest_version: int | None, limit: int
+) -> None:
+    """Refuse a new template id past ``limit`` ids, or a version past ``limit`` versions."""
+    if latest_version is None and ids >= limit:
+        raise TooManyTemplates(
+            f"app {app_id} has {ids} templates, the most allowed (cards.max_templates)",
+            field="template_id",
+            details={"limit": limit},
+        )
+    if latest_version is not None and latest_version >= limit:
+        raise TooManyTemplates(
+            f"template {template_id!r} has {latest_version} versions, the most allowed"
+            " (cards.max_templates)",
+            field="template_id",
+            details={"limit": limit},
+        )

@@ -371,3 +371,31 @@ async def test_private_data_each_holder_sees_only_their_own_everywhere(
     assert w4["status"]["text"] == "待审批" and "wang已同意" not in json.dumps(
         w4, ensure_ascii=False
     )
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_an_app_cannot_register_templates_past_the_cap(
+    backend: str, start_server: Any, stub: BusinessStub
+) -> None:
+    """``cards.max_templates`` ids per app and versions per template: then 409, nothing stored."""
+    store: dict[str, Any] = {}
+    if backend == "postgres":
+        dsn, _schema = fresh_dsn()
+        store = {"backend": "postgres", "dsn": dsn, "pool_min_size": 1, "pool_max_size": 4}
+    server: Harness = await start_server(
+        auth={"admin_api_key": ADMIN_KEY}, cards={**CARD_SETTINGS, "max_templates": 2}, store=store
+    )
+    await register_app(server.world.http_url, stub)
+    async with BusinessClient(server.world.http_url, stub.app_id, stub.secret) as oa:
+        await oa.put_template("a", LEAVE)
+        await oa.put_template("b", LEAVE)
+        with pytest.raises(BusinessError) as e:
+            await oa.put_template("c", LEAVE)
+        assert (e.value.status, e.value.code) == (409, "too_many_templates")
+        assert sorted(t["template_id"] for t in await oa.list_templates()) == ["a", "b"]
+        assert (await oa.put_template("a", LEAVE))["created"] is False  # a retry still answers
+        await oa.put_template("a", leave_v2())  # version 2 of 2
+        with pytest.raises(BusinessError) as e:
+            await oa.put_template("a", {**LEAVE, "title": "第三版"})
+        assert e.value.code == "too_many_templates" and e.value.field == "template_id"
+        assert (await oa.get_template("a"))["version"] == 2

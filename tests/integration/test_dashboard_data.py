@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from imserver_sdk import BusinessClient
-from tests.cards_support import ADMIN_KEY, CARD_SETTINGS, BusinessStub, business
+from tests.cards_support import ADMIN_KEY, CARD_SETTINGS, BusinessStub, approval_card, business
 from tests.conftest import StartServer
 from tests.dashboard_support import (
     DashboardHttp,
@@ -106,6 +106,39 @@ async def test_per_unit_counts_down_the_levels(dash_server: Harness, stub: Busin
         assert overview["audit"]["ok"] is True and overview["audit"]["head_seq"] >= 1
         assert set(overview["governance"]) >= {"zombie", "empty", "duplicate", "groups"}
         assert overview["dings"] == {"total": 0, "confirmed": 0, "awaiting": 0}
+    finally:
+        await dash.close()
+        await oa.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_card_sent_to_many_counts_in_every_unit_of_its_holders(
+    backend: str, start_server: StartServer, stub: BusinessStub
+) -> None:
+    """Held through its broadcast conversation (no row per person), still counted per unit."""
+    store: dict[str, Any] = {"backend": "sqlite"}
+    if backend == "postgres":
+        store = {"backend": "postgres", "dsn": fresh_dsn()[0], "pool_min_size": 1}
+    server = await start_server(
+        auth={"admin_api_key": ADMIN_KEY},
+        cards={**CARD_SETTINGS, "broadcast_min_holders": 3},
+        store=store,
+    )
+    await load_org(server)
+    oa: BusinessClient = await business(server, stub)
+    nanchang = ["nc-mayor", "xh-head", "cq-head", "cq-v1-sec"]
+    pushed = await oa.push_card(approval_card("circ", ["cq-head"]), users=nanchang)
+    # No notice conversation of their own: the broadcast conversation holds it.
+    assert await server.world.store.get_conversation(f"n:oa:{nanchang[0]}") is None
+    assert sorted(await server.world.store.card_holders(pushed["card_id"])) == sorted(nanchang)
+    dash = DashboardHttp(server)
+    try:
+        assert (await dash.login(ADMIN_KEY))[0] == 200
+        rows = by_id(await dash.units("jx"))
+        assert (rows["jx"]["pushed"], rows["nc"]["pushed"], rows["jj"]["pushed"]) == (1, 1, 0)
+        assert (rows["nc"]["pending"], rows["nc"]["todo"]) == (1, 1)  # cq-head's todo
+        v1 = by_id(await dash.units("nc-xh-cq"))["nc-xh-cq-v1"]
+        assert (v1["pushed"], v1["todo"]) == (1, 0)
     finally:
         await dash.close()
         await oa.close()

@@ -175,6 +175,9 @@ async def populate(server: Harness, stub: BusinessStub) -> None:
     )
     await wait_until(lambda: _one_failed_hit(stub))
     await oa.push_card(approval_card("leave-2", ["carol"]), users=["carol"])
+    many = [f"m{i:03d}" for i in range(100)]  # cards.broadcast_min_holders: one b: message
+    await server.users(*many)
+    await oa.push_card(approval_card("circular", ["m000"]), users=many)
     await oa.close()
 
     status, body = await admin(

@@ -630,3 +630,10 @@ def test_schema_and_server_agree_on_near_valid_cards(card: Any) -> None:
         assert schema, "the schema is stricter than the server"
     if not _breaks_a_rule_beyond_the_schema(card):
         assert schema == server, f"schema {schema}, server field {_server_field(card)!r}"
+
+
+def test_the_packaged_schema_is_the_documented_one() -> None:
+    """/openapi.json serves the copy shipped in the package (imserver/http/); authors read
+    docs/card.schema.json. After editing one: cp docs/card.schema.json imserver/http/."""
+    packaged = ROOT / "imserver" / "http" / "card.schema.json"
+    assert packaged.read_bytes() == SCHEMA_FILE.read_bytes()

@@ -291,6 +291,13 @@ _SQL: Final[dict[int, str]] = {
         ALTER TABLE cards ADD COLUMN audience TEXT;
         CREATE INDEX cards_by_audience ON cards (audience, gseq) WHERE audience IS NOT NULL;
     """,
+    13: """
+        CREATE TABLE dashboard_logouts (
+            sid         TEXT PRIMARY KEY,
+            expires_at  BIGINT NOT NULL
+        );
+        CREATE INDEX dashboard_logouts_by_expiry ON dashboard_logouts (expires_at);
+    """,
 }
 
 

@@ -19,6 +19,7 @@ from imserver.store.group_commit import CommitObserver
 from imserver.store.postgres.audit import PostgresAuditLog
 from imserver.store.postgres.cards import PgCardsMixin
 from imserver.store.postgres.dashboard import PgDashboardMixin
+from imserver.store.postgres.dashboard_logouts import PgDashboardLogoutsMixin
 from imserver.store.postgres.deadlines import PgDeadlinesMixin
 from imserver.store.postgres.directory import PgDirectoryMixin
 from imserver.store.postgres.governance import PgGovernanceMixin
@@ -51,6 +52,7 @@ class PostgresStore(
     PgGovernanceMixin,
     PgTemplatesMixin,
     PgDashboardMixin,
+    PgDashboardLogoutsMixin,
 ):
     """``Store``, ``CardStore`` and ``DeadlineStore`` (and the rest) on PostgreSQL."""
 

@@ -14,7 +14,7 @@ import asyncpg
 
 from imserver.store.postgres.jobs import PgConn, PgJobs, RetryJob
 from imserver.store.rows import dump_json, load_json
-from imserver.store.templates import TemplateRecord, TemplateSummary
+from imserver.store.templates import TemplateRecord, TemplateSummary, check_template_room
 
 _COLUMNS = "app_id, template_id, version, template, slots, created_at"
 
@@ -48,11 +48,23 @@ class PgTemplatesMixin(PgJobs):
         template: dict[str, Any],
         slots: tuple[str, ...],
         now: int,
+        limit: int = 1000,
     ) -> tuple[TemplateRecord, bool]:
         async def job(conn: PgConn) -> tuple[TemplateRecord, bool]:
             latest = await _latest(conn, app_id, template_id)
             if latest is not None and latest.template == template and latest.slots == slots:
                 return latest, False
+            if latest is None:
+                # The app's row, locked: registrations of one app on several nodes
+                # take turns here, so the count cannot be passed by a race.
+                await conn.execute("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE", app_id)
+                ids = await conn.fetchval(
+                    "SELECT count(*) FROM card_templates WHERE app_id = $1 AND version = 1",
+                    app_id,
+                )
+                check_template_room(app_id, template_id, ids, None, limit)
+            else:
+                check_template_room(app_id, template_id, 0, latest.version, limit)
             version = (latest.version if latest else 0) + 1
             inserted = await conn.fetchval(
                 f"INSERT INTO card_templates ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"

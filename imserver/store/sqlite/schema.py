@@ -282,6 +282,13 @@ _SQL: Final[dict[int, str]] = {
         ALTER TABLE cards ADD COLUMN audience TEXT;
         CREATE INDEX cards_by_audience ON cards (audience, gseq) WHERE audience IS NOT NULL;
         """,
+    13: """
+        CREATE TABLE dashboard_logouts (
+            sid         TEXT PRIMARY KEY,
+            expires_at  INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX dashboard_logouts_by_expiry ON dashboard_logouts (expires_at);
+        """,
 }
 """The SQLite SQL of each version of ``store/migrations.py`` ``SCHEMA_HISTORY``."""
 

@@ -48,6 +48,7 @@ from imserver.store.rows import (
 from imserver.store.sqlite.audit import SqliteAuditLog, create_schema
 from imserver.store.sqlite.cards import SqliteCardsMixin
 from imserver.store.sqlite.dashboard import SqliteDashboardMixin
+from imserver.store.sqlite.dashboard_logouts import SqliteDashboardLogoutsMixin
 from imserver.store.sqlite.deadlines import SqliteDeadlinesMixin
 from imserver.store.sqlite.directory import SqliteDirectoryMixin
 from imserver.store.sqlite.file_check import check_store_file, create_store_file
@@ -132,6 +133,7 @@ class SqliteStore(
     SqliteGovernanceMixin,
     SqliteTemplatesMixin,
     SqliteDashboardMixin,
+    SqliteDashboardLogoutsMixin,
 ):
     """``Store`` on a local SQLite file."""
 

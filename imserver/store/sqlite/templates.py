@@ -11,7 +11,7 @@ from typing import Any
 
 from imserver.store.rows import dump_json, load_json
 from imserver.store.sqlite.jobs import SqliteJobs
-from imserver.store.templates import TemplateRecord, TemplateSummary
+from imserver.store.templates import TemplateRecord, TemplateSummary, check_template_room
 
 _COLUMNS = "app_id, template_id, version, template, slots, created_at"
 
@@ -40,11 +40,20 @@ class SqliteTemplatesMixin(SqliteJobs):
         template: dict[str, Any],
         slots: tuple[str, ...],
         now: int,
+        limit: int = 1000,
     ) -> tuple[TemplateRecord, bool]:
         def job(conn: sqlite3.Connection) -> tuple[TemplateRecord, bool]:
             latest = _latest(conn, app_id, template_id)
             if latest is not None and latest.template == template and latest.slots == slots:
                 return latest, False
+            if latest is None:
+                (ids,) = conn.execute(
+                    "SELECT count(*) FROM card_templates WHERE app_id = ? AND version = 1",
+                    (app_id,),
+                ).fetchone()
+                check_template_room(app_id, template_id, ids, None, limit)
+            else:
+                check_template_room(app_id, template_id, 0, latest.version, limit)
             record = TemplateRecord(
                 app_id, template_id, (latest.version if latest else 0) + 1, template, slots, now
             )
