@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo test lint typecheck pytest clean chromium jdk dashboard-assets
+.PHONY: install run demo test test-postgres lint typecheck pytest clean chromium jdk dashboard-assets
 
 $(STAMP): pyproject.toml clients/python_sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ pytest: install
 	$(BIN)/pytest -q -n 2
 
 test: lint typecheck pytest
+
+# The same suite with every test server on PostgreSQL instead of SQLite (tests/support.py
+# make_test_config; tests that inspect SQLite itself pin it). Not part of `make test`.
+test-postgres: install
+	IM_TEST_STORE=postgres $(BIN)/pytest -q -n 2
 
 clean:
 	rm -rf $(VENV) data data-demo .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -8,12 +8,15 @@ serve`` with a temporary data dir and port 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgpack
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
@@ -34,7 +37,10 @@ def make_test_config(data_dir: Path, overrides: dict[str, dict[str, Any]] | None
         "limits": {"user_requests_per_s": 1e6, "user_burst": 1_000_000},
         "cards": {"app_requests_per_s": 1e6, "app_burst": 1_000_000},
     }
-    if server_store_backend() == "postgres":  # IM_TEST_STORE=postgres: same tests, PostgreSQL
+    # IM_TEST_STORE=postgres: same tests, PostgreSQL -- unless the test names its own store
+    # (``store={"backend": "sqlite"}`` for one that inspects SQLite, or its own DSN).
+    pinned = (overrides or {}).get("store", {}).get("backend")
+    if server_store_backend() == "postgres" and pinned is None:
         dsn, _schema = fresh_dsn()  # dropped with the run's database at exit
         sections["store"].update(backend="postgres", dsn=dsn, pool_min_size=1, pool_max_size=4)
     sections["bus"] = server_bus_overrides()  # IM_TEST_BUS=redis: same tests, Redis bus
@@ -125,6 +131,23 @@ class Harness:
     @property
     def url(self) -> str:
         return self.world.ws_url
+
+    async def read_rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """``sql`` (portable: both engines) on a connection of the test's own, not the store's.
+
+        Bad-input tests count rows this way so a store bug cannot hide behind its own
+        reads: a read-only SQLite file handle, or a fresh asyncpg connection to the DSN.
+        """
+        store = self.world.config.store
+        if store.backend == "postgres":
+            conn = await asyncpg.connect(store.dsn, timeout=10)
+            try:
+                return [tuple(r) for r in await conn.fetch(sql)]
+            finally:
+                await conn.close()
+        uri = f"file:{self.world.config.sqlite_file}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as sqlite:
+            return [tuple(r) for r in sqlite.execute(sql)]
 
     async def users(self, *names: str) -> None:
         await self.world.store.upsert_users([(n, n) for n in names], int(time.time() * 1000))

@@ -22,10 +22,12 @@ from imserver.directory.search_rank import Tier
 from imserver.store.people_search import tier_sql
 from imserver.store.sqlite.schema import MIGRATIONS, migrate
 from imserver_sdk import Client, ServerError
+from tests.cards_support import ADMIN_KEY, CARD_SETTINGS
 from tests.integration.test_directory import MEMBERS, UNITS, _m, api, sync_ok
 from tests.support import Harness, RawClient
 
 RawAs = Callable[..., Awaitable[RawClient]]
+StartServer = Callable[..., Awaitable[Harness]]
 
 #: People whose names exercise the search tiers (added to the tree by ``load``).
 SEARCHABLE: list[dict[str, Any]] = [
@@ -494,8 +496,14 @@ def test_migration_seeds_the_change_log_and_head_counts(tmp_path: Any) -> None:
 # -- every address-book query is an index range -------------------------------------------------
 
 
-async def test_search_tiers_and_change_log_read_indexes_not_tables(card_server: Harness) -> None:
-    """No tier may scan every person: each starts from an index (EXPLAIN QUERY PLAN)."""
+async def test_search_tiers_and_change_log_read_indexes_not_tables(
+    start_server: StartServer,
+) -> None:
+    """No tier may scan every person: each starts from an index (SQLite's EXPLAIN QUERY PLAN,
+    so this server is on SQLite whatever ``IM_TEST_STORE`` says)."""
+    card_server = await start_server(
+        auth={"admin_api_key": ADMIN_KEY}, cards=CARD_SETTINGS, store={"backend": "sqlite"}
+    )
     await load(card_server)
     conn = sqlite3.connect(card_server.world.config.sqlite_file)
     params = {"q": "张", "q_end": "张\U0010ffff", "k": "z", "k_end": "z{", "ch": "张"}

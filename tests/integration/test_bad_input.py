@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import sqlite3
 import string
 import uuid
 from collections.abc import Awaitable, Callable
@@ -52,23 +51,15 @@ class Ctx:
     convs: tuple[str, ...]
 
 
-def count_messages(h: Harness) -> int:
-    """Total messages in the database, read with a separate SQLite connection."""
-    conn = sqlite3.connect(f"file:{h.world.config.sqlite_file}?mode=ro", uri=True)
-    try:
-        (n,) = conn.execute("SELECT count(*) FROM messages").fetchone()
-        return int(n)
-    finally:
-        conn.close()
+async def count_messages(h: Harness) -> int:
+    """Total messages in the database, read on a connection of the test's own."""
+    ((n,),) = await h.read_rows("SELECT count(*) FROM messages")
+    return int(n)
 
 
-def count_conversations(h: Harness) -> int:
-    conn = sqlite3.connect(f"file:{h.world.config.sqlite_file}?mode=ro", uri=True)
-    try:
-        (n,) = conn.execute("SELECT count(*) FROM conversations").fetchone()
-        return int(n)
-    finally:
-        conn.close()
+async def count_conversations(h: Harness) -> int:
+    ((n,),) = await h.read_rows("SELECT count(*) FROM conversations")
+    return int(n)
 
 
 async def snapshot(ctx: Ctx) -> dict[str, Any]:
@@ -79,8 +70,8 @@ async def snapshot(ctx: Ctx) -> dict[str, Any]:
         assert c is not None
         msgs = await store.messages_after(conv, 0, 10_000)
         out[conv] = (c.last_seq, [(m.seq, m.kind, m.body, m.recalled) for m in msgs])
-    out["total_messages"] = count_messages(ctx.h)
-    out["total_conversations"] = count_conversations(ctx.h)
+    out["total_messages"] = await count_messages(ctx.h)
+    out["total_conversations"] = await count_conversations(ctx.h)
     return out
 
 
@@ -1069,7 +1060,7 @@ async def upload(h: Harness, user: str, data: bytes, name: str = "a.txt") -> dic
 async def fuzz_live_connection(h: Harness, codec: str) -> None:
     ctx = await make_ctx(h, codec)
     file_ref = await upload(h, "alice", b"fuzz file")
-    initial = count_messages(h)
+    initial = await count_messages(h)
     alice = ctx.alice
     max_frame = h.world.config.limits.max_frame_bytes
     known_convs = list(ctx.convs)
@@ -1154,14 +1145,10 @@ async def fuzz_live_connection(h: Harness, codec: str) -> None:
     await assert_still_open(alice)
     assert alice.ws.close_code is None
     # Exactly the messages that successful requests created...
-    assert count_messages(h) == initial + stats["created"]
+    assert await count_messages(h) == initial + stats["created"]
     # ...and every stored message is well-formed, with gapless seqs.
     store = h.world.store
-    conn = sqlite3.connect(f"file:{h.world.config.sqlite_file}?mode=ro", uri=True)
-    try:
-        all_convs = [r[0] for r in conn.execute("SELECT id FROM conversations")]
-    finally:
-        conn.close()
+    all_convs = [r[0] for r in await h.read_rows("SELECT id FROM conversations")]
     total = 0
     for conv in all_convs:
         c = await store.get_conversation(conv)

@@ -2,7 +2,8 @@
 
 Before, a claim taken just before the stop stayed leased for ``callback_timeout_s``
 + 10 s: the restarted node (or any other) could not send that callback meanwhile.
-Real server, real business system on loopback, the same SQLite file across the restart.
+Real server, real business system on loopback, the same store across the restart
+(SQLite, or PostgreSQL under ``IM_TEST_STORE=postgres``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from cards.callbacks import STOP_GRACE_S, STOPPED
-from imserver.store.sqlite.store import SqliteStore
+from imserver.app import build_store
 from imserver_sdk import BusinessClient
 from tests.cards_support import ADMIN_KEY, CARD_SETTINGS, BusinessStub, approval_card, register_app
 from tests.support import make_test_config, start_harness, stop_harness
@@ -69,7 +70,7 @@ async def test_a_callback_cut_off_by_a_stop_is_sent_at_once_after_the_restart(
     stopped_in = time.monotonic() - started
     assert stopped_in < STOP_GRACE_S + 2, stopped_in  # not the whole callback timeout
 
-    store = SqliteStore(config.sqlite_file)
+    store = build_store(config)  # the store the server used, read between the two runs
     await store.open()
     try:
         (item,) = await store.list_callbacks("pending", 10)

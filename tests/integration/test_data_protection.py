@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from imserver.app import build_world, start_world, stop_world
@@ -27,9 +28,28 @@ TREE = (
 )
 
 
-def database_bytes(server: Harness) -> bytes:
-    path = server.world.config.sqlite_file
-    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+async def database_bytes(server: Harness) -> bytes:
+    """Everything the store keeps at rest: the SQLite files (with WAL), or on PostgreSQL
+    every value of every table in the store's schema, read on a connection of our own."""
+    store = server.world.config.store
+    if store.backend != "postgres":
+        path = server.world.config.sqlite_file
+        return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+    conn = await asyncpg.connect(store.dsn, timeout=10)
+    try:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+        )
+        assert tables, "no tables in the store's schema"
+        out: list[bytes] = []
+        for (table,) in tables:
+            for row in await conn.fetch(f'SELECT * FROM "{table}"'):
+                for value in row.values():
+                    out.append(value if isinstance(value, bytes) else str(value).encode())
+        return b"\n".join(out)
+    finally:
+        await conn.close()
 
 
 async def admin_get(server: Harness, path: str, token: str = ADMIN_KEY) -> tuple[int, Any]:
@@ -66,7 +86,7 @@ async def test_profiles_are_encrypted_at_rest_and_masked_without_pii_read(
         auth={"admin_api_key": ADMIN_KEY}, security={"field_cipher": cipher}
     )
     await sync(server)
-    raw = database_bytes(server)
+    raw = await database_bytes(server)
     assert PHONE.encode() not in raw and ID_NUMBER.encode() not in raw
     assert b"v1.k1." in raw  # the sealed token, with its key id
     assert keys_file(server.world.config).read_text().split(":")[1] == cipher
@@ -108,7 +128,7 @@ async def test_sensitive_card_fields_sealed_and_revealed_only_to_pii_read(
     li = await card_server.client("li")
     wang = await card_server.client("wang")
     card_id = (await oa.push_card(approval_card("pii", ["li"]), users=["li", "wang"]))["card_id"]
-    assert PHONE.encode() not in database_bytes(card_server)
+    assert PHONE.encode() not in await database_bytes(card_server)
     for client, shown in ((li, "138****1234"), (wang, PHONE)):
         ev = await client.next_event("message", predicate=lambda e: e.data["kind"] == "card")
         assert ev.data["body"]["card"]["fields"][1]["value"] == shown
@@ -122,7 +142,7 @@ async def test_sensitive_card_fields_sealed_and_revealed_only_to_pii_read(
     for client, shown in ((li, "138****1234"), (wang, PHONE)):
         ev = await client.next_event("card", predicate=lambda e: e.data["version"] == 2)
         assert ev.data["fields"][1]["value"] == shown
-    assert PHONE.encode() not in database_bytes(card_server)
+    assert PHONE.encode() not in await database_bytes(card_server)
 
 
 async def test_key_rotation_reencrypts_and_old_values_still_read(
@@ -139,7 +159,7 @@ async def test_key_rotation_reencrypts_and_old_values_still_read(
     await start_world(world)
     server.world = world
     try:
-        raw = database_bytes(server)
+        raw = await database_bytes(server)
         assert b"v1.k1." in raw and b"v1.k2." not in raw
         status, user = await admin_get(server, "/admin/v1/users/zhang")
         assert status == 200

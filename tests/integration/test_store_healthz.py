@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -9,6 +10,8 @@ import asyncpg
 
 from tests.postgres_support import drop_schema, fresh_dsn, run_blocking
 from tests.support import Harness, make_test_config, start_harness, stop_harness
+
+StartServer = Callable[..., Awaitable[Harness]]
 
 
 async def healthz(server: Harness) -> tuple[int, dict[str, Any]]:
@@ -20,7 +23,8 @@ async def healthz(server: Harness) -> tuple[int, dict[str, Any]]:
         return response.status, body
 
 
-async def test_healthz_reports_the_sqlite_store(server: Harness) -> None:
+async def test_healthz_reports_the_sqlite_store(start_server: StartServer) -> None:
+    server = await start_server(store={"backend": "sqlite"})  # whatever IM_TEST_STORE says
     status, body = await healthz(server)
     assert status == 200 and body["status"] == "ok"
     store = body["store"]
