@@ -1,4 +1,6 @@
-"""PostgreSQL side of ``CardStore``: apps, cards, todo rows, the callback outbox.
+"""PostgreSQL side of ``CardStore``: cards, their holders and todo rows, notices.
+
+Apps are ``apps.py``; the callback outbox (claims, leases) is ``outbox.py``.
 
 Across nodes: ``save_card`` is an ``UPDATE … WHERE version = $n``; a second
 node's update of the same card waits for the first to commit, re-reads the
@@ -10,39 +12,22 @@ node's lease simply runs out and the row is claimable again.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Final
 
 from imserver.store.card_docs import CardDocSealing
 from imserver.store.postgres.audit import PostgresAuditLog
 from imserver.store.postgres.jobs import PgConn, PgJobs
-from imserver.store.records import (
-    ROLE_MEMBER,
-    AppRecord,
-    AuditEntry,
-    CardChange,
-    CardRecord,
-    Message,
-    NewCard,
-    NewMessage,
-    OutboxEntry,
-    OutboxItem,
-    StoredApp,
-)
+from imserver.store.postgres.outbox import insert_outbox
+from imserver.store.records import ROLE_MEMBER, CardChange, CardRecord, Message, NewCard, NewMessage
 from imserver.store.rows import (
-    APP_COLUMNS,
     BROADCAST_PREFIX,
     BROADCAST_RANGE,
     CARD_COLUMNS,
-    OUTBOX_COLUMNS,
-    STORED_APP_COLUMNS,
-    app_from_row,
     created_card,
     dump_json,
-    outbox_from_row,
     qualified,
-    stored_app_from_row,
 )
 
 _CARD_BY_TRACK: Final = f"SELECT {CARD_COLUMNS} FROM cards WHERE app_id = $1 AND out_track_id = $2"
@@ -88,28 +73,6 @@ async def set_timers(
             "INSERT INTO timers (card_id, kind, fire_at) VALUES ($1, $2, $3)",
             [(card_id, kind, at) for kind, at in wanted],
         )
-
-
-async def insert_outbox(conn: PgConn, entries: Sequence[OutboxEntry], now: int) -> int:
-    """Outbox rows due now, in one statement; a repeat of (card, action/event id) is ignored.
-
-    Returns how many were new.
-    """
-    if not entries:
-        return 0
-    rows = await conn.fetch(
-        "INSERT INTO outbox (app_id, card_id, action_id, payload, state, attempts, next_at,"
-        " created_at, kind) SELECT a, c, i, p, 'pending', 0, $6, $6, k"
-        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])"
-        " AS t(a, c, i, p, k) ON CONFLICT DO NOTHING RETURNING id",
-        [o.app_id for o in entries],
-        [o.card_id for o in entries],
-        [o.action_id for o in entries],
-        [dump_json(o.payload) for o in entries],
-        [o.kind for o in entries],
-        now,
-    )
-    return len(rows)
 
 
 async def ensure_notice_conv(conn: PgConn, conv: str, user: str, name: str, now: int) -> None:
@@ -182,98 +145,6 @@ class PgCardsMixin(CardDocSealing, PgJobs):
 
     _insert: Callable[[PgConn, NewMessage], Awaitable[Message]]
     audit: PostgresAuditLog
-
-    # -- apps ----------------------------------------------------------------
-    async def upsert_app(self, app: AppRecord, now: int, audit: AuditEntry | None = None) -> None:
-        """Register or replace ``app``; ``audit``, if given, commits with it (or neither does).
-
-        The whole registration is replaced, rotation overlap included;
-        ``created_at`` is kept from the first registration.
-        """
-
-        async def job(conn: PgConn) -> None:
-            if audit is not None:
-                a = audit
-                await self.audit.append_in(conn, now, a.actor, a.action, a.target, a.details)
-            await conn.execute(
-                f"INSERT INTO apps ({STORED_APP_COLUMNS})"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-                " ON CONFLICT (id) DO UPDATE SET"
-                " name = excluded.name, secret = excluded.secret,"
-                " callback_url = excluded.callback_url, scope = excluded.scope,"
-                " permissions = excluded.permissions,"
-                " previous_secret = excluded.previous_secret,"
-                " previous_secret_until = excluded.previous_secret_until,"
-                " events = excluded.events, updated_at = excluded.updated_at",
-                app.app_id,
-                app.name,
-                app.secret,
-                app.callback_url,
-                dump_json(list(app.scope)),
-                dump_json(list(app.permissions)),
-                app.previous_secret,
-                app.previous_secret_until,
-                dump_json(list(app.events)),
-                now,
-                now,
-            )
-
-        await self._write(job)
-
-    async def get_app(self, app_id: str) -> AppRecord | None:
-        async def job(conn: PgConn) -> AppRecord | None:
-            row = await conn.fetchrow(f"SELECT {APP_COLUMNS} FROM apps WHERE id = $1", app_id)
-            return None if row is None else app_from_row(row)
-
-        return await self._read(job)
-
-    async def list_apps(self) -> list[StoredApp]:
-        """Every registered app with its times, by id."""
-
-        async def job(conn: PgConn) -> list[StoredApp]:
-            rows = await conn.fetch(f"SELECT {STORED_APP_COLUMNS} FROM apps ORDER BY id")
-            return [stored_app_from_row(r) for r in rows]
-
-        return await self._read(job)
-
-    async def delete_app(self, app_id: str, now: int, audit: AuditEntry) -> bool:
-        """Remove the app (its cards and outbox stay); False if there was none (nothing audited)."""
-
-        async def job(conn: PgConn) -> bool:
-            gone = await conn.fetchval("DELETE FROM apps WHERE id = $1 RETURNING id", app_id)
-            if gone is None:
-                return False
-            a = audit
-            await self.audit.append_in(conn, now, a.actor, a.action, a.target, a.details)
-            return True
-
-        return await self._write(job)
-
-    async def rotate_app_secret(
-        self, app_id: str, secret: str, previous_until: int, now: int, audit: AuditEntry
-    ) -> bool:
-        """Make ``secret`` current and keep the old one valid until ``previous_until`` (ms).
-
-        One statement, so two rotations racing cannot lose the secret between
-        them; an older overlap still running ends here. False if no such app.
-        """
-
-        async def job(conn: PgConn) -> bool:
-            done = await conn.fetchval(
-                "UPDATE apps SET previous_secret = secret, previous_secret_until = $1,"
-                " secret = $2, updated_at = $3 WHERE id = $4 RETURNING id",
-                previous_until,
-                secret,
-                now,
-                app_id,
-            )
-            if done is None:
-                return False
-            a = audit
-            await self.audit.append_in(conn, now, a.actor, a.action, a.target, a.details)
-            return True
-
-        return await self._write(job)
 
     # -- cards ---------------------------------------------------------------
     async def create_card(
@@ -487,119 +358,6 @@ class PgCardsMixin(CardDocSealing, PgJobs):
             return [await self._insert(conn, m) for m in messages]
 
         return await self._write(job)
-
-    # -- callback outbox -----------------------------------------------------
-    async def claim_callbacks(self, now: int, lease_ms: int, limit: int) -> list[OutboxItem]:
-        """Due pending callbacks, leased so no other worker or node sends them meanwhile."""
-
-        async def job(conn: PgConn) -> list[OutboxItem]:
-            rows = await conn.fetch(
-                f"UPDATE outbox SET lease_until = $2 WHERE id IN ("
-                " SELECT id FROM outbox WHERE state = 'pending' AND next_at <= $1"
-                " AND lease_until <= $1 ORDER BY next_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)"
-                f" RETURNING {OUTBOX_COLUMNS}",
-                now,
-                now + lease_ms,
-                limit,
-            )
-            items = [outbox_from_row(r) for r in rows]
-            return sorted(items, key=lambda item: (item.next_at, item.id))
-
-        return await self._write(job)
-
-    async def next_callback_due(self) -> int | None:
-        async def job(conn: PgConn) -> int | None:
-            at = await conn.fetchval(
-                "SELECT min(greatest(next_at, lease_until)) FROM outbox WHERE state = 'pending'"
-            )
-            return None if at is None else int(at)
-
-        return await self._read(job)
-
-    async def work_backlog(self) -> tuple[int, int, int]:
-        """(outbox pending, outbox failed, timers not yet fired): the metrics' gauges."""
-
-        async def job(conn: PgConn) -> tuple[int, int, int]:
-            row = await conn.fetchrow(
-                "SELECT (SELECT count(*) FROM outbox WHERE state = 'pending'),"
-                " (SELECT count(*) FROM outbox WHERE state = 'failed'),"
-                " (SELECT count(*) FROM timers WHERE NOT done)"
-            )
-            assert row is not None
-            return int(row[0]), int(row[1]), int(row[2])
-
-        return await self._read(job)
-
-    async def finish_callback(
-        self, item_id: int, *, state: str, attempts: int, next_at: int, error: str
-    ) -> None:
-        async def job(conn: PgConn) -> None:
-            await conn.execute(
-                "UPDATE outbox SET state = $1, attempts = $2, next_at = $3, lease_until = 0,"
-                " last_error = $4 WHERE id = $5",
-                state,
-                attempts,
-                next_at,
-                error[:500],
-                item_id,
-            )
-
-        await self._write(job)
-
-    async def get_callback(self, card_id: str, action_id: str) -> OutboxItem | None:
-        async def job(conn: PgConn) -> OutboxItem | None:
-            row = await conn.fetchrow(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE card_id = $1 AND action_id = $2",
-                card_id,
-                action_id,
-            )
-            return None if row is None else outbox_from_row(row)
-
-        return await self._read(job)
-
-    async def list_callbacks(self, state: str, limit: int) -> list[OutboxItem]:
-        async def job(conn: PgConn) -> list[OutboxItem]:
-            rows = await conn.fetch(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = $1 ORDER BY id LIMIT $2",
-                state,
-                limit,
-            )
-            return [outbox_from_row(r) for r in rows]
-
-        return await self._read(job)
-
-    async def pending_callbacks(self, card_id: str) -> int:
-        """Pending action callbacks of the card (app events never count: docs/cards.md)."""
-
-        async def job(conn: PgConn) -> int:
-            n = await conn.fetchval(
-                "SELECT count(*) FROM outbox WHERE card_id = $1 AND state = 'pending'"
-                " AND kind = 'action'",
-                card_id,
-            )
-            return int(n)
-
-        return await self._read(job)
-
-    async def enqueue_events(self, entries: Sequence[OutboxEntry], now: int) -> int:
-        """Add app events to the outbox; one already there (same card, ``event_id``) is kept."""
-        rows = list(entries)
-
-        async def job(conn: PgConn) -> int:
-            return await insert_outbox(conn, rows, now)
-
-        return await self._write(job) if rows else 0
-
-    async def retry_callback(self, item_id: int, now: int) -> None:
-        async def job(conn: PgConn) -> None:
-            await conn.execute(
-                "UPDATE outbox SET state = 'pending', attempts = 0, next_at = $1, lease_until = 0"
-                " WHERE id = $2",
-                now,
-                item_id,
-            )
-
-        await self._write(job)
 
 
 class _TrackTaken(Exception):

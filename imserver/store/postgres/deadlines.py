@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
-from imserver.store.postgres.cards import ensure_notice_conv, insert_outbox
+from imserver.store.postgres.cards import ensure_notice_conv
 from imserver.store.postgres.jobs import PgConn, PgJobs
+from imserver.store.postgres.outbox import insert_outbox
 from imserver.store.records import DingDue, DingStatus, Message, NewMessage, OutboxEntry, Timer
 from imserver.store.rows import confirmed_split, ding_status_from_rows
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from imserver.store.group_commit import CommitObserver
+from imserver.store.postgres.apps import PgAppsMixin
 from imserver.store.postgres.audit import PostgresAuditLog
 from imserver.store.postgres.cards import PgCardsMixin
 from imserver.store.postgres.dashboard import PgDashboardMixin
@@ -26,6 +27,7 @@ from imserver.store.postgres.governance import PgGovernanceMixin
 from imserver.store.postgres.identity import PgIdentityMixin
 from imserver.store.postgres.jobs import PgConn, T
 from imserver.store.postgres.messages import PgMessagesMixin, insert_message
+from imserver.store.postgres.outbox import PgOutboxMixin
 from imserver.store.postgres.pool import (
     CONNECTION_LOST,
     PoolSettings,
@@ -44,7 +46,9 @@ log = logging.getLogger(__name__)
 
 class PostgresStore(
     PgMessagesMixin,
+    PgAppsMixin,
     PgCardsMixin,
+    PgOutboxMixin,
     PgDeadlinesMixin,
     PgDirectoryMixin,
     PgRotationMixin,

@@ -1,4 +1,6 @@
-"""SQLite side of the ``CardStore`` interface: apps, cards, todo, callback outbox.
+"""SQLite side of the ``CardStore`` interface: cards, their holders and todo, notices.
+
+Apps are ``apps.py``; the callback outbox is ``outbox.py``.
 
 A mixin of :class:`imserver.store.sqlite.SqliteStore`; it shares its writer
 thread, so a card's new version, its todo rows, its fan-out messages and its
@@ -8,40 +10,23 @@ callback are committed in one transaction.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 import orjson
 
 from imserver.store.card_docs import CardDocSealing
-from imserver.store.records import (
-    ROLE_MEMBER,
-    AppRecord,
-    AuditEntry,
-    CardChange,
-    CardRecord,
-    Message,
-    NewCard,
-    NewMessage,
-    OutboxEntry,
-    OutboxItem,
-    StoredApp,
-)
+from imserver.store.records import ROLE_MEMBER, CardChange, CardRecord, Message, NewCard, NewMessage
 from imserver.store.rows import (
-    APP_COLUMNS,
     BROADCAST_PREFIX,
     BROADCAST_RANGE,
     CARD_COLUMNS,
-    OUTBOX_COLUMNS,
-    STORED_APP_COLUMNS,
-    app_from_row,
     created_card,
-    outbox_from_row,
     qualified,
-    stored_app_from_row,
 )
 from imserver.store.sqlite.audit import SqliteAuditLog
 from imserver.store.sqlite.in_list import select_in
 from imserver.store.sqlite.jobs import SqliteJobs
+from imserver.store.sqlite.outbox import insert_outbox
 
 
 def _next_gseq(conn: sqlite3.Connection) -> int:
@@ -67,18 +52,6 @@ def _set_timers(conn: sqlite3.Connection, card_id: str, timers: Iterable[tuple[s
         "INSERT INTO timers (card_id, kind, fire_at) VALUES (?, ?, ?)",
         [(card_id, kind, at) for kind, at in timers],
     )
-
-
-def insert_outbox(conn: sqlite3.Connection, entries: Iterable[OutboxEntry], now: int) -> int:
-    """Outbox rows due now; a repeat of (card, action/event id) is ignored. Returns how many new."""
-    added = 0
-    for o in entries:
-        added += conn.execute(
-            "INSERT OR IGNORE INTO outbox (app_id, card_id, action_id, payload, state,"
-            " attempts, next_at, created_at, kind) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-            (o.app_id, o.card_id, o.action_id, orjson.dumps(o.payload), now, now, o.kind),
-        ).rowcount
-    return added
 
 
 def ensure_notice_conv(conn: sqlite3.Connection, conv: str, user: str, name: str, now: int) -> None:
@@ -129,95 +102,6 @@ class SqliteCardsMixin(CardDocSealing, SqliteJobs):
 
     _insert: Callable[[sqlite3.Connection, NewMessage], Message]
     audit: SqliteAuditLog
-
-    # -- apps ----------------------------------------------------------------
-    async def upsert_app(self, app: AppRecord, now: int, audit: AuditEntry | None = None) -> None:
-        """Register or replace ``app``; ``audit``, if given, commits with it (or neither does).
-
-        The whole registration is replaced, rotation overlap included;
-        ``created_at`` is kept from the first registration.
-        """
-
-        def job(conn: sqlite3.Connection) -> None:
-            if audit is not None:
-                a = audit
-                self.audit.append_in(conn, now, a.actor, a.action, a.target, a.details)
-            conn.execute(
-                f"INSERT INTO apps ({STORED_APP_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
-                " secret = excluded.secret, callback_url = excluded.callback_url,"
-                " scope = excluded.scope, permissions = excluded.permissions,"
-                " previous_secret = excluded.previous_secret,"
-                " previous_secret_until = excluded.previous_secret_until,"
-                " events = excluded.events, updated_at = excluded.updated_at",
-                (
-                    app.app_id,
-                    app.name,
-                    app.secret,
-                    app.callback_url,
-                    orjson.dumps(list(app.scope)),
-                    orjson.dumps(list(app.permissions)),
-                    app.previous_secret,
-                    app.previous_secret_until,
-                    orjson.dumps(list(app.events)),
-                    now,
-                    now,
-                ),
-            )
-
-        await self._write(job)
-
-    async def get_app(self, app_id: str) -> AppRecord | None:
-        def job(conn: sqlite3.Connection) -> AppRecord | None:
-            row = conn.execute(f"SELECT {APP_COLUMNS} FROM apps WHERE id = ?", (app_id,)).fetchone()
-            return None if row is None else app_from_row(row)
-
-        return await self._read(job)
-
-    async def list_apps(self) -> list[StoredApp]:
-        """Every registered app with its times, by id."""
-
-        def job(conn: sqlite3.Connection) -> list[StoredApp]:
-            rows = conn.execute(f"SELECT {STORED_APP_COLUMNS} FROM apps ORDER BY id").fetchall()
-            return [stored_app_from_row(r) for r in rows]
-
-        return await self._read(job)
-
-    async def delete_app(self, app_id: str, now: int, audit: AuditEntry) -> bool:
-        """Remove the app (its cards and outbox stay); False if there was none (nothing audited)."""
-
-        def job(conn: sqlite3.Connection) -> bool:
-            if conn.execute("DELETE FROM apps WHERE id = ?", (app_id,)).rowcount == 0:
-                return False
-            a = audit
-            self.audit.append_in(conn, now, a.actor, a.action, a.target, a.details)
-            return True
-
-        return await self._write(job)
-
-    async def rotate_app_secret(
-        self, app_id: str, secret: str, previous_until: int, now: int, audit: AuditEntry
-    ) -> bool:
-        """Make ``secret`` current and keep the old one valid until ``previous_until`` (ms).
-
-        One statement, so two rotations racing cannot lose the secret between
-        them; an older overlap still running ends here. False if no such app.
-        """
-
-        def job(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "UPDATE apps SET previous_secret = secret, previous_secret_until = ?,"
-                " secret = ?, updated_at = ? WHERE id = ?",
-                (previous_until, secret, now, app_id),
-            )
-            if cur.rowcount == 0:
-                return False
-            a = audit
-            self.audit.append_in(conn, now, a.actor, a.action, a.target, a.details)
-            return True
-
-        return await self._write(job)
 
     # -- cards ---------------------------------------------------------------
     async def create_card(
@@ -413,110 +297,6 @@ class SqliteCardsMixin(CardDocSealing, SqliteJobs):
             return [self._insert(conn, m) for m in messages]
 
         return await self._write(job)
-
-    # -- callback outbox -----------------------------------------------------
-    async def claim_callbacks(self, now: int, lease_ms: int, limit: int) -> list[OutboxItem]:
-        """Due pending callbacks, leased so no other worker sends them meanwhile."""
-
-        def job(conn: sqlite3.Connection) -> list[OutboxItem]:
-            rows = conn.execute(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' AND next_at <= ?"
-                " AND lease_until <= ? ORDER BY next_at LIMIT ?",
-                (now, now, limit),
-            ).fetchall()
-            conn.executemany(
-                "UPDATE outbox SET lease_until = ? WHERE id = ?",
-                [(now + lease_ms, r[0]) for r in rows],
-            )
-            return [outbox_from_row(r) for r in rows]
-
-        return await self._write(job)
-
-    async def next_callback_due(self) -> int | None:
-        def job(conn: sqlite3.Connection) -> int | None:
-            row = conn.execute(
-                "SELECT min(max(next_at, lease_until)) FROM outbox WHERE state = 'pending'"
-            ).fetchone()
-            return None if row[0] is None else int(row[0])
-
-        return await self._read(job)
-
-    async def work_backlog(self) -> tuple[int, int, int]:
-        """(outbox pending, outbox failed, timers not yet fired): the metrics' gauges."""
-
-        def job(conn: sqlite3.Connection) -> tuple[int, int, int]:
-            row = conn.execute(
-                "SELECT (SELECT count(*) FROM outbox WHERE state = 'pending'),"
-                " (SELECT count(*) FROM outbox WHERE state = 'failed'),"
-                " (SELECT count(*) FROM timers WHERE done = 0)"
-            ).fetchone()
-            return int(row[0]), int(row[1]), int(row[2])
-
-        return await self._read(job)
-
-    async def finish_callback(
-        self, item_id: int, *, state: str, attempts: int, next_at: int, error: str
-    ) -> None:
-        def job(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE outbox SET state = ?, attempts = ?, next_at = ?, lease_until = 0,"
-                " last_error = ? WHERE id = ?",
-                (state, attempts, next_at, error[:500], item_id),
-            )
-
-        await self._write(job)
-
-    async def get_callback(self, card_id: str, action_id: str) -> OutboxItem | None:
-        def job(conn: sqlite3.Connection) -> OutboxItem | None:
-            row = conn.execute(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE card_id = ? AND action_id = ?",
-                (card_id, action_id),
-            ).fetchone()
-            return None if row is None else outbox_from_row(row)
-
-        return await self._read(job)
-
-    async def list_callbacks(self, state: str, limit: int) -> list[OutboxItem]:
-        def job(conn: sqlite3.Connection) -> list[OutboxItem]:
-            rows = conn.execute(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = ? ORDER BY id LIMIT ?",
-                (state, limit),
-            )
-            return [outbox_from_row(r) for r in rows]
-
-        return await self._read(job)
-
-    async def pending_callbacks(self, card_id: str) -> int:
-        """Pending action callbacks of the card (app events never count: docs/cards.md)."""
-
-        def job(conn: sqlite3.Connection) -> int:
-            (n,) = conn.execute(
-                "SELECT count(*) FROM outbox WHERE card_id = ? AND state = 'pending'"
-                " AND kind = 'action'",
-                (card_id,),
-            ).fetchone()
-            return int(n)
-
-        return await self._read(job)
-
-    async def enqueue_events(self, entries: Sequence[OutboxEntry], now: int) -> int:
-        """Add app events to the outbox; one already there (same card, ``event_id``) is kept."""
-        rows = list(entries)
-
-        def job(conn: sqlite3.Connection) -> int:
-            return insert_outbox(conn, rows, now)
-
-        return await self._write(job) if rows else 0
-
-    async def retry_callback(self, item_id: int, now: int) -> None:
-        def job(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?, lease_until = 0"
-                " WHERE id = ?",
-                (now, item_id),
-            )
-
-        await self._write(job)
 
 
 class _VersionMoved(Exception):

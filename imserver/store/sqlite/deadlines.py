@@ -12,8 +12,9 @@ from typing import Any
 
 from imserver.store.records import DingDue, DingStatus, Message, NewMessage, OutboxEntry, Timer
 from imserver.store.rows import confirmed_split, ding_status_from_rows
-from imserver.store.sqlite.cards import ensure_notice_conv, insert_outbox
+from imserver.store.sqlite.cards import ensure_notice_conv
 from imserver.store.sqlite.jobs import SqliteJobs
+from imserver.store.sqlite.outbox import insert_outbox
 
 Job = Callable[[sqlite3.Connection], Any]
 

@@ -45,6 +45,7 @@ from imserver.store.rows import (
     message_from_row,
     stored_message,
 )
+from imserver.store.sqlite.apps import SqliteAppsMixin
 from imserver.store.sqlite.audit import SqliteAuditLog, create_schema
 from imserver.store.sqlite.cards import SqliteCardsMixin
 from imserver.store.sqlite.dashboard import SqliteDashboardMixin
@@ -56,6 +57,7 @@ from imserver.store.sqlite.governance import SqliteGovernanceMixin
 from imserver.store.sqlite.identity import SqliteIdentityMixin
 from imserver.store.sqlite.in_list import select_in
 from imserver.store.sqlite.jobs import T
+from imserver.store.sqlite.outbox import SqliteOutboxMixin
 from imserver.store.sqlite.rotation import SqliteRotationMixin
 from imserver.store.sqlite.schema import migrate
 from imserver.store.sqlite.templates import SqliteTemplatesMixin
@@ -125,7 +127,9 @@ def _create_dm(conn: sqlite3.Connection, conv: str, parties: tuple[str, str], no
 
 
 class SqliteStore(
+    SqliteAppsMixin,
     SqliteCardsMixin,
+    SqliteOutboxMixin,
     SqliteDeadlinesMixin,
     SqliteDirectoryMixin,
     SqliteRotationMixin,
