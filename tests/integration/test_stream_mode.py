@@ -49,11 +49,12 @@ class BusinessProcess:
             sys.executable,
             "-m",
             "tests.stream_business",
+            *flags,
+            "--",  # a secret may start with "-" (token_urlsafe): never read it as an option
             http_url,
             APP,
             secret,
             str(log),
-            *flags,
         ]
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
