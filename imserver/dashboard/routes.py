@@ -85,6 +85,28 @@ async def to_index(_request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/dashboard/")
 
 
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """A file of ``static/``; anything else is the JSON ``404 not_found`` of every route.
+
+    aiohttp's own static route answers a missing file with an empty 404 of
+    type ``application/octet-stream``; this one raises, so the error
+    middleware shapes it like any other error. Only regular files inside
+    ``static/`` are served (no symlinks out, no ``..``).
+    """
+    name = request.match_info["filename"]
+    wanted = await asyncio.to_thread(_static_path, name)  # a stat: off the event loop
+    if wanted is None:
+        raise web.HTTPNotFound(reason=f"no dashboard file {name!r}")
+    return web.FileResponse(wanted, headers={"X-Content-Type-Options": "nosniff"})
+
+
+def _static_path(name: str) -> Path | None:
+    """``static/<name>`` resolved, if it is a regular file inside ``static/``."""
+    root = STATIC.resolve()
+    wanted = (root / name).resolve()
+    return wanted if wanted.is_relative_to(root) and wanted.is_file() else None
+
+
 def _unit_param(request: web.Request) -> str | None:
     unit = request.query.get("unit") or None
     if unit is not None and len(unit) > 128:
@@ -286,4 +308,4 @@ def add_dashboard_routes(
     r.add_get("/dashboard/api/live", live)
     r.add_get("/dashboard/api/stream", stream)
     r.add_post("/dashboard/api/callbacks/{card_id}/{action_id}/retry", retry)
-    r.add_static("/dashboard/static/", STATIC, follow_symlinks=False)
+    r.add_get("/dashboard/static/{filename:.+}", static_file)

@@ -202,14 +202,9 @@ def _dashboard_paths() -> dict[str, dict[str, Any]]:
                 "the dashboard's scripts, styles and charting library (served from the package)",
                 tag,
                 None,
-                {
-                    200: {"description": "the file", "content": {"*/*": {"schema": {}}}},
-                    # aiohttp's static handler answers a missing file itself, after
-                    # every middleware: an empty body, not the error object.
-                    404: {"description": "no such file (empty body)", "content": {"*/*": {}}},
-                },
+                {200: {"description": "the file", "content": {"*/*": {"schema": {}}}}},
                 params=[path_param("filename", "a file of the dashboard's static folder")],
-                errors=(403,),
+                errors=(404,),  # no such file: the usual error object (dashboard/routes.py)
                 operation_id="dashboardStatic",
             )
         },

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -294,3 +295,19 @@ async def test_the_live_feed_pushes_and_ends_when_the_grant_goes(dash_server: Ha
             assert last["error"]["error"]["code"] == "forbidden"
     finally:
         await dash.close()
+
+
+async def test_static_files_and_a_missing_one_answers_the_error_object(
+    start_server: StartServer,
+) -> None:
+    """A file of static/ is served; a missing one (or one outside) is ``404 not_found``."""
+    server = await start_server()
+    base = server.world.http_url + "/dashboard/static/"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(base + "dashboard.js") as r:
+            assert r.status == 200 and "javascript" in r.headers["Content-Type"]
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
+        for name in ("nope.js", "vendor", "..%2F..%2Fpyproject.toml", "vendor/../../routes.py"):
+            async with s.get(base + name) as r:
+                body = await r.json()
+                assert (r.status, body["error"]["code"]) == (404, "not_found"), name
