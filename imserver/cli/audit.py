@@ -23,7 +23,7 @@ async def _verify_audit_postgres(config: Config, anchor: Anchor | None) -> Verif
     """The schema checked first (refusing a newer one), then the chain on one snapshot, paged."""
     from imserver.store.postgres.audit import verify_on
     from imserver.store.postgres.pool import describe_dsn
-    from imserver.store.postgres.schema import check_schema
+    from imserver.store.postgres.schema_check import check_schema
 
     async with postgres_connection(config) as conn:
         await check_schema(conn, describe_dsn(config.store.dsn))

@@ -21,7 +21,7 @@ def _check_postgres(config: Config) -> int:
     """``store check`` on PostgreSQL: schema and version, then invariants the server relies on."""
     from imserver.store.migrations import SCHEMA_VERSION
     from imserver.store.postgres.pool import describe_dsn
-    from imserver.store.postgres.schema import DatabaseReport, check_database
+    from imserver.store.postgres.schema_check import DatabaseReport, check_database
 
     describe = describe_dsn(config.store.dsn)
 

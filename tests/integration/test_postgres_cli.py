@@ -25,7 +25,8 @@ import pytest
 from imserver.audit.chain import seal
 from imserver.store.migrations import SCHEMA_HISTORY, SCHEMA_VERSION
 from imserver.store.postgres import PostgresStore
-from imserver.store.postgres.schema import INVARIANTS, MIGRATION_LOCK
+from imserver.store.postgres.schema import MIGRATION_LOCK
+from imserver.store.postgres.schema_check import INVARIANTS
 from imserver.store.records import NewMessage
 from tests.cluster_support import Node, cluster_toml
 from tests.postgres_support import PostgresUnavailable, applied_migrations, drop_schema, fresh_dsn
