@@ -17,7 +17,7 @@ from typing import Any
 from cards.model import approval_from_json, approval_to_json, parse_card, parse_update
 from cards.policy import OPEN, ApprovalState, actionable_by, close
 from cards.private import parse_private, private_texts
-from cards.recipients import Recipients, audience_conv, notice_conv, readers
+from cards.recipients import Recipients, plan_delivery, readers
 from cards.scope import AppScope, Named, named_in_card, named_in_update
 from cards.store import FullStore
 from cards.templates import check_template_id, render_card
@@ -93,30 +93,16 @@ class AppCards:
         now = now_ms(self._clock)
         card_id = "c_" + secrets.token_urlsafe(12)
         urgent = bool(doc["urgent"])  # DING: each recipient must confirm
-        name = app.name or app.app_id
-        group_members = dict(groups)
-        audience = ""
-        own_rows = holders  # who holds it by a card_holders row of their own
-        if len(users) >= self._limits.broadcast_min_holders:
-            # Stored once and fanned out like a group message (cards/recipients.py).
-            conv = audience = audience_conv(app.app_id, users)
-            addressed = set(users)
-            own_rows = [u for u in holders if u not in addressed]
-            group_members[conv] = tuple(users)
-            messages = [self._card_message(app, conv, card_id, now, tuple(users) if urgent else ())]
-            convs = [(conv, u, name) for u in users]
-        else:
-            messages = [
-                self._card_message(
-                    app, notice_conv(app.app_id, u), card_id, now, (u,) if urgent else ()
-                )
-                for u in users
-            ]
-            convs = [(notice_conv(app.app_id, u), u, name) for u in users]
-        messages += [
-            self._card_message(app, g, card_id, now, members if urgent else ())
-            for g, members in groups
-        ]
+        plan = plan_delivery(
+            app,
+            users,
+            groups,
+            self._limits.broadcast_min_holders,
+            lambda conv, to: self._card_message(app, conv, card_id, now, to if urgent else ()),
+        )
+        # Members of the broadcast conversation hold the card through it (cards.audience).
+        addressed = set(users) if plan.audience else set()
+        own_rows = [u for u in holders if u not in addressed]
         card, stored, duplicate = await self._store.create_card(
             NewCard(
                 id=card_id,
@@ -127,14 +113,14 @@ class AppCards:
                 holders=tuple(own_rows),
                 now=now,
                 timers=self.timers(doc, now),
-                audience=audience,
+                audience=plan.audience,
             ),
-            messages,
-            convs,
+            plan.messages,
+            plan.convs,
         )
         if not duplicate:
             for msg in stored:
-                await self._views.publish_card_message(card, msg, readers(msg.conv, group_members))
+                await self._views.publish_card_message(card, msg, readers(msg.conv, plan.readers))
             await self._views.todo_changed(card.id, set(), set(actionable_by(approval)))
         return {
             "card_id": card.id,

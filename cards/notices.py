@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cards.recipients import Recipients, audience_conv, notice_conv, readers
+from cards.recipients import Recipients, plan_delivery, readers
 from cards.store import FullStore
 from imserver.config import CardsConfig
 from imserver.errors import InvalidField, NoSuchDing
@@ -76,22 +76,11 @@ class Notices:
                 card_id=notice_id,
             )
 
-        name = app.name or app.app_id
-        group_members = dict(groups)
-        if len(users) >= self._limits.broadcast_min_holders:
-            # Stored once and fanned out like a group message (cards/recipients.py).
-            conv = audience_conv(app.app_id, users)
-            group_members[conv] = tuple(users)
-            messages = [message(conv, tuple(users))]
-            convs = [(conv, u, name) for u in users]
-        else:
-            messages = [message(notice_conv(app.app_id, u), (u,)) for u in users]
-            convs = [(notice_conv(app.app_id, u), u, name) for u in users]
-        messages += [message(g, members) for g, members in groups]
-        stored = await self._store.deliver_notice(messages, convs, now)
+        plan = plan_delivery(app, users, groups, self._limits.broadcast_min_holders, message)
+        stored = await self._store.deliver_notice(plan.messages, plan.convs, now)
         reached: set[str] = set()
         for msg in stored:
-            recipients = readers(msg.conv, group_members)
+            recipients = readers(msg.conv, plan.readers)
             reached.update(recipients)
             await self._chat.publish_message(msg, tuple(recipients))
         return {"notice_id": notice_id, "recipients": len(reached)}

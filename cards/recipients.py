@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from cards.scope import AppScope, named_in_to
@@ -27,7 +28,7 @@ from imserver.errors import (
 )
 from imserver.protocol.fields import Fields
 from imserver.services.membership import MembershipCache
-from imserver.store.records import AppRecord
+from imserver.store.records import AppRecord, NewMessage
 from imserver.store.rows import BROADCAST_PREFIX
 
 
@@ -68,6 +69,45 @@ def readers(conv: str, groups: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
     its members as given in ``groups``.
     """
     return (notice_owner(conv),) if conv.startswith("n:") else groups[conv]
+
+
+@dataclass(slots=True, frozen=True)
+class Delivery:
+    """Where an app's card or notice lands: the messages, the notice conversations to
+    ensure, who reads each conversation, and the broadcast conversation ("" if none)."""
+
+    messages: list[NewMessage]
+    convs: list[tuple[str, str, str]]  # (conv, member, name) for the store to ensure
+    readers: dict[str, tuple[str, ...]]  # group or broadcast conversation -> its members
+    audience: str
+
+
+def plan_delivery(
+    app: AppRecord,
+    users: list[str],
+    groups: list[tuple[str, tuple[str, ...]]],
+    broadcast_min: int,
+    message: Callable[[str, tuple[str, ...]], NewMessage],
+) -> Delivery:
+    """One message per person in ``n:<app>:<user>``, or one for all in their broadcast
+    conversation once there are ``broadcast_min`` of them; one per group either way.
+
+    ``message(conv, ding_to)`` builds the app's message for ``conv``; ``ding_to``
+    are its readers (who must confirm it if it is urgent).
+    """
+    name = app.name or app.app_id
+    members = dict(groups)
+    audience = ""
+    if len(users) >= broadcast_min:  # stored once, fanned out like a group message
+        audience = audience_conv(app.app_id, users)
+        members[audience] = tuple(users)
+        messages = [message(audience, tuple(users))]
+        convs = [(audience, u, name) for u in users]
+    else:
+        messages = [message(notice_conv(app.app_id, u), (u,)) for u in users]
+        convs = [(notice_conv(app.app_id, u), u, name) for u in users]
+    messages += [message(g, ms) for g, ms in groups]
+    return Delivery(messages, convs, members, audience)
 
 
 class Recipients:
