@@ -97,3 +97,37 @@ class Interest:
             return False
         del self._local_members[conv]
         return True
+
+
+@dataclass(slots=True)
+class Overheard:
+    """Conversation changes announced while a user's conversations were being read.
+
+    A user's first session reads their conversations from the store, then
+    joins the interest map. A conversation created (or a member added) in
+    between is in neither: the read came too early, and the announcement
+    found no local member. Each read in flight collects the announcements
+    heard meanwhile, so the bus can re-check them once the user is known.
+    """
+
+    _reads: dict[int, dict[str, int | None]] = field(default_factory=dict)
+    _next: int = 0
+
+    def start(self) -> int:
+        """A read begins; the token ends it."""
+        self._next += 1
+        self._reads[self._next] = {}
+        return self._next
+
+    def heard(self, conv: str, after: int | None) -> None:
+        """``conv`` changed; members are to be filled from ``after`` (None: from now)."""
+        for convs in self._reads.values():
+            if conv not in convs:
+                convs[conv] = after
+            elif after is not None:  # the earliest point wins: fill the most
+                was = convs[conv]
+                convs[conv] = after if was is None else min(was, after)
+
+    def finish(self, token: int) -> dict[str, int | None]:
+        """The read is over: what was announced during it (conv -> fill point)."""
+        return self._reads.pop(token, {})

@@ -44,7 +44,7 @@ from imserver.bus.base import (
     Handler,
 )
 from imserver.bus.gaps import ConvSeq, Heard, fill
-from imserver.bus.interest import Change, Interest
+from imserver.bus.interest import Change, Interest, Overheard
 from imserver.bus.redis_links import Client, Links, RedisAuth, describe, make_client, start_error
 from imserver.bus.redis_presence import RedisPresence
 from imserver.errors import BusUnavailable
@@ -124,6 +124,7 @@ class RedisBus:
         self._seqs: dict[str, ConvSeq] = {}
         self._channels: set[str] = set()
         self._wanted_users: set[str] = set()
+        self._overheard = Overheard()
         self._lock = asyncio.Lock()
         self._outbox: deque[tuple[str, bytes]] = deque(maxlen=settings.outbox_max)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -317,8 +318,10 @@ class RedisBus:
 
     def _on_control(self, topic: str, payload: dict[str, Any]) -> None:
         self._dispatch(topic, payload)
-        if topic == TOPIC_CONV_CHANGED and self._interest.users():
-            self._spawn(self._membership_changed(payload["conv"], payload.get("after")))
+        if topic == TOPIC_CONV_CHANGED:
+            self._overheard.heard(payload["conv"], payload.get("after"))
+            if self._interest.users():
+                self._spawn(self._membership_changed(payload["conv"], payload.get("after")))
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -377,17 +380,26 @@ class RedisBus:
     async def _user_online(self, user: str) -> None:
         """Subscribe to the user's channel and conversations before they send anything."""
         self._wanted_users.add(user)
-        convs = await self._store.conversations_of(user)
-        if user not in self._wanted_users:  # gone again while the store was read
-            return
-        last = {c.conv: c.last_seq for c in convs}
-        async with self._lock:
-            change = self._interest.add_user(user, last)
-            for conv in change.subscribe:
-                self._seqs.setdefault(conv, ConvSeq(last[conv]))
-            await self._apply(
-                [self._user_channel(user), *map(self._conv_channel, change.subscribe)], []
-            )
+        token = self._overheard.start()
+        try:
+            convs = await self._store.conversations_of(user)
+            if user not in self._wanted_users:  # gone again while the store was read
+                return
+            last = {c.conv: c.last_seq for c in convs}
+            async with self._lock:
+                change = self._interest.add_user(user, last)
+                for conv in change.subscribe:
+                    self._seqs.setdefault(conv, ConvSeq(last[conv]))
+                await self._apply(
+                    [self._user_channel(user), *map(self._conv_channel, change.subscribe)], []
+                )
+        finally:
+            missed = self._overheard.finish(token)
+        # Announced after the read but before the user was known here: nobody
+        # took it up (see Overheard). From now on announcements find the user.
+        for conv, after in missed.items():
+            if conv not in last:
+                await self._membership_changed(conv, after)
         await self.presence.mark(user, True)
 
     async def _user_offline(self, user: str) -> None:

@@ -22,6 +22,7 @@ import aiohttp
 import orjson
 import pytest
 
+from imserver.bus.base import TOPIC_CONV_CHANGED
 from imserver.bus.redis import RedisBus
 from imserver.protocol.frames import CLOSE_REVOKED
 from imserver_sdk import sign_request
@@ -335,6 +336,40 @@ async def test_a_node_listens_to_a_conversation_only_while_a_local_member_is_onl
     await bob.request("ping")  # the session is registered (and subscribed) once this answers
     sent = await send_text(alice, "again", conv=conv)
     await bob.recv_until(is_message(conv, sent["seq"]))
+
+
+async def test_a_conversation_created_while_the_member_logs_in_elsewhere_is_delivered(
+    nodes: Nodes,
+) -> None:
+    """Node b reads bob's conversations at login; alice's new one is announced before
+    bob is known on b. The announcement must not be lost in that gap."""
+    await nodes.a.users("alice", "bob")
+    alice = await nodes.a.raw("alice")
+    bus_b = nodes.bus(nodes.b)
+    announced = asyncio.Event()
+    bus_b.subscribe(TOPIC_CONV_CHANGED, lambda payload: announced.set())
+    store = bus_b._store
+    read_bob = store.conversations_of
+    reading = asyncio.Event()
+
+    async def slow_read(user: str) -> Any:
+        """The real read, held until the new conversation was announced (after it)."""
+        convs = await read_bob(user)
+        if user == "bob":
+            reading.set()
+            await announced.wait()
+        return convs
+
+    store.conversations_of = slow_read  # type: ignore[method-assign]
+    try:
+        bob = await nodes.b.raw("bob")
+        await asyncio.wait_for(reading.wait(), 5)
+        conv = (await send_text(alice, "hi", to="bob"))["conv"]
+        await bob.recv_until(is_message(conv, 1))
+        sent = await send_text(alice, "and live", conv=conv)
+        await bob.recv_until(is_message(conv, sent["seq"]))
+    finally:
+        store.conversations_of = read_bob  # type: ignore[method-assign]
 
 
 async def test_card_messages_missed_during_a_cut_are_filled_with_their_view(nodes: Nodes) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imserver.bus.interest import Change, Interest
+from imserver.bus.interest import Change, Interest, Overheard
 
 USERS = ["u1", "u2", "u3"]
 CONVS = ["c1", "c2", "c3"]
@@ -93,3 +93,25 @@ def test_subscriptions_always_equal_conversations_with_an_online_member(
         assert subscribed == set(interest.conversations())
         if not missed:
             assert subscribed == {c for c in CONVS if membership[c] & online}
+
+
+def test_overheard_collects_announcements_only_while_a_read_is_open() -> None:
+    log = Overheard()
+    log.heard("before", 0)  # no read open: nobody needs it
+    token = log.start()
+    log.heard("c1", 0)
+    log.heard("c2", None)
+    assert log.finish(token) == {"c1": 0, "c2": None}
+    log.heard("after", 0)
+    assert log.finish(token) == {}
+
+
+def test_overheard_keeps_the_earliest_fill_point_of_a_conversation() -> None:
+    log = Overheard()
+    first, second = log.start(), log.start()
+    log.heard("c", None)
+    log.heard("c", 7)
+    log.heard("c", 3)
+    log.heard("c", None)
+    assert log.finish(first) == {"c": 3}
+    assert log.finish(second) == {"c": 3}
