@@ -1,4 +1,4 @@
-"""A card's callback delivery status ("pending", "ok", "failed"), kept on the card.
+"""A card's callback delivery status ("none", "pending", "ok", "failed"), kept on the card.
 
 The dispatcher (``cards/callbacks.py``) reports what happened to a callback;
 this records it on the card without making a new version, and tells the

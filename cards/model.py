@@ -347,8 +347,9 @@ def render_view(
         # a later return voided is kept here, marked, and no longer counts.
         "trail": trail_view(approval),
         "decided_by": approval.decided_by,
-        # Delivery status of the callbacks ("pending", "ok", "failed"): kept at
-        # the card's version, never a version of its own (docs/cards.md section 6).
+        # Delivery status of the callbacks ("none" before the first, "pending",
+        # "ok", "failed"): kept at the card's version, never a version of its
+        # own (docs/cards.md section 6).
         "callback": callback,
     }
 

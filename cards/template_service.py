@@ -130,7 +130,7 @@ class TemplateService:
             gseq=0,
             doc=doc,
             approval=approval_to_json(approval),
-            callback="ok",
+            callback="none",
             created_at=now,
             updated_at=now,
         )

@@ -249,8 +249,8 @@ def schemas() -> dict[str, Any]:
                 "trail": {"type": "array", "items": ANY_OBJ},
                 "decided_by": NULL_STR,
                 "callback": {
-                    "enum": ["pending", "ok", "failed"],
-                    "description": "delivery of the action callbacks, at this version",
+                    "enum": ["none", "pending", "ok", "failed"],
+                    "description": "action callbacks delivered? at this version; none: no act yet",
                 },
             },
             ["card_id", "version"],

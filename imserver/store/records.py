@@ -165,7 +165,7 @@ class CardRecord:
     gseq: int  # global change order: sync hands out cards changed after a cursor
     doc: dict[str, Any]
     approval: dict[str, Any]  # serialised cards.policy.ApprovalState
-    callback: str  # "ok" | "pending" | "failed"
+    callback: str  # "none" (no callback owed yet) | "pending" | "ok" | "failed"
     created_at: int
     updated_at: int
 

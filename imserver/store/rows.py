@@ -145,7 +145,7 @@ def confirmed_split(rows: Iterable[Any]) -> tuple[list[str], list[str]]:
 
 
 def created_card(card: NewCard, gseq: int) -> CardRecord:
-    """The record of ``card`` as just stored: version 1, change ``gseq``, callback state "ok"."""
+    """The record of ``card`` as just stored: version 1, change ``gseq``, no callback yet."""
     return CardRecord(
         card.id,
         card.app_id,
@@ -154,7 +154,7 @@ def created_card(card: NewCard, gseq: int) -> CardRecord:
         gseq,
         card.doc,
         card.approval,
-        "ok",
+        "none",
         card.now,
         card.now,
     )

@@ -60,6 +60,7 @@ async def test_twenty_approvers_one_approves_one_callback_all_converge(
         assert view["card_id"] == card_id and view["state"] == "open"
         assert view["actionable_by"] == names
         assert view["fields"][1]["value"] == "138****1234"  # sensitive: masked
+        assert view["callback"] == "none"  # nobody has acted: no callback is owed
 
     result = await act(clients[7], card_id)
     assert (result["state"], result["decided_by"]) == ("approved", "a07")

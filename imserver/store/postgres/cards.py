@@ -161,7 +161,7 @@ class PgCardsMixin(CardDocSealing, PgJobs):
             gseq = await next_gseq(conn)  # locks the counter: racing creators queue here
             inserted = await conn.fetchval(
                 f"INSERT INTO cards ({CARD_COLUMNS}, audience)"
-                " VALUES ($1, $2, $3, 1, $4, $5, $6, 'ok', $7, $7, $8)"
+                " VALUES ($1, $2, $3, 1, $4, $5, $6, 'none', $7, $7, $8)"
                 " ON CONFLICT (app_id, out_track_id) DO NOTHING RETURNING id",
                 card.id,
                 card.app_id,

@@ -117,7 +117,7 @@ class SqliteCardsMixin(CardDocSealing, SqliteJobs):
             gseq = _next_gseq(conn)
             conn.execute(
                 f"INSERT INTO cards ({CARD_COLUMNS}, audience)"
-                " VALUES (?, ?, ?, 1, ?, ?, ?, 'ok', ?, ?, ?)",
+                " VALUES (?, ?, ?, 1, ?, ?, ?, 'none', ?, ?, ?)",
                 (
                     card.id,
                     card.app_id,
