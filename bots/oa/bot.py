@@ -22,6 +22,8 @@ from bots.runtime import Bot, BotAction, BotEvent, BusinessCall, CardPush, CardU
 KINDS = {"leave": "请假", "document": "公文", "expense": "报销"}
 POLICIES = {"chain": "sequential", "countersign": "all", "any_leader": "any"}
 MODE_LABELS = {"chain": "依次审批", "countersign": "会签", "any_leader": "或签"}
+#: The card model's limit on a status line (cards/model.py).
+STATUS_MAX = 32
 ACTIONS = [
     {"id": "approve", "label": "同意", "decision": "approve", "style": "primary"},
     {"id": "reject", "label": "驳回", "decision": "reject", "style": "danger"},
@@ -96,16 +98,28 @@ class OABot(Bot):
 def _status(state: str, actor: str, data: dict[str, Any]) -> dict[str, str]:
     """The status line after a decision (the decisions themselves are in the card view)."""
     if state == "approved":
-        return {"text": f"已同意（{actor}）"[:32], "color": "green"}
+        return {"text": _fit(f"已同意（{actor}）", "已同意"), "color": "green"}
     if state == "rejected":
-        return {"text": f"已驳回（{actor}）"[:32], "color": "red"}
+        return {"text": _fit(f"已驳回（{actor}）", "已驳回"), "color": "red"}
     chain = [str(a) for a in data.get("approvers", [])]
     if data.get("mode") == "chain" and actor in chain and chain.index(actor) + 1 < len(chain):
+        after = chain[chain.index(actor) + 1]
         return {
-            "text": f"{actor}已同意，待{chain[chain.index(actor) + 1]}审批"[:32],
+            "text": _fit(
+                f"{actor}已同意，待{after}审批", f"{actor}已同意", f"待{after}审批", "审批中"
+            ),
             "color": "blue",
         }
-    return {"text": f"会签中：{actor}已同意"[:32], "color": "blue"}
+    return {"text": _fit(f"会签中：{actor}已同意", f"{actor}已同意", "会签中"), "color": "blue"}
+
+
+def _fit(*texts: str) -> str:
+    """The first text that fits a status line (32 characters); a name is never cut short.
+
+    Long user ids would not fit with the words around them; the card's trail
+    names every actor in full anyway.
+    """
+    return next((t for t in texts if len(t) <= STATUS_MAX), texts[-1][:STATUS_MAX])
 
 
 def _extra_fields(d: dict[str, Any]) -> list[dict[str, str]]:

@@ -91,6 +91,23 @@ def test_a_decision_is_forwarded_with_the_comment_and_a_status_line() -> None:
     assert update.changes["status"] == {"text": "已驳回（wang）", "color": "red"}
 
 
+def test_a_long_user_id_is_left_out_of_the_status_line_rather_than_cut() -> None:
+    """A status line holds 32 characters; a cut id would name somebody else."""
+    long_a, long_b = "zhang.sanfeng.county-office-01", "li.si.township-office-000042"
+    origin = event(leave_request("e1", [long_a, long_b], mode="chain"))
+    bot = OABot("oa")
+    _, update = bot.on_action(BotAction(callback(long_a, "open"), origin))
+    assert update is not None
+    assert update.changes["status"] == {"text": f"待{long_b}审批", "color": "blue"}
+    _, update = bot.on_action(BotAction(callback(long_b, "approved"), origin))
+    assert update is not None and update.changes["status"]["text"] == "已同意"
+    origin = event(leave_request("e2", [long_b, "x" * 40, long_a], mode="chain"))
+    _, update = bot.on_action(BotAction(callback(long_b, "open"), origin))
+    assert update is not None and update.changes["status"]["text"] == f"{long_b}已同意"
+    _, update = bot.on_action(BotAction(callback("x" * 40, "open"), origin))
+    assert update is not None and update.changes["status"]["text"] == "审批中"
+
+
 def test_a_callback_for_an_unknown_card_is_still_forwarded() -> None:
     call, _ = OABot("oa").on_action(BotAction(callback("li", "approved"), None))
     assert call is not None and call.body["request_id"] is None and call.body["state"] == "approved"
