@@ -29,6 +29,7 @@ from cards.ws_requests import register_requests as register_card_requests
 from imserver.apps_file import load_apps_file, register_apps
 from imserver.audit_trail import AuditTrail
 from imserver.bus.base import (
+    TOPIC_APP_CHANGED,
     TOPIC_CONV_CHANGED,
     TOPIC_DELIVER,
     TOPIC_DIRECTORY,
@@ -312,11 +313,16 @@ async def start_world(world: World) -> None:
     await world.store.open()
     # The file owns these: the admin API will not delete them or rotate their secrets.
     world.http_app[FILE_APP_IDS] = frozenset(a.app_id for a in apps)
+    changed: list[str] = []
     if apps:  # new or changed apps only, each with its audit record (docs/security.md)
-        await register_apps(
+        changed = await register_apps(
             world.store, apps, world.config.cards.apps_file, int(time.time() * 1000)
         )
     await world.bus.start()
+    # The other nodes hold streams signed with what the file just replaced:
+    # they re-read these apps and close what no longer verifies.
+    for app_id in changed:
+        await world.bus.publish(TOPIC_APP_CHANGED, {"app_id": app_id, "change": "apps_file"})
     await world.callbacks.start()
     await world.deadlines.start()
     await world.dings.start()

@@ -335,3 +335,45 @@ async def test_deleting_on_one_node_closes_the_stream_held_on_another(
     assert (code, reason) == (CLOSE_APP_DELETED, "app deleted")
     assert time.monotonic() - started < 2.0
     await until(lambda: b.world.callbacks.streams.count(APP) == 0, what="node B removed it")
+
+
+async def test_a_node_started_with_a_new_secret_in_its_apps_file_closes_old_streams_elsewhere(
+    tmp_path: Path, streams: list[RawStream]
+) -> None:
+    """The file, not the admin API, replaces the secret: node B's start announces it, so
+    node A closes the stream the old secret signed instead of keeping it until it drops."""
+    old, new = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+
+    def apps_file(node: str, secret: str) -> str:
+        path = tmp_path / f"apps-{node}.toml"
+        path.write_text(
+            f'[[app]]\napp_id = "{APP}"\nsecret = "{secret}"\ncallback_url = ""\nscope = ["*"]\n'
+        )
+        return str(path)
+
+    dsn, schema = fresh_dsn()
+    shared: dict[str, dict[str, Any]] = {
+        "store": {"backend": "postgres", "dsn": dsn, "pool_min_size": 1, "pool_max_size": 4},
+        "bus": {"backend": "redis", "channel_prefix": fresh_prefix(), "redis_url": require_redis()},
+        "auth": {"secret": "s" * 40, "admin_api_key": ADMIN_KEY},
+    }
+    a = await start_harness(
+        make_test_config(
+            tmp_path / "a", {**shared, "cards": {**SETTINGS, "apps_file": apps_file("a", old)}}
+        )
+    )
+    try:
+        on_a = await open_stream(a, old, streams)
+        await until(lambda: a.world.callbacks.streams.count(APP) == 1, what="stream on node A")
+        b_cards = {**SETTINGS, "apps_file": apps_file("b", new)}
+        b = await start_harness(make_test_config(tmp_path / "b", {**shared, "cards": b_cards}))
+        try:
+            code, reason = await on_a.closed_with(timeout=3.0)
+            assert code == CLOSE_SECRET_RETIRED and reason.startswith("secret retired"), reason
+            fresh = await open_stream(a, new, streams)  # node A verifies with the file's new secret
+            await fresh.stays_open(0.5)
+        finally:
+            await stop_harness(b)
+    finally:
+        await stop_harness(a)
+        drop_schema(schema)
