@@ -34,6 +34,10 @@ class Interest:
     def has_user(self, user: str) -> bool:
         return user in self._convs_of
 
+    def convs_of(self, user: str) -> set[str]:
+        """The conversations ``user`` is known here to be in (a copy)."""
+        return set(self._convs_of.get(user, ()))
+
     def conversations(self) -> list[str]:
         """Conversations this node is subscribed to."""
         return list(self._local_members)

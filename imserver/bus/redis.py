@@ -506,12 +506,21 @@ class RedisBus:
         the ``resync`` just sent makes the clients ``sync``).
         """
         for user in self._interest.users():
-            convs = await self._store.conversations_of(user)
+            token = self._overheard.start()
+            try:
+                convs = await self._store.conversations_of(user)
+            except BaseException:
+                self._overheard.finish(token)
+                raise
             last = {c.conv: c.last_seq for c in convs}
             async with self._lock:
+                # A conversation announced during the read was (or will be)
+                # taken up by its announcement; the read, older, must not undo it.
+                heard = self._overheard.finish(token)
                 if not self._interest.has_user(user):
                     continue
-                change = self._interest.refresh_user(user, last)
+                keep = self._interest.convs_of(user) & heard.keys()
+                change = self._interest.refresh_user(user, keep | last.keys())
                 for conv in change.subscribe:
                     self._seqs.setdefault(conv, ConvSeq(last[conv]))
                 await self._apply([self._conv_channel(c) for c in change.subscribe], [])

@@ -372,6 +372,46 @@ async def test_a_conversation_created_while_the_member_logs_in_elsewhere_is_deli
         store.conversations_of = read_bob  # type: ignore[method-assign]
 
 
+async def test_a_conversation_created_while_a_reconnect_rereads_a_member_stays_subscribed(
+    nodes: Nodes,
+) -> None:
+    """After a cut, node b re-reads bob's conversations. One created during that read is
+    subscribed by its announcement; the stale read must not unsubscribe it again."""
+    await nodes.a.users("alice", "bob")
+    alice = await nodes.a.raw("alice")
+    bob = await nodes.b.raw("bob")
+    await bob.request("ping")  # registered on b's bus
+    bus_b = nodes.bus(nodes.b)
+    bus_b.settings = dataclasses.replace(bus_b.settings, linger_s=0.05)
+    store = bus_b._store
+    real_read = store.conversations_of
+    reading, release, reread = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def held_read(user: str) -> Any:
+        """The reconnect's re-read of bob: the real read, returned only once released."""
+        convs = await real_read(user)
+        if user == "bob" and not reread.is_set():
+            reading.set()
+            await release.wait()
+            reread.set()
+        return convs
+
+    store.conversations_of = held_read  # type: ignore[method-assign]
+    try:
+        assert kill_bus_connections(nodes.addresses, bus_b.settings.node_name) >= 1
+        await asyncio.wait_for(reading.wait(), 10)
+        conv = (await send_text(alice, "hi", to="bob"))["conv"]
+        await bob.recv_until(is_message(conv, 1), timeout=10)  # by the announcement
+        release.set()
+        await asyncio.wait_for(reread.wait(), 5)
+        await asyncio.sleep(0.3)  # the stale re-read is applied (and any linger has run)
+        assert f"{bus_b.settings.prefix}c:{conv}" in bus_b._channels, "unsubscribed by the re-read"
+        sent = await send_text(alice, "still live", conv=conv)
+        await bob.recv_until(is_message(conv, sent["seq"]))
+    finally:
+        store.conversations_of = real_read  # type: ignore[method-assign]
+
+
 async def test_card_messages_missed_during_a_cut_are_filled_with_their_view(nodes: Nodes) -> None:
     """A card message is filled with the card's view (masked); a conversation created during
     the cut is subscribed after the reconnect, so what follows arrives live."""

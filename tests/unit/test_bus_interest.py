@@ -115,3 +115,13 @@ def test_overheard_keeps_the_earliest_fill_point_of_a_conversation() -> None:
     log.heard("c", None)
     assert log.finish(first) == {"c": 3}
     assert log.finish(second) == {"c": 3}
+
+
+def test_convs_of_is_a_copy_of_what_the_user_is_known_to_be_in() -> None:
+    interest = Interest()
+    interest.add_user("u1", ["c1"])
+    interest.set_members("c2", ["u1", "u2"])
+    mine = interest.convs_of("u1")
+    assert mine == {"c1", "c2"} and interest.convs_of("nobody") == set()
+    mine.add("c3")
+    assert interest.convs_of("u1") == {"c1", "c2"}
