@@ -38,9 +38,10 @@ from imserver.bus.base import (
     Bus,
 )
 from imserver.bus.local import LocalBus
-from imserver.bus.redis import RedisBus, RedisBusSettings
+from imserver.bus.redis import RedisBus
 from imserver.bus.redis_links import RedisAuth
 from imserver.bus.redis_ratelimit import APP_BUCKETS, SharedRateLimiter
+from imserver.bus.redis_settings import RedisBusSettings
 from imserver.bus.refill import viewer_refill
 from imserver.config import Config
 from imserver.dashboard.live import NodeSampler

@@ -27,11 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import secrets
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Awaitable, Sequence
+from typing import Any
 
 import orjson
 from redis.asyncio.cluster import RedisCluster
@@ -45,68 +43,19 @@ from imserver.bus.base import (
 )
 from imserver.bus.gaps import ConvSeq, Heard, fill
 from imserver.bus.interest import Change, Interest, Overheard
-from imserver.bus.redis_links import Client, Links, RedisAuth, describe, make_client, start_error
+from imserver.bus.redis_links import Client, Links, describe, make_client, start_error
 from imserver.bus.redis_presence import RedisPresence
+from imserver.bus.redis_settings import BusStore, RedisBusSettings
+from imserver.bus.refill import Refill, plain_refill
 from imserver.errors import BusUnavailable
 from imserver.protocol.frames import event_frame
-from imserver.store.records import Conversation, ConvState, Member, Message
+from imserver.store.records import Message
 
 log = logging.getLogger(__name__)
 
 #: ``resync`` reasons (docs/protocol.md): the client runs ``sync`` on either.
 RESYNC_BUS_RECONNECTED = "bus_reconnected"
 RESYNC_BACKLOG = "backlog"
-
-
-class BusStore(Protocol):
-    """What the bus reads from the store: interest and gap fill."""
-
-    async def conversations_of(self, user: str) -> list[ConvState]: ...
-
-    async def get_conversation(self, conv: str) -> Conversation | None: ...
-
-    async def members(self, conv: str) -> list[Member]: ...
-
-    async def messages_after(self, conv: str, after_seq: int, limit: int) -> list[Message]: ...
-
-
-#: Builds the ``deliver`` payloads for stored messages read during a gap fill,
-#: for ``users`` (the conversation's local members); card messages need their
-#: current view per viewer, which only the services know.
-Refill = Callable[[str, Sequence[Message], frozenset[str]], Awaitable[list[dict[str, Any]]]]
-
-
-async def plain_refill(
-    conv: str, messages: Sequence[Message], users: frozenset[str]
-) -> list[dict[str, Any]]:
-    """Each message as its ``message`` event, for all of ``users``."""
-    del conv
-    recipients = sorted(users)
-    return [
-        {"recipients": recipients, "frame": event_frame("message", m.to_wire())} for m in messages
-    ]
-
-
-@dataclass(slots=True, frozen=True)
-class RedisBusSettings:
-    url: str = "redis://127.0.0.1:6379/0"
-    cluster_nodes: tuple[str, ...] = ()
-    prefix: str = "imserver:"
-    #: ACL user and password of every connection (``[bus] redis_username`` / ``redis_password``).
-    auth: RedisAuth = field(default_factory=RedisAuth)
-    #: Gap fill: messages per store read, and reads before giving up (-> ``resync``).
-    fill_page: int = 200
-    fill_max_pages: int = 5
-    #: Publications kept while Redis is unreachable, sent after the reconnect.
-    outbox_max: int = 10_000
-    #: A conversation nobody here needs any more stays subscribed this long
-    #: (a removed member still hears the notice of their removal; a phone
-    #: that reconnects at once costs no resubscribe).
-    linger_s: float = 5.0
-    reconnect_initial_s: float = 0.05
-    reconnect_max_s: float = 5.0
-    #: ``CLIENT SETNAME`` of this node's subscriber connections (``CLIENT LIST``).
-    node_name: str = field(default_factory=lambda: "imserver-bus-" + secrets.token_hex(4))
 
 
 class RedisBus:

@@ -11,9 +11,25 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from imserver.bus.redis import Refill, plain_refill
 from imserver.protocol.frames import event_frame
 from imserver.store.records import Message
+
+#: Builds the ``deliver`` payloads for stored messages read during a gap fill,
+#: for ``users`` (the conversation's local members); card messages need their
+#: current view per viewer, which only the services know.
+Refill = Callable[[str, Sequence[Message], frozenset[str]], Awaitable[list[dict[str, Any]]]]
+
+
+async def plain_refill(
+    conv: str, messages: Sequence[Message], users: frozenset[str]
+) -> list[dict[str, Any]]:
+    """Each message as its ``message`` event, for all of ``users``."""
+    del conv
+    recipients = sorted(users)
+    return [
+        {"recipients": recipients, "frame": event_frame("message", m.to_wire())} for m in messages
+    ]
+
 
 Wire = Callable[[list[Message], str], Awaitable[list[dict[str, Any]]]]
 

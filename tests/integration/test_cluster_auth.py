@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 from redis import Redis as SyncRedis
 
-from imserver.bus.redis import RedisBus, RedisBusSettings
+from imserver.bus.redis import RedisBus
 from imserver.bus.redis_links import RedisAuth
+from imserver.bus.redis_settings import RedisBusSettings
 from imserver.config import load_config
 from imserver.errors import BusUnavailable, ConfigError
 from tests.postgres_support import drop_schema, fresh_dsn

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from imserver.bus.redis import RedisBus, RedisBusSettings
+from imserver.bus.redis import RedisBus
+from imserver.bus.redis_settings import RedisBusSettings
 from imserver.config import load_config
 from imserver.errors import BusUnavailable, ConfigError
 from tests.redis_support import free_port
