@@ -533,24 +533,29 @@ async def test_a_node_reads_the_store_only_after_redis_confirmed_its_subscriptio
         "bus": {"backend": "redis", "channel_prefix": prefix, "redis_url": url},
         "auth": {"secret": SECRET},
     }
-    a = await start_harness(make_test_config(tmp_path / "a", shared))
-    slow = {**shared, "bus": {**shared["bus"], "redis_url": f"redis://127.0.0.1:{proxy.port}/0"}}
-    b = await start_harness(make_test_config(tmp_path / "b", slow))
-    try:
-        await a.users("alice", "bob")
-        alice = await a.raw("alice")
-        bob = await b.raw("bob")
-        await bob.request("ping")  # bob's session is registered on B
-        first = await send_text(alice, "1", to="bob")
-        await asyncio.sleep(0.1)
-        second = await send_text(alice, "2", conv=first["conv"])
-        await bob.recv_until(is_message(first["conv"], first["seq"]), timeout=5)
-        await bob.recv_until(is_message(first["conv"], second["seq"]), timeout=5)
-    finally:
-        await stop_harness(a)
-        await stop_harness(b)
-        await proxy.stop()
-        drop_schema(schema)
+    # A hang fails here with the await it hung on (not pytest-timeout's bare select).
+    async with asyncio.timeout(60):
+        a = await start_harness(make_test_config(tmp_path / "a", shared))
+        slow = {
+            **shared,
+            "bus": {**shared["bus"], "redis_url": f"redis://127.0.0.1:{proxy.port}/0"},
+        }
+        b = await start_harness(make_test_config(tmp_path / "b", slow))
+        try:
+            await a.users("alice", "bob")
+            alice = await a.raw("alice")
+            bob = await b.raw("bob")
+            await bob.request("ping")  # bob's session is registered on B
+            first = await send_text(alice, "1", to="bob")
+            await asyncio.sleep(0.1)
+            second = await send_text(alice, "2", conv=first["conv"])
+            await bob.recv_until(is_message(first["conv"], first["seq"]), timeout=5)
+            await bob.recv_until(is_message(first["conv"], second["seq"]), timeout=5)
+        finally:
+            await stop_harness(a)
+            await stop_harness(b)
+            await proxy.stop()
+            drop_schema(schema)
 
 
 def test_serve_with_an_unreachable_redis_exits_5_with_one_line(tmp_path: Path) -> None:
