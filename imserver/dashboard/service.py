@@ -127,8 +127,10 @@ class DashboardService:
     async def callbacks(self, ctx: AdminContext) -> dict[str, Any]:
         """The callback outbox per app and the newest failures (the operator's key only)."""
         ctx.require_super()
-        apps = await self._store.outbox_by_app()
+        # Two reads, not one snapshot: the list first, so the counts read after
+        # it include every failure it shows (an entry only moves on to failed).
         failed = await self._store.list_callbacks("failed", FAILED_SHOWN)
+        apps = await self._store.outbox_by_app()
         return {
             "apps": [
                 {
