@@ -7,13 +7,22 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo test test-postgres lint typecheck pytest clean chromium jdk dashboard-assets
+.PHONY: install lock run demo test test-postgres lint typecheck pytest clean chromium jdk dashboard-assets
 
-$(STAMP): pyproject.toml clients/python_sdk/pyproject.toml
+$(STAMP): pyproject.toml clients/python_sdk/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]" -e clients/python_sdk
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]" -e clients/python_sdk
 	touch $(STAMP)
+
+# Re-pin constraints.txt to the newest versions pyproject.toml allows (then run make test).
+lock:
+	rm -rf $(VENV)-lock
+	$(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/python -m pip install --quiet -e ".[dev]" -e clients/python_sdk
+	{ sed -n '1,/^# Refresh/p' constraints.txt; $(VENV)-lock/bin/pip freeze --exclude-editable; } > constraints.new
+	mv constraints.new constraints.txt
+	rm -rf $(VENV)-lock
 
 install: $(STAMP) chromium jdk
 

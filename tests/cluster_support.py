@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -178,6 +179,30 @@ class Cluster:
                 shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def sender_pid(request: web.Request, pids: list[int]) -> int | None:
+    """Which of ``pids`` holds the client end of ``request``'s loopback connection.
+
+    Linux only: the peer's port names a socket in ``/proc/net/tcp``, whose inode
+    is among the file descriptors of exactly one process.
+    """
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if not peer:
+        return None
+    local = f"0100007F:{peer[1]:04X}"
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local:
+            inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        with contextlib.suppress(OSError):  # the process is gone
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        return pid
+    return None
+
+
 class HoldingStub(BusinessStub):
     """A business system that can hold a callback request open until told to let go.
 
@@ -188,11 +213,20 @@ class HoldingStub(BusinessStub):
     def __init__(self) -> None:
         super().__init__()
         self.hold_next = False
+        #: Hold only a request sent by this process: any node may claim a due callback,
+        #: so another node's request is refused with a 503 (a retry) and not held.
+        self.hold_from_pid: int | None = None
+        self.refused_for_hold: list[int | None] = []  # the sender pids refused that way
         self.held = asyncio.Event()  # a request is being held
         self.release = asyncio.Event()
         self.action_ids: list[str] = []  # every verified delivery, duplicates included
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
+        if self.hold_next and self.hold_from_pid is not None:
+            sender = sender_pid(request, [self.hold_from_pid])
+            if sender != self.hold_from_pid:
+                self.refused_for_hold.append(sender)
+                return web.Response(status=503, text="not the node this test holds")
         if self.hold_next:
             self.hold_next = False
             self.hits += 1

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+
+from tests.ports import CLUSTER_PORTS, bindable, free_port, pick_port
 
 REDIS_URL_VAR = "IM_TEST_REDIS_URL"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -77,29 +77,12 @@ def fresh_prefix() -> str:
     return f"imtest:{secrets.token_hex(4)}:"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def free_cluster_port() -> int:
-    """A free port P whose cluster bus port P + 10000 is free too (so P <= 55535)."""
-    for _ in range(1000):
-        port = random.randint(20000, 55535)
-        if _bindable(port) and _bindable(port + 10000):
-            return port
-    raise RedisUnavailable("no free port pair (P, P + 10000) for a Redis Cluster node")
+    """A free port P whose cluster bus port P + 10000 is free too (tests/ports.py)."""
+    try:
+        return pick_port(CLUSTER_PORTS, also=lambda port: bindable(port + 10000))
+    except RuntimeError as e:
+        raise RedisUnavailable(f"no free port pair (P, P + 10000) for a Redis node: {e}") from e
 
 
 def _require_binaries() -> None:

@@ -297,7 +297,8 @@ class Links:
                 with contextlib.suppress(asyncio.CancelledError, Exception):  # torn down
                     await link.reader
             try:
-                await link.pubsub.aclose()  # type: ignore[no-untyped-call]
+                # Untyped before redis-py 8.
+                await link.pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
                 await link.redis.aclose()
             except (RedisError, OSError) as e:
                 log.debug("redis bus: closing a link: %s", e)
