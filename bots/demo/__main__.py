@@ -112,6 +112,7 @@ def instructions(world: DemoWorld, data_dir: Path) -> str:
     flows, admin = ", ".join(world.contexts), f"{world.http_url}/admin/v1/units/jx?depth=2"
     township = org.at_level("township")[0]  # the live events keep reaching its head
     head = org.leaders(township.id)[0]
+    py = _interpreter()
     return f"""
 imserver demo is running: {len(org.units)} units, {len(org.people)} people, flows {flows}
 
@@ -122,13 +123,22 @@ imserver demo is running: {len(org.units)} units, {len(org.people)} people, flow
   logs, config    {data_dir}/imserver.log, {data_dir}/bots.log, {data_dir}/*.toml
 
 Watch a person's cards arrive ({head.name}, {head.title} of {township.name}):
-  python -m bots.demo watch {head.user} --data-dir {data_dir}
+  {py} -m bots.demo watch {head.user} --data-dir {data_dir}
 A token for your own SDK client (imserver_sdk.Client({world.ws_url!r}, token)):
-  python -m bots.demo token {head.user} --data-dir {data_dir}
-Drive every flow once and print the summary:  python -m bots.demo scenario --quick
+  {py} -m bots.demo token {head.user} --data-dir {data_dir}
+Drive every flow once and print the summary:  {py} -m bots.demo scenario --quick
 
 Ctrl-C stops everything.
 """
+
+
+def _interpreter() -> str:
+    """This interpreter, as a user at the same place can type it: ``make demo`` runs the
+    virtualenv's python, and a bare ``python`` there may lack the SDK and aiohttp."""
+    exe = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        return str(exe.relative_to(Path.cwd()))
+    return str(exe)
 
 
 async def user_command(command: str, user: str, data_dir: Path) -> int:
