@@ -20,7 +20,7 @@ lock:
 	rm -rf $(VENV)-lock
 	$(PYTHON) -m venv $(VENV)-lock
 	$(VENV)-lock/bin/python -m pip install --quiet -e ".[dev]" -e clients/python_sdk
-	{ sed -n '1,/^# Refresh/p' constraints.txt; $(VENV)-lock/bin/pip freeze --exclude-editable; } > constraints.new
+	{ grep '^#' constraints.txt; $(VENV)-lock/bin/pip freeze --exclude-editable; } > constraints.new
 	mv constraints.new constraints.txt
 	rm -rf $(VENV)-lock
 
